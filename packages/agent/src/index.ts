@@ -1,0 +1,2 @@
+export * from './drivers/pipeline';
+export * from './drivers/types';
