@@ -1,0 +1,354 @@
+/**
+ * Request and response schemas of the public API. Each schema validates input at the edge,
+ * gives its TypeScript type (`z.infer`) and feeds the OpenAPI document.
+ */
+import { z } from 'zod';
+
+export const Uuid = z.uuid();
+export const Timestamp = z.string().meta({ format: 'date-time' });
+
+/** Resource names: reach no host path (those derive from ids), but stay URL- and shell-safe. */
+export const Name = z
+  .string()
+  .regex(
+    /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/,
+    'letters, digits, "-", "_" or "." (1-63), starting alphanumeric',
+  );
+
+export const Labels = z
+  .record(
+    z.string().regex(/^[a-z0-9]([a-z0-9._/-]{0,61}[a-z0-9])?$/, 'label keys: lowercase, digits, . _ / -'),
+    z.string().max(63),
+  )
+  .refine((r) => Object.keys(r).length <= 32, 'at most 32 labels');
+
+export const Role = z.enum(['viewer', 'operator', 'admin']);
+export type Role = z.infer<typeof Role>;
+
+export const VmState = z.enum([
+  'creating',
+  'starting',
+  'running',
+  'pausing',
+  'paused',
+  'stopping',
+  'stopped',
+  'failed',
+  'deleting',
+  'unknown',
+]);
+export type VmState = z.infer<typeof VmState>;
+export const DesiredState = z.enum(['running', 'stopped', 'paused']);
+export type DesiredState = z.infer<typeof DesiredState>;
+export const RestartPolicy = z.enum(['never', 'on-failure', 'always']);
+export const Vmm = z.enum(['firecracker', 'qemu']);
+
+// ---- lists and errors -------------------------------------------------------------------
+
+export const ListQuery = z.object({
+  limit: z.coerce.number().int().min(1).max(500).default(50),
+  cursor: z.string().max(512).optional(),
+});
+
+export function listOf<T extends z.ZodType>(item: T) {
+  return z.object({ items: z.array(item), next: z.string().nullable() });
+}
+
+export const ErrorResponse = z.object({
+  error: z.object({
+    code: z.string(),
+    message: z.string(),
+    details: z.record(z.string(), z.unknown()).optional(),
+  }),
+});
+
+export const IdParams = z.object({ id: Uuid });
+export const DeletedResponse = z.object({ id: Uuid, deleted: z.literal(true) });
+
+// ---- VMs --------------------------------------------------------------------------------
+
+export const GuestConfigInput = z.strictObject({
+  mode: z.enum(['auto', 'cloud-init', 'inject', 'none']).default('auto'),
+  username: z
+    .string()
+    .regex(/^[a-z_][a-z0-9_-]{0,31}$/, 'a POSIX user name')
+    .optional(),
+  password: z.string().min(1).max(256).optional(),
+  ssh_authorized_keys: z.array(z.string().max(16_384)).max(32).optional(),
+  hostname: z
+    .string()
+    .regex(/^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$/, 'a host name label')
+    .optional(),
+  user_data: z.string().max(65_536).optional(),
+});
+
+export const GuestConfig = z.object({
+  mode: z.enum(['auto', 'cloud-init', 'inject', 'none']),
+  username: z.string().nullable(),
+  has_password: z.boolean(),
+  ssh_authorized_keys: z.array(z.string()),
+  hostname: z.string().nullable(),
+  has_user_data: z.boolean(),
+});
+
+export const VmNetworkInput = z.strictObject({ network_id: Uuid, ip: z.ipv4().optional() });
+
+export const VmCreate = z.strictObject({
+  name: Name,
+  vcpu: z.number().int().min(1).max(32).default(1),
+  mem_mib: z.number().int().min(64).max(262_144).default(256),
+  kernel_image_id: Uuid.optional(),
+  rootfs_image_id: Uuid.optional(),
+  initrd_image_id: Uuid.optional(),
+  disk_size_mib: z.number().int().min(16).max(4_194_304).optional(),
+  boot_args: z.string().max(2048).optional(),
+  vmm: Vmm.optional(),
+  networks: z.array(VmNetworkInput).max(8).default([]),
+  guest_config: GuestConfigInput.optional(),
+  restart_policy: RestartPolicy.default('never'),
+  labels: Labels.default({}),
+  start: z.boolean().default(true),
+});
+export type VmCreate = z.infer<typeof VmCreate>;
+
+export const VmPatch = z.strictObject({
+  name: Name.optional(),
+  labels: Labels.optional(),
+  restart_policy: RestartPolicy.optional(),
+  vcpu: z.number().int().min(1).max(32).optional(),
+  mem_mib: z.number().int().min(64).max(262_144).optional(),
+});
+export type VmPatch = z.infer<typeof VmPatch>;
+
+export const VmStop = z.strictObject({
+  force: z.boolean().default(false),
+  timeout_s: z.number().int().min(1).max(3600).default(30),
+});
+
+export const Vm = z.object({
+  id: Uuid,
+  name: z.string(),
+  state: VmState,
+  desired_state: DesiredState,
+  host_id: Uuid.nullable(),
+  vcpu: z.number().int(),
+  mem_mib: z.number().int(),
+  kernel_image_id: Uuid.nullable(),
+  rootfs_image_id: Uuid.nullable(),
+  initrd_image_id: Uuid.nullable(),
+  disk_size_mib: z.number().int().nullable(),
+  boot_args: z.string().nullable(),
+  vmm: Vmm.nullable(),
+  networks: z.array(z.object({ network_id: Uuid, ip: z.string().nullable(), mac: z.string().nullable() })),
+  guest_config: GuestConfig,
+  restart_policy: RestartPolicy,
+  labels: z.record(z.string(), z.string()),
+  generation: z.number().int(),
+  last_error: z.string().nullable(),
+  created_at: Timestamp,
+  updated_at: Timestamp,
+});
+export type Vm = z.infer<typeof Vm>;
+
+export const VmListQuery = ListQuery.extend({
+  state: VmState.optional(),
+  host_id: Uuid.optional(),
+  name: z.string().max(63).optional().describe('case-sensitive name prefix'),
+  label: z
+    .string()
+    .regex(/^[a-z0-9._/-]+=[^,]*$/, 'key=value')
+    .optional(),
+});
+
+export const DeleteVmQuery = z.object({ force: z.enum(['true', 'false']).optional() });
+
+// ---- operations -------------------------------------------------------------------------
+
+export const OperationStatus = z.enum(['queued', 'running', 'succeeded', 'failed', 'cancelled']);
+export type OperationStatus = z.infer<typeof OperationStatus>;
+
+export const Operation = z.object({
+  id: Uuid,
+  kind: z.string(),
+  target: z.object({ type: z.string(), id: z.string() }),
+  status: OperationStatus,
+  progress: z.object({ percent: z.number().min(0).max(100), message: z.string() }),
+  error: z.object({ code: z.string(), message: z.string() }).nullable(),
+  created_by: z.string().nullable(),
+  created_at: Timestamp,
+  updated_at: Timestamp,
+});
+export type Operation = z.infer<typeof Operation>;
+
+export const OperationListQuery = ListQuery.extend({
+  status: OperationStatus.optional(),
+  kind: z.string().max(64).optional(),
+  target_id: z.string().max(64).optional(),
+});
+
+export const OperationWaitQuery = z.object({ wait: z.coerce.number().min(0).max(60).optional() });
+
+/** Answer of every long-running action: the resource as it is now plus the operation. */
+export const VmActionResponse = z.object({ vm: Vm, operation: Operation });
+
+// ---- hosts ------------------------------------------------------------------------------
+
+export const HostStatus = z.enum(['ready', 'unreachable', 'lost']);
+
+export const DriverReport = z.object({
+  kind: Vmm,
+  available: z.boolean(),
+  version: z.string().nullable(),
+  kvm: z.boolean(),
+  features: z.array(z.string()).max(64).default([]),
+  reason: z.string().max(1000).optional(),
+});
+
+export const HostCapacity = z.object({
+  vcpu: z.number().int().min(0),
+  mem_mib: z.number().int().min(0),
+  disk_mib: z.number().int().min(0),
+  kvm: z.boolean(),
+  drivers: z.array(DriverReport).max(4),
+});
+
+export const Host = z.object({
+  id: Uuid,
+  name: z.string(),
+  address: z.string(),
+  status: HostStatus,
+  schedulable: z.boolean(),
+  credential_revoked: z.boolean(),
+  labels: z.record(z.string(), z.string()),
+  capacity: HostCapacity,
+  allocated: z.object({ vcpu: z.number().int(), mem_mib: z.number().int(), disk_mib: z.number().int() }),
+  agent_version: z.string().nullable(),
+  last_heartbeat_at: Timestamp.nullable(),
+  created_at: Timestamp,
+  updated_at: Timestamp,
+});
+export type Host = z.infer<typeof Host>;
+
+export const HostListQuery = ListQuery.extend({ status: HostStatus.optional() });
+
+export const JoinTokenCreate = z.strictObject({
+  ttl_s: z
+    .number()
+    .int()
+    .min(60)
+    .max(30 * 86_400)
+    .default(3600),
+  description: z.string().max(200).optional(),
+});
+
+export const JoinToken = z.object({
+  id: Uuid,
+  description: z.string().nullable(),
+  created_at: Timestamp,
+  expires_at: Timestamp,
+  revoked_at: Timestamp.nullable(),
+  last_used_at: Timestamp.nullable(),
+});
+export const JoinTokenCreated = JoinToken.extend({
+  token: z.string().describe('shown once; give it to `nqvm agent --join-token`'),
+});
+
+export const AgentRegister = z.strictObject({
+  name: Name,
+  address: z.url().max(300),
+  agent_version: z.string().max(64),
+  capacity: HostCapacity,
+  labels: Labels.default({}),
+});
+
+export const AgentRegistered = z.object({
+  host_id: Uuid,
+  credential: z.string().describe('shown once; the agent stores it'),
+  heartbeat_interval_s: z.number(),
+  manager_public_key: z.string().describe('PEM; the agent verifies the manager requests signed with it'),
+});
+
+export const AgentVmReport = z.object({
+  id: Uuid,
+  generation: z.number().int().min(0),
+  state: VmState,
+  error: z.string().max(2000).nullable().default(null),
+});
+
+export const AgentHeartbeat = z.strictObject({
+  capacity: HostCapacity,
+  agent_version: z.string().max(64).optional(),
+  vms: z.array(AgentVmReport).max(10_000),
+});
+
+export const AgentHeartbeatResponse = z.object({ heartbeat_interval_s: z.number() });
+
+// ---- users, sessions, tokens, audit -----------------------------------------------------
+
+export const Username = z.string().regex(/^[a-zA-Z0-9][a-zA-Z0-9_.@-]{0,63}$/, 'letters, digits, . _ @ -');
+export const Password = z.string().min(8, 'at least 8 characters').max(1024);
+
+export const User = z.object({
+  id: Uuid,
+  username: z.string(),
+  role: Role,
+  disabled: z.boolean(),
+  created_at: Timestamp,
+  updated_at: Timestamp,
+});
+export type User = z.infer<typeof User>;
+
+export const UserCreate = z.strictObject({ username: Username, password: Password, role: Role });
+export const UserPatch = z.strictObject({
+  role: Role.optional(),
+  password: Password.optional(),
+  disabled: z.boolean().optional(),
+});
+
+export const Login = z.strictObject({ username: z.string().max(64), password: z.string().max(1024) });
+export const LoginResponse = z.object({ user: User, csrf_token: z.string() });
+export const PasswordChange = z.strictObject({
+  current_password: z.string().max(1024),
+  new_password: Password,
+});
+
+export const ApiToken = z.object({
+  id: Uuid,
+  user_id: Uuid,
+  name: z.string(),
+  prefix: z.string().describe('the first characters of the token, to recognise it'),
+  role: Role,
+  created_at: Timestamp,
+  expires_at: Timestamp.nullable(),
+  last_used_at: Timestamp.nullable(),
+  revoked_at: Timestamp.nullable(),
+});
+export const ApiTokenCreate = z.strictObject({
+  name: Name,
+  role: Role.optional().describe("defaults to the owner's role; never higher"),
+  expires_in_days: z.number().int().min(1).max(3650).nullable().default(90),
+});
+export const ApiTokenCreated = ApiToken.extend({ token: z.string().describe('shown once') });
+export const TokenListQuery = ListQuery.extend({ user_id: Uuid.optional() });
+
+export const AuditEvent = z.object({
+  id: Uuid,
+  at: Timestamp,
+  actor: z.object({
+    type: z.enum(['user', 'token', 'host', 'anonymous', 'system']),
+    id: z.string().nullable(),
+    name: z.string().nullable(),
+  }),
+  action: z.string(),
+  target: z.object({ type: z.string(), id: z.string() }).nullable(),
+  result: z.enum(['success', 'failure']),
+  status_code: z.number().int(),
+  ip: z.string().nullable(),
+});
+export const AuditListQuery = ListQuery.extend({
+  action: z.string().max(100).optional(),
+  actor_id: z.string().max(64).optional(),
+  target_id: z.string().max(64).optional(),
+});
+
+export const Health = z.object({ status: z.literal('ok'), version: z.string() });

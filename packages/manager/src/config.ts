@@ -1,0 +1,143 @@
+/**
+ * The manager's configuration: the only place that reads the environment. The reference
+ * system's variables keep their names and meaning; nqvm's own start with NQVM_.
+ */
+import os from 'node:os';
+import path from 'node:path';
+import { z } from 'zod';
+
+const bool = z
+  .enum(['true', 'false', '1', '0', 'yes', 'no'], { message: 'expected true or false' })
+  .transform((v) => v === 'true' || v === '1' || v === 'yes');
+
+const hostPort = z
+  .string()
+  .regex(/^(\[[0-9a-fA-F:]+\]|[a-zA-Z0-9.-]+):\d{1,5}$/, 'expected HOST:PORT, e.g. 127.0.0.1:8080')
+  .refine((v) => Number(v.slice(v.lastIndexOf(':') + 1)) <= 65535, 'port must be 0-65535');
+
+const positiveInt = z.coerce.number().int().positive();
+
+/** Each field: the variable name, its schema and a description for the README table. */
+const ManagerEnv = z.object({
+  DATABASE_URL: z
+    .string()
+    .regex(/^(postgres(ql)?:\/\/|sqlite:)/, 'expected postgres://... or sqlite:PATH')
+    .optional(),
+  MANAGER_BIND: hostPort.default('127.0.0.1:8080'),
+  MANAGER_IMAGE_ROOT: z.string().min(1).optional(),
+  MANAGER_ALLOW_IMAGE_PATHS: bool.default(false),
+  NQVM_DATA_DIR: z.string().min(1).optional(),
+  NQVM_ADMIN_PASSWORD: z.string().min(8, 'at least 8 characters').optional(),
+  NQVM_TLS_CERT: z.string().min(1).optional(),
+  NQVM_TLS_KEY: z.string().min(1).optional(),
+  NQVM_PUBLIC_URL: z.url().optional(),
+  NQVM_OPERATION_RETENTION_DAYS: positiveInt.default(30),
+  NQVM_AUDIT_RETENTION_DAYS: positiveInt.default(365),
+  NQVM_HEARTBEAT_INTERVAL_S: positiveInt.default(5),
+  NQVM_SESSION_TTL_HOURS: positiveInt.default(12),
+  NQVM_LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+});
+
+export interface ManagerConfig {
+  databaseUrl: string;
+  bind: { host: string; port: number };
+  imageRoot: string;
+  allowImagePaths: boolean;
+  dataDir: string;
+  adminPassword?: string;
+  tls?: { certFile: string; keyFile: string };
+  publicUrl?: string;
+  operationRetentionDays: number;
+  auditRetentionDays: number;
+  heartbeatIntervalS: number;
+  sessionTtlHours: number;
+  logLevel: string;
+}
+
+export class ConfigError extends Error {
+  constructor(
+    readonly variable: string,
+    detail: string,
+  ) {
+    super(`invalid configuration: ${variable}: ${detail}`);
+    this.name = 'ConfigError';
+  }
+}
+
+export function defaultDataDir(env: NodeJS.ProcessEnv = process.env): string {
+  if (env.NQVM_DATA_DIR) return path.resolve(env.NQVM_DATA_DIR);
+  return process.getuid?.() === 0 ? '/var/lib/nqvm' : path.join(os.homedir(), '.local', 'share', 'nqvm');
+}
+
+/** Validates the environment; throws a ConfigError naming the first bad variable. */
+export function loadManagerConfig(env: NodeJS.ProcessEnv = process.env): ManagerConfig {
+  const parsed = ManagerEnv.safeParse(env);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    throw new ConfigError(String(issue.path[0]), issue.message);
+  }
+  const e = parsed.data;
+  if (Boolean(e.NQVM_TLS_CERT) !== Boolean(e.NQVM_TLS_KEY)) {
+    throw new ConfigError(
+      e.NQVM_TLS_CERT ? 'NQVM_TLS_KEY' : 'NQVM_TLS_CERT',
+      'set both NQVM_TLS_CERT and NQVM_TLS_KEY',
+    );
+  }
+  const dataDir = defaultDataDir(env);
+  const sep = e.MANAGER_BIND.lastIndexOf(':');
+  return {
+    databaseUrl: e.DATABASE_URL ?? `sqlite:${path.join(dataDir, 'nqvm.db')}`,
+    bind: {
+      host: e.MANAGER_BIND.slice(0, sep).replace(/^\[|\]$/g, ''),
+      port: Number(e.MANAGER_BIND.slice(sep + 1)),
+    },
+    imageRoot: path.resolve(e.MANAGER_IMAGE_ROOT ?? path.join(dataDir, 'images')),
+    allowImagePaths: e.MANAGER_ALLOW_IMAGE_PATHS,
+    dataDir,
+    adminPassword: e.NQVM_ADMIN_PASSWORD,
+    tls:
+      e.NQVM_TLS_CERT && e.NQVM_TLS_KEY ? { certFile: e.NQVM_TLS_CERT, keyFile: e.NQVM_TLS_KEY } : undefined,
+    publicUrl: e.NQVM_PUBLIC_URL,
+    operationRetentionDays: e.NQVM_OPERATION_RETENTION_DAYS,
+    auditRetentionDays: e.NQVM_AUDIT_RETENTION_DAYS,
+    heartbeatIntervalS: e.NQVM_HEARTBEAT_INTERVAL_S,
+    sessionTtlHours: e.NQVM_SESSION_TTL_HOURS,
+    logLevel: e.NQVM_LOG_LEVEL,
+  };
+}
+
+/** Rows for the README's configuration table. */
+export const managerConfigDoc: Array<[string, string, string]> = [
+  [
+    'DATABASE_URL',
+    'sqlite:$NQVM_DATA_DIR/nqvm.db',
+    'postgres://... for PostgreSQL (several managers), or sqlite:PATH',
+  ],
+  ['MANAGER_BIND', '127.0.0.1:8080', 'address and port the API and web UI listen on'],
+  ['MANAGER_IMAGE_ROOT', '$NQVM_DATA_DIR/images', 'image store; host-path imports must stay under it'],
+  [
+    'MANAGER_ALLOW_IMAGE_PATHS',
+    'false',
+    'allow registering images by host path (under MANAGER_IMAGE_ROOT only)',
+  ],
+  ['NQVM_DATA_DIR', '/var/lib/nqvm (root) or ~/.local/share/nqvm', 'embedded store, keys and local state'],
+  [
+    'NQVM_ADMIN_PASSWORD',
+    '(random, printed once)',
+    'password of the first admin, used only when no user exists',
+  ],
+  [
+    'NQVM_TLS_CERT / NQVM_TLS_KEY',
+    '(unset: HTTP)',
+    'PEM files; the manager then serves HTTPS and cookies carry Secure',
+  ],
+  ['NQVM_OPERATION_RETENTION_DAYS', '30', 'finished operations older than this are pruned'],
+  ['NQVM_AUDIT_RETENTION_DAYS', '365', 'audit events older than this are pruned'],
+  [
+    'NQVM_HEARTBEAT_INTERVAL_S',
+    '5',
+    'agent heartbeat interval; a host is unreachable after 3 missed, lost after 12',
+  ],
+  ['NQVM_SESSION_TTL_HOURS', '12', 'lifetime of a web UI session'],
+  ['NQVM_LOG_LEVEL', 'info', 'fatal, error, warn, info, debug, trace or silent'],
+];

@@ -1,0 +1,86 @@
+/**
+ * Opens the datastore named by a URL: `sqlite:PATH` (embedded, WAL) or `postgres://...`,
+ * runs the migrations, and hands out one Kysely instance for both.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import SqliteDatabase from 'better-sqlite3';
+import { Kysely, PostgresDialect, SqliteDialect, sql } from 'kysely';
+import pg from 'pg';
+import { type DialectName, migrateToLatest } from './migrations';
+import type { Database } from './schema';
+
+export interface Datastore {
+  db: Kysely<Database>;
+  dialect: DialectName;
+  /** A description without credentials, for logs. */
+  describe: string;
+  /** Runs fn while holding a cluster-wide lock (PostgreSQL advisory lock); SQLite: one process. */
+  withSingletonLock<T>(name: string, fn: () => Promise<T>): Promise<T | undefined>;
+  close(): Promise<void>;
+}
+
+// Keep BIGINT (int8) columns as JS numbers: every value nqvm stores fits in 2^53.
+pg.types.setTypeParser(20, (v) => Number.parseInt(v, 10));
+
+export async function openDatastore(url: string, opts: { migrate?: boolean } = {}): Promise<Datastore> {
+  let store: Datastore;
+  if (url.startsWith('sqlite:')) {
+    const file = url.slice('sqlite:'.length);
+    if (file !== ':memory:') fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true, mode: 0o700 });
+    const sqlite = new SqliteDatabase(file);
+    sqlite.pragma('journal_mode = WAL');
+    sqlite.pragma('synchronous = NORMAL');
+    sqlite.pragma('foreign_keys = ON');
+    sqlite.pragma('busy_timeout = 5000');
+    if (file !== ':memory:') fs.chmodSync(file, 0o600);
+    const db = new Kysely<Database>({ dialect: new SqliteDialect({ database: sqlite }) });
+    store = {
+      db,
+      dialect: 'sqlite',
+      describe: `sqlite:${file}`,
+      withSingletonLock: async (_name, fn) => fn(),
+      close: () => db.destroy(),
+    };
+  } else if (/^postgres(ql)?:\/\//.test(url)) {
+    const pool = new pg.Pool({ connectionString: url, max: 10 });
+    const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
+    const u = new URL(url);
+    store = {
+      db,
+      dialect: 'postgres',
+      describe: `postgres://${u.host}${u.pathname}`,
+      async withSingletonLock(name, fn) {
+        const client = await pool.connect();
+        try {
+          const { rows } = await client.query('select pg_try_advisory_lock(hashtext($1)) as ok', [name]);
+          if (!rows[0]?.ok) return undefined;
+          try {
+            return await fn();
+          } finally {
+            await client.query('select pg_advisory_unlock(hashtext($1))', [name]);
+          }
+        } finally {
+          client.release();
+        }
+      },
+      close: () => db.destroy(),
+    };
+  } else {
+    throw new Error('DATABASE_URL must start with sqlite: or postgres://');
+  }
+  if (opts.migrate !== false) await migrateToLatest(store.db, store.dialect);
+  return store;
+}
+
+/** Answers whether an error is a unique-constraint violation on either datastore. */
+export function isUniqueViolation(err: unknown): boolean {
+  const e = err as { code?: string };
+  return (
+    e?.code === '23505' ||
+    e?.code === 'SQLITE_CONSTRAINT_UNIQUE' ||
+    e?.code === 'SQLITE_CONSTRAINT_PRIMARYKEY'
+  );
+}
+
+export { sql };

@@ -1,0 +1,276 @@
+/**
+ * Schema migrations, one list for both datastores. Each migration gets the dialect so the
+ * few types that differ (auto-increment, big integers) are chosen here and nowhere else.
+ */
+import { type Kysely, type Migration, type MigrationProvider, Migrator, sql } from 'kysely';
+import type { Database } from './schema';
+
+export type DialectName = 'sqlite' | 'postgres';
+
+type Step = (db: Kysely<unknown>, dialect: DialectName) => Promise<void>;
+
+const steps: Record<string, Step> = {
+  async '0001_foundation'(db, dialect) {
+    const big = dialect === 'postgres' ? 'bigint' : 'integer';
+    await db.schema
+      .createTable('users')
+      .addColumn('id', 'text', (c) => c.primaryKey())
+      .addColumn('username', 'text', (c) => c.notNull().unique())
+      .addColumn('password_hash', 'text', (c) => c.notNull())
+      .addColumn('role', 'text', (c) => c.notNull())
+      .addColumn('disabled', 'integer', (c) => c.notNull().defaultTo(0))
+      .addColumn('created_at', 'text', (c) => c.notNull())
+      .addColumn('updated_at', 'text', (c) => c.notNull())
+      .execute();
+
+    await db.schema
+      .createTable('sessions')
+      .addColumn('id', 'text', (c) => c.primaryKey())
+      .addColumn('user_id', 'text', (c) => c.notNull().references('users.id').onDelete('cascade'))
+      .addColumn('csrf_hash', 'text', (c) => c.notNull())
+      .addColumn('created_at', 'text', (c) => c.notNull())
+      .addColumn('expires_at', 'text', (c) => c.notNull())
+      .addColumn('last_seen_at', 'text', (c) => c.notNull())
+      .execute();
+    await db.schema.createIndex('sessions_user').on('sessions').column('user_id').execute();
+
+    await db.schema
+      .createTable('api_tokens')
+      .addColumn('id', 'text', (c) => c.primaryKey())
+      .addColumn('user_id', 'text', (c) => c.notNull().references('users.id').onDelete('cascade'))
+      .addColumn('name', 'text', (c) => c.notNull())
+      .addColumn('token_hash', 'text', (c) => c.notNull().unique())
+      .addColumn('prefix', 'text', (c) => c.notNull())
+      .addColumn('role', 'text', (c) => c.notNull())
+      .addColumn('created_at', 'text', (c) => c.notNull())
+      .addColumn('expires_at', 'text')
+      .addColumn('last_used_at', 'text')
+      .addColumn('revoked_at', 'text')
+      .execute();
+    await db.schema
+      .createIndex('api_tokens_user')
+      .on('api_tokens')
+      .columns(['user_id', 'created_at', 'id'])
+      .execute();
+
+    await db.schema
+      .createTable('join_tokens')
+      .addColumn('id', 'text', (c) => c.primaryKey())
+      .addColumn('token_hash', 'text', (c) => c.notNull().unique())
+      .addColumn('description', 'text')
+      .addColumn('created_by', 'text')
+      .addColumn('created_at', 'text', (c) => c.notNull())
+      .addColumn('expires_at', 'text', (c) => c.notNull())
+      .addColumn('revoked_at', 'text')
+      .addColumn('last_used_at', 'text')
+      .execute();
+
+    await db.schema
+      .createTable('hosts')
+      .addColumn('id', 'text', (c) => c.primaryKey())
+      .addColumn('name', 'text', (c) => c.notNull().unique())
+      .addColumn('address', 'text', (c) => c.notNull())
+      .addColumn('credential_hash', 'text', (c) => c.unique())
+      .addColumn('status', 'text', (c) => c.notNull())
+      .addColumn('schedulable', 'integer', (c) => c.notNull().defaultTo(1))
+      .addColumn('labels', 'text', (c) => c.notNull().defaultTo('{}'))
+      .addColumn('capacity', 'text', (c) => c.notNull())
+      .addColumn('cap_vcpu', 'integer', (c) => c.notNull().defaultTo(0))
+      .addColumn('cap_mem_mib', big, (c) => c.notNull().defaultTo(0))
+      .addColumn('cap_disk_mib', big, (c) => c.notNull().defaultTo(0))
+      .addColumn('alloc_vcpu', 'integer', (c) => c.notNull().defaultTo(0))
+      .addColumn('alloc_mem_mib', big, (c) => c.notNull().defaultTo(0))
+      .addColumn('alloc_disk_mib', big, (c) => c.notNull().defaultTo(0))
+      .addColumn('agent_version', 'text')
+      .addColumn('last_heartbeat_at', 'text')
+      .addColumn('created_at', 'text', (c) => c.notNull())
+      .addColumn('updated_at', 'text', (c) => c.notNull())
+      .execute();
+
+    await db.schema
+      .createTable('vms')
+      .addColumn('id', 'text', (c) => c.primaryKey())
+      .addColumn('name', 'text', (c) => c.notNull().unique())
+      .addColumn('state', 'text', (c) => c.notNull())
+      .addColumn('desired_state', 'text', (c) => c.notNull())
+      .addColumn('host_id', 'text', (c) => c.references('hosts.id').onDelete('set null'))
+      .addColumn('generation', 'integer', (c) => c.notNull().defaultTo(0))
+      .addColumn('vcpu', 'integer', (c) => c.notNull())
+      .addColumn('mem_mib', big, (c) => c.notNull())
+      .addColumn('disk_mib', big, (c) => c.notNull().defaultTo(0))
+      .addColumn('vmm', 'text')
+      .addColumn('spec', 'text', (c) => c.notNull())
+      .addColumn('labels', 'text', (c) => c.notNull().defaultTo('{}'))
+      .addColumn('restart_policy', 'text', (c) => c.notNull())
+      .addColumn('last_error', 'text')
+      .addColumn('created_by', 'text')
+      .addColumn('created_at', 'text', (c) => c.notNull())
+      .addColumn('updated_at', 'text', (c) => c.notNull())
+      .execute();
+    await db.schema.createIndex('vms_page').on('vms').columns(['created_at', 'id']).execute();
+    await db.schema.createIndex('vms_state').on('vms').columns(['state', 'created_at', 'id']).execute();
+    await db.schema.createIndex('vms_host').on('vms').columns(['host_id', 'created_at', 'id']).execute();
+
+    await db.schema
+      .createTable('vm_labels')
+      .addColumn('vm_id', 'text', (c) => c.notNull().references('vms.id').onDelete('cascade'))
+      .addColumn('key', 'text', (c) => c.notNull())
+      .addColumn('value', 'text', (c) => c.notNull())
+      .addPrimaryKeyConstraint('vm_labels_pk', ['vm_id', 'key'])
+      .execute();
+    await db.schema.createIndex('vm_labels_kv').on('vm_labels').columns(['key', 'value']).execute();
+
+    await db.schema
+      .createTable('images')
+      .addColumn('id', 'text', (c) => c.primaryKey())
+      .addColumn('name', 'text', (c) => c.notNull().unique())
+      .addColumn('kind', 'text', (c) => c.notNull())
+      .addColumn('sha256', 'text')
+      .addColumn('size_bytes', big)
+      .addColumn('format', 'text')
+      .addColumn('status', 'text', (c) => c.notNull())
+      .addColumn('source', 'text', (c) => c.notNull().defaultTo('{}'))
+      .addColumn('metadata', 'text', (c) => c.notNull().defaultTo('{}'))
+      .addColumn('is_default', 'integer', (c) => c.notNull().defaultTo(0))
+      .addColumn('created_at', 'text', (c) => c.notNull())
+      .addColumn('updated_at', 'text', (c) => c.notNull())
+      .execute();
+    await db.schema.createIndex('images_page').on('images').columns(['created_at', 'id']).execute();
+
+    await db.schema
+      .createTable('networks')
+      .addColumn('id', 'text', (c) => c.primaryKey())
+      .addColumn('name', 'text', (c) => c.notNull().unique())
+      .addColumn('kind', 'text', (c) => c.notNull())
+      .addColumn('cidr', 'text')
+      .addColumn('gateway', 'text')
+      .addColumn('config', 'text', (c) => c.notNull().defaultTo('{}'))
+      .addColumn('is_default', 'integer', (c) => c.notNull().defaultTo(0))
+      .addColumn('created_at', 'text', (c) => c.notNull())
+      .addColumn('updated_at', 'text', (c) => c.notNull())
+      .execute();
+
+    await db.schema
+      .createTable('templates')
+      .addColumn('id', 'text', (c) => c.primaryKey())
+      .addColumn('name', 'text', (c) => c.notNull().unique())
+      .addColumn('spec', 'text', (c) => c.notNull())
+      .addColumn('created_at', 'text', (c) => c.notNull())
+      .addColumn('updated_at', 'text', (c) => c.notNull())
+      .execute();
+
+    await db.schema
+      .createTable('snapshots')
+      .addColumn('id', 'text', (c) => c.primaryKey())
+      .addColumn('name', 'text', (c) => c.notNull())
+      .addColumn('vm_id', 'text', (c) => c.references('vms.id').onDelete('set null'))
+      .addColumn('host_id', 'text', (c) => c.references('hosts.id').onDelete('set null'))
+      .addColumn('snapshot_type', 'text', (c) => c.notNull())
+      .addColumn('status', 'text', (c) => c.notNull())
+      .addColumn('size_bytes', big)
+      .addColumn('files', 'text', (c) => c.notNull().defaultTo('{}'))
+      .addColumn('spec', 'text', (c) => c.notNull().defaultTo('{}'))
+      .addColumn('created_at', 'text', (c) => c.notNull())
+      .addColumn('updated_at', 'text', (c) => c.notNull())
+      .execute();
+
+    await db.schema
+      .createTable('operations')
+      .addColumn('id', 'text', (c) => c.primaryKey())
+      .addColumn('kind', 'text', (c) => c.notNull())
+      .addColumn('target_type', 'text', (c) => c.notNull())
+      .addColumn('target_id', 'text', (c) => c.notNull())
+      .addColumn('status', 'text', (c) => c.notNull())
+      .addColumn('progress_percent', 'integer', (c) => c.notNull().defaultTo(0))
+      .addColumn('progress_message', 'text', (c) => c.notNull().defaultTo(''))
+      .addColumn('error_code', 'text')
+      .addColumn('error_message', 'text')
+      .addColumn('params', 'text', (c) => c.notNull().defaultTo('{}'))
+      .addColumn('created_by', 'text')
+      .addColumn('created_at', 'text', (c) => c.notNull())
+      .addColumn('updated_at', 'text', (c) => c.notNull())
+      .addColumn('finished_at', 'text')
+      .execute();
+    await db.schema.createIndex('operations_page').on('operations').columns(['created_at', 'id']).execute();
+    await db.schema
+      .createIndex('operations_target')
+      .on('operations')
+      .columns(['target_id', 'status'])
+      .execute();
+    await db.schema.createIndex('operations_finished').on('operations').column('finished_at').execute();
+
+    await db.schema
+      .createTable('audit_events')
+      .addColumn('id', 'text', (c) => c.primaryKey())
+      .addColumn('at', 'text', (c) => c.notNull())
+      .addColumn('actor_type', 'text', (c) => c.notNull())
+      .addColumn('actor_id', 'text')
+      .addColumn('actor_name', 'text')
+      .addColumn('action', 'text', (c) => c.notNull())
+      .addColumn('target_type', 'text')
+      .addColumn('target_id', 'text')
+      .addColumn('result', 'text', (c) => c.notNull())
+      .addColumn('status_code', 'integer', (c) => c.notNull())
+      .addColumn('ip', 'text')
+      .execute();
+    await db.schema.createIndex('audit_page').on('audit_events').columns(['at', 'id']).execute();
+
+    let events = db.schema.createTable('events');
+    events =
+      dialect === 'postgres'
+        ? events.addColumn('seq', 'bigserial', (c) => c.primaryKey())
+        : events.addColumn('seq', 'integer', (c) => c.primaryKey().autoIncrement());
+    await events
+      .addColumn('type', 'text', (c) => c.notNull())
+      .addColumn('resource_type', 'text', (c) => c.notNull())
+      .addColumn('resource_id', 'text', (c) => c.notNull())
+      .addColumn('min_role', 'text', (c) => c.notNull())
+      .addColumn('owner_id', 'text')
+      .addColumn('data', 'text', (c) => c.notNull())
+      .addColumn('created_at', 'text', (c) => c.notNull())
+      .execute();
+    await db.schema.createIndex('events_created').on('events').column('created_at').execute();
+  },
+};
+
+class StaticProvider implements MigrationProvider {
+  constructor(private readonly dialect: DialectName) {}
+  async getMigrations(): Promise<Record<string, Migration>> {
+    const out: Record<string, Migration> = {};
+    for (const [name, step] of Object.entries(steps)) {
+      out[name] = { up: (db) => step(db, this.dialect) };
+    }
+    return out;
+  }
+}
+
+export async function migrateToLatest(db: Kysely<Database>, dialect: DialectName): Promise<string[]> {
+  const migrator = new Migrator({ db, provider: new StaticProvider(dialect) });
+  const { error, results } = await migrator.migrateToLatest();
+  if (error) throw error instanceof Error ? error : new Error(String(error));
+  return (results ?? []).filter((r) => r.status === 'Success').map((r) => r.migrationName);
+}
+
+/** Drops every nqvm table (tests only). */
+export async function dropAll(db: Kysely<Database>): Promise<void> {
+  for (const t of [
+    'events',
+    'audit_events',
+    'operations',
+    'snapshots',
+    'templates',
+    'networks',
+    'images',
+    'vm_labels',
+    'vms',
+    'hosts',
+    'join_tokens',
+    'api_tokens',
+    'sessions',
+    'users',
+    'kysely_migration',
+    'kysely_migration_lock',
+  ]) {
+    await sql`drop table if exists ${sql.table(t)}`.execute(db);
+  }
+}

@@ -1,0 +1,112 @@
+import type {} from '@fastify/cookie';
+/**
+ * Authentication and authorisation for every request, before its body is read: a route's
+ * `config.access` says who may call it; a route without one never registers.
+ */
+import { AuthenticationError, NotAllowedError, NqvmError } from '@nqvm/api';
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import type { Principal } from '../auth/principal';
+import { type RouteAccess, roleAtLeast } from '../auth/roles';
+import { hashSecret } from '../auth/secrets';
+import type { Services } from '../services';
+import { sendError } from './errors';
+
+export const SESSION_COOKIE = 'nqvm_session';
+export const CSRF_COOKIE = 'nqvm_csrf';
+export const CSRF_HEADER = 'x-csrf-token';
+
+const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS']);
+
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    access?: RouteAccess;
+    /** Audit action name; false for high-rate agent reports that are not user mutations. */
+    audit?: string | false;
+  }
+  interface FastifyRequest {
+    principal: Principal;
+    auditTarget?: { type: string; id: string };
+  }
+}
+
+async function identify(
+  req: FastifyRequest,
+  s: Services,
+): Promise<{ principal: Principal; csrfHash?: string }> {
+  const header = req.headers.authorization;
+  if (header) {
+    const m = /^Bearer\s+(\S+)$/i.exec(header);
+    if (!m) throw new AuthenticationError('Authorization must be "Bearer <token>"');
+    const secret = m[1]!;
+    if (secret.startsWith('nqvm_tok_')) {
+      const p = await s.users.resolveToken(secret);
+      if (p) return { principal: p };
+    } else if (secret.startsWith('nqvm_host_')) {
+      const h = await s.hosts.resolveCredential(secret);
+      if (h) return { principal: { kind: 'host', ...h } };
+    } else if (secret.startsWith('nqvm_join_')) {
+      const id = await s.hosts.resolveJoinToken(secret);
+      if (id) return { principal: { kind: 'join', joinTokenId: id } };
+    }
+    throw new AuthenticationError('the token is unknown, expired or revoked');
+  }
+  const cookie = req.cookies?.[SESSION_COOKIE];
+  if (cookie) {
+    const r = await s.users.resolveSession(cookie);
+    if (r) return r;
+  }
+  return { principal: { kind: 'anonymous' } };
+}
+
+function checkCsrf(req: FastifyRequest, csrfHash: string): void {
+  const token = req.headers[CSRF_HEADER];
+  if (typeof token !== 'string' || hashSecret(token) !== csrfHash) {
+    throw new NotAllowedError('missing or wrong X-CSRF-Token header', 'CSRF_FAILED');
+  }
+  const origin = req.headers.origin;
+  if (origin !== undefined) {
+    let host: string | null = null;
+    try {
+      host = new URL(origin).host;
+    } catch {
+      host = null;
+    }
+    if (host !== req.headers.host) throw new NotAllowedError('cross-origin request refused', 'CSRF_FAILED');
+  }
+}
+
+export function authorize(access: RouteAccess, p: Principal): void {
+  if (access === 'public') return;
+  if (access === 'host' || access === 'join') {
+    if (p.kind === access) return;
+    if (p.kind === 'anonymous')
+      throw new AuthenticationError(
+        access === 'host' ? 'a host credential is required' : 'a join token is required',
+      );
+    throw new NotAllowedError(
+      access === 'host' ? 'only agents call this route' : 'only a joining agent calls this route',
+    );
+  }
+  if (p.kind === 'anonymous') throw new AuthenticationError();
+  if (p.kind !== 'user') throw new NotAllowedError('agent credentials cannot call user routes');
+  if (!roleAtLeast(p.role, access))
+    throw new NotAllowedError(`this needs the ${access} role; you have ${p.role}`);
+}
+
+export function authHook(s: Services) {
+  return async function onRequest(req: FastifyRequest, reply: FastifyReply) {
+    req.principal = { kind: 'anonymous' };
+    const access = req.routeOptions.config.access;
+    if (access === undefined) return; // unknown route: the not-found handler answers
+    try {
+      if (access === 'public' && !req.headers.authorization) return;
+      const { principal, csrfHash } = await identify(req, s);
+      req.principal = principal;
+      authorize(access, principal);
+      if (csrfHash && !SAFE_METHODS.has(req.method)) checkCsrf(req, csrfHash);
+    } catch (err) {
+      if (!(err instanceof NqvmError)) throw err;
+      return sendError(reply, err.status, err.toBody());
+    }
+  };
+}

@@ -1,0 +1,149 @@
+/**
+ * Builds the HTTP API: Fastify with zod schemas (validation and OpenAPI from one source),
+ * auth on every route, uniform errors, and an audit record for every mutation.
+ */
+import cookie from '@fastify/cookie';
+import swagger from '@fastify/swagger';
+import swaggerUi from '@fastify/swagger-ui';
+import Fastify, { type FastifyServerOptions } from 'fastify';
+import {
+  jsonSchemaTransform,
+  serializerCompiler,
+  validatorCompiler,
+  type ZodTypeProvider,
+} from 'fastify-type-provider-zod';
+import { actorOf } from '../auth/principal';
+import { auditRoutes } from '../routes/audit';
+import { authRoutes } from '../routes/auth';
+import { eventRoutes } from '../routes/events';
+import { healthRoutes } from '../routes/health';
+import { hostRoutes } from '../routes/hosts';
+import { operationRoutes } from '../routes/operations';
+import { tokenRoutes, userRoutes } from '../routes/users';
+import { vmRoutes } from '../routes/vms';
+import type { Services } from '../services';
+import type { App } from './app-type';
+import { authHook } from './auth-hook';
+import { sendError, toErrorReply } from './errors';
+
+export const BODY_LIMIT = 1024 * 1024;
+
+export interface RegisteredRoute {
+  method: string;
+  url: string;
+  access: string;
+}
+
+export interface BuildOptions {
+  logger?: FastifyServerOptions['logger'];
+  https?: { cert: Buffer; key: Buffer };
+  /** Extra routes (agent-facing work, web UI) registered by later layers. */
+  extend?: (app: App, s: Services) => void | Promise<void>;
+}
+
+const MUTATING = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
+
+export async function buildApp(
+  s: Services,
+  opts: BuildOptions = {},
+): Promise<{ app: App; routes: RegisteredRoute[] }> {
+  const app = Fastify({
+    logger: opts.logger ?? false,
+    bodyLimit: BODY_LIMIT,
+    ...(opts.https ? { https: opts.https } : {}),
+    ajv: { customOptions: { coerceTypes: false } },
+  }).withTypeProvider<ZodTypeProvider>() as unknown as App;
+
+  app.setValidatorCompiler(validatorCompiler);
+  app.setSerializerCompiler(serializerCompiler);
+
+  const routes: RegisteredRoute[] = [];
+  app.addHook('onRoute', (r) => {
+    const access = r.config?.access;
+    const url = r.url;
+    // Swagger UI's own asset routes are public documentation.
+    const isDocs = url === '/docs' || url.startsWith('/docs/');
+    if (!access && !isDocs) throw new Error(`route ${r.method} ${url} declares no access rule`);
+    if (isDocs && !access) r.config = { ...(r.config ?? {}), access: 'public' };
+    for (const m of [r.method].flat()) {
+      if (m !== 'HEAD') routes.push({ method: m, url, access: (r.config?.access ?? 'public') as string });
+    }
+  });
+
+  await app.register(cookie);
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.1.0',
+      info: {
+        title: 'nqvm API',
+        version: s.version,
+        description: 'Manage microVMs: VMs, hosts, operations, events.',
+      },
+      components: {
+        securitySchemes: {
+          bearer: { type: 'http', scheme: 'bearer', description: 'API token (nqvm token create)' },
+          session: { type: 'apiKey', in: 'cookie', name: 'nqvm_session' },
+        },
+      },
+      security: [{ bearer: [] }, { session: [] }],
+    },
+    transform: jsonSchemaTransform,
+  });
+  await app.register(swaggerUi, { routePrefix: '/docs' });
+
+  app.addHook('onRequest', authHook(s));
+  app.addHook('onResponse', async (req, reply) => {
+    const audit = req.routeOptions.config?.audit;
+    if (!MUTATING.has(req.method) || audit === false || req.routeOptions.config?.access === undefined) return;
+    const params = req.params as { id?: string } | undefined;
+    const target =
+      req.auditTarget ??
+      (params?.id && typeof params.id === 'string'
+        ? { type: String(audit ?? 'resource').split('.')[0]!, id: params.id }
+        : null);
+    try {
+      await s.audit.record({
+        actor: actorOf(req.principal),
+        action: audit ?? `${req.method} ${req.routeOptions.url}`,
+        target,
+        statusCode: reply.statusCode,
+        ip: req.ip,
+      });
+    } catch (err) {
+      req.log.error({ err }, 'could not write the audit record');
+    }
+  });
+
+  app.setErrorHandler((err, req, reply) => {
+    const { status, body } = toErrorReply(err as Error, req);
+    return sendError(reply, status, body);
+  });
+  app.setNotFoundHandler((req, reply) =>
+    sendError(reply, 404, {
+      error: { code: 'ROUTE_NOT_FOUND', message: `no route ${req.method} ${req.url.split('?')[0]}` },
+    }),
+  );
+
+  healthRoutes(app, s);
+  app.get('/api/v1/openapi.json', { config: { access: 'public' }, schema: { hide: true } }, async () =>
+    app.swagger(),
+  );
+  app.get('/swagger-ui', { config: { access: 'public' }, schema: { hide: true } }, async (_req, reply) =>
+    reply.redirect('/docs'),
+  );
+  app.get('/swagger-ui/', { config: { access: 'public' }, schema: { hide: true } }, async (_req, reply) =>
+    reply.redirect('/docs'),
+  );
+  authRoutes(app, s);
+  userRoutes(app, s);
+  tokenRoutes(app, s);
+  vmRoutes(app, s);
+  operationRoutes(app, s);
+  eventRoutes(app, s);
+  hostRoutes(app, s);
+  auditRoutes(app, s);
+  await opts.extend?.(app, s);
+
+  await app.ready();
+  return { app, routes };
+}

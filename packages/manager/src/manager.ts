@@ -1,0 +1,128 @@
+/**
+ * A running manager: datastore, services, HTTP API and its background loops (host health
+ * sweep, retention pruning). Several managers may share one PostgreSQL; loops that must run
+ * once per cluster take an advisory lock.
+ */
+import { createHash, X509Certificate } from 'node:crypto';
+import fs from 'node:fs';
+import { AuditLog } from './audit/audit';
+import { LoginThrottle } from './auth/throttle';
+import { Users } from './auth/users';
+import { isoAfter } from './clock';
+import type { ManagerConfig } from './config';
+import { type Datastore, openDatastore } from './db/datastore';
+import { EventBus } from './events/bus';
+import { Hosts } from './hosts/hosts';
+import { loadOrCreateManagerKey } from './hosts/manager-key';
+import type { App } from './http/app-type';
+import { type BuildOptions, buildApp, type RegisteredRoute } from './http/server';
+import { Operations } from './operations/operations';
+import type { Services } from './services';
+import { Vms } from './vms/vms';
+
+export const VERSION = '0.1.0';
+const EVENT_RETENTION_MS = 60 * 60_000;
+
+export interface Manager {
+  app: App;
+  services: Services;
+  routes: RegisteredRoute[];
+  /** The first admin's generated password, when this start created it. */
+  firstAdmin: { username: string; generatedPassword?: string } | null;
+  listen(): Promise<string>;
+  close(): Promise<void>;
+}
+
+export interface ManagerOptions extends Omit<BuildOptions, 'https'> {
+  store?: Datastore;
+  /** Background loop period (tests shorten it). */
+  loopIntervalMs?: number;
+}
+
+export async function createManager(config: ManagerConfig, opts: ManagerOptions = {}): Promise<Manager> {
+  fs.mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
+  const store = opts.store ?? (await openDatastore(config.databaseUrl));
+  const bus = new EventBus(store);
+  await bus.start();
+  const ops = new Operations(store, bus);
+  let https: BuildOptions['https'];
+  let fingerprint: string | null = null;
+  if (config.tls) {
+    https = { cert: fs.readFileSync(config.tls.certFile), key: fs.readFileSync(config.tls.keyFile) };
+    fingerprint = createHash('sha256').update(new X509Certificate(https.cert).raw).digest('hex');
+  }
+  const services: Services = {
+    config,
+    store,
+    bus,
+    ops,
+    vms: new Vms(store, bus, ops),
+    users: new Users(store, bus, config.sessionTtlHours),
+    hosts: new Hosts(store, bus, config.heartbeatIntervalS, fingerprint),
+    audit: new AuditLog(store),
+    throttle: new LoginThrottle(),
+    managerKey: loadOrCreateManagerKey(config.dataDir),
+    version: VERSION,
+  };
+  const firstAdmin = await services.users.ensureFirstAdmin(config.adminPassword);
+  const { app, routes } = await buildApp(services, { ...opts, https });
+
+  const interval = opts.loopIntervalMs ?? 1000;
+  let stopped = false;
+  let timer: NodeJS.Timeout | undefined;
+  let lastPrune = 0;
+  const loop = async () => {
+    try {
+      await store.withSingletonLock('nqvm:health-sweep', async () => {
+        for (const host of await services.hosts.sweep()) {
+          if (host.status === 'ready') continue;
+          for (const vm of await store.db
+            .selectFrom('vms')
+            .select(['id', 'state'])
+            .where('host_id', '=', host.id)
+            .execute()) {
+            if (vm.state !== 'unknown')
+              await services.vms.write(vm.id, {
+                state: 'unknown',
+                last_error: `host ${host.name} is ${host.status}`,
+              });
+          }
+        }
+      });
+      if (Date.now() - lastPrune > 60_000) {
+        lastPrune = Date.now();
+        await store.withSingletonLock('nqvm:prune', async () => {
+          await ops.prune(isoAfter(-config.operationRetentionDays * 86_400_000));
+          await services.audit.prune(isoAfter(-config.auditRetentionDays * 86_400_000));
+          await bus.prune(isoAfter(-EVENT_RETENTION_MS));
+          await services.users.pruneSessions();
+        });
+      }
+    } catch (err) {
+      app.log.error({ err }, 'background loop failed; retrying');
+    }
+    if (!stopped) {
+      timer = setTimeout(loop, interval);
+      timer.unref();
+    }
+  };
+  timer = setTimeout(loop, interval);
+  timer.unref();
+
+  return {
+    app,
+    services,
+    routes,
+    firstAdmin,
+    async listen() {
+      return app.listen({ host: config.bind.host, port: config.bind.port });
+    },
+    async close() {
+      stopped = true;
+      if (timer) clearTimeout(timer);
+      bus.stop();
+      await app.close();
+      if (!opts.store) await store.close();
+    },
+  };
+}

@@ -1,0 +1,117 @@
+import {
+  DeleteVmQuery,
+  IdParams,
+  listOf,
+  Vm,
+  VmActionResponse,
+  VmCreate,
+  VmListQuery,
+  VmPatch,
+  VmStop,
+} from '@nqvm/api';
+import type { Principal } from '../auth/principal';
+import { actorOf } from '../auth/principal';
+import type { App } from '../http/app-type';
+import type { Services } from '../services';
+import type { VmAction } from '../vms/state-machine';
+
+export function actorName(p: Principal): string | null {
+  const a = actorOf(p);
+  return a.name ?? a.id;
+}
+
+export function vmRoutes(app: App, s: Services): void {
+  const tags = ['vms'];
+
+  app.get(
+    '/api/v1/vms',
+    {
+      config: { access: 'viewer' },
+      schema: { tags, summary: 'List VMs', querystring: VmListQuery, response: { 200: listOf(Vm) } },
+    },
+    async (req) => s.vms.list(req.query),
+  );
+
+  app.post(
+    '/api/v1/vms',
+    {
+      config: { access: 'operator', audit: 'vm.create' },
+      schema: {
+        tags,
+        summary: 'Create a VM (and start it unless start=false)',
+        description: 'Answers 202 with the VM and the operation that places and boots it.',
+        body: VmCreate,
+        response: { 202: VmActionResponse },
+      },
+    },
+    async (req, reply) => {
+      const out = await s.vms.create(req.body, actorName(req.principal));
+      req.auditTarget = { type: 'vm', id: out.vm.id };
+      return reply.status(202).send(out);
+    },
+  );
+
+  app.get(
+    '/api/v1/vms/:id',
+    {
+      config: { access: 'viewer' },
+      schema: { tags, summary: 'Get a VM', params: IdParams, response: { 200: Vm } },
+    },
+    async (req) => s.vms.get(req.params.id),
+  );
+
+  app.patch(
+    '/api/v1/vms/:id',
+    {
+      config: { access: 'operator', audit: 'vm.update' },
+      schema: {
+        tags,
+        summary: 'Rename, relabel, change restart policy; vCPU/memory only while stopped',
+        params: IdParams,
+        body: VmPatch,
+        response: { 200: Vm },
+      },
+    },
+    async (req) => s.vms.patch(req.params.id, req.body),
+  );
+
+  app.delete(
+    '/api/v1/vms/:id',
+    {
+      config: { access: 'operator', audit: 'vm.delete' },
+      schema: {
+        tags,
+        summary: 'Delete a VM (409 while it runs, unless force=true)',
+        params: IdParams,
+        querystring: DeleteVmQuery,
+        response: { 202: VmActionResponse },
+      },
+    },
+    async (req, reply) =>
+      reply
+        .status(202)
+        .send(await s.vms.delete(req.params.id, req.query.force === 'true', actorName(req.principal))),
+  );
+
+  const action = (name: VmAction, summary: string, method: 'post' | 'patch' = 'post') => {
+    const body = name === 'stop' ? { body: VmStop.optional() } : {};
+    app[method](
+      `/api/v1/vms/:id/${name}`,
+      {
+        config: { access: 'operator', audit: `vm.${name}` },
+        schema: { tags, summary, params: IdParams, ...body, response: { 202: VmActionResponse } },
+      },
+      async (req, reply) => {
+        const params = name === 'stop' ? VmStop.parse(req.body ?? {}) : {};
+        return reply.status(202).send(await s.vms.act(req.params.id, name, actorName(req.principal), params));
+      },
+    );
+  };
+  action('start', 'Start a stopped VM');
+  action('stop', 'Stop a VM (graceful, then forced after timeout_s; force=true skips the guest)');
+  action('pause', 'Pause a running VM');
+  action('resume', 'Resume a paused VM');
+  action('reboot', 'Reboot a running VM');
+  action('pause', 'Pause a running VM (reference form)', 'patch');
+  action('resume', 'Resume a paused VM (reference form)', 'patch');
+}

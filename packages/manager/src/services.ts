@@ -1,0 +1,26 @@
+/** Everything the HTTP routes and background loops share, built once per manager. */
+
+import type { AuditLog } from './audit/audit';
+import type { LoginThrottle } from './auth/throttle';
+import type { Users } from './auth/users';
+import type { ManagerConfig } from './config';
+import type { Datastore } from './db/datastore';
+import type { EventBus } from './events/bus';
+import type { Hosts } from './hosts/hosts';
+import type { ManagerKey } from './hosts/manager-key';
+import type { Operations } from './operations/operations';
+import type { Vms } from './vms/vms';
+
+export interface Services {
+  config: ManagerConfig;
+  store: Datastore;
+  bus: EventBus;
+  ops: Operations;
+  vms: Vms;
+  users: Users;
+  hosts: Hosts;
+  audit: AuditLog;
+  throttle: LoginThrottle;
+  managerKey: ManagerKey;
+  version: string;
+}
