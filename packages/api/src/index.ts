@@ -1,2 +1,3 @@
+export * from './agent-protocol';
 export * from './errors';
 export * from './schemas';

@@ -268,12 +268,28 @@ export const AgentRegistered = z.object({
   manager_public_key: z.string().describe('PEM; the agent verifies the manager requests signed with it'),
 });
 
+/** What an agent reports per VM (in heartbeats). */
+export const AgentVmState = z.enum([
+  'starting',
+  'running',
+  'pausing',
+  'paused',
+  'stopping',
+  'stopped',
+  'failed',
+  'deleted',
+]);
+export type AgentVmState = z.infer<typeof AgentVmState>;
+
 export const AgentVmReport = z.object({
   id: Uuid,
   generation: z.number().int().min(0),
-  state: VmState,
+  state: AgentVmState,
   error: z.string().max(2000).nullable().default(null),
+  vmm: Vmm.nullable().default(null),
+  pid: z.number().int().nullable().default(null),
 });
+export type AgentVmReport = z.infer<typeof AgentVmReport>;
 
 export const AgentHeartbeat = z.strictObject({
   capacity: HostCapacity,

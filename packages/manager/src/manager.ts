@@ -5,6 +5,7 @@
  */
 import { createHash, X509Certificate } from 'node:crypto';
 import fs from 'node:fs';
+import pino from 'pino';
 import { AuditLog } from './audit/audit';
 import { LoginThrottle } from './auth/throttle';
 import { Users } from './auth/users';
@@ -12,11 +13,14 @@ import { isoAfter } from './clock';
 import type { ManagerConfig } from './config';
 import { type Datastore, openDatastore } from './db/datastore';
 import { EventBus } from './events/bus';
+import { AgentClient } from './hosts/agent-client';
 import { Hosts } from './hosts/hosts';
 import { loadOrCreateManagerKey } from './hosts/manager-key';
 import type { App } from './http/app-type';
 import { type BuildOptions, buildApp, type RegisteredRoute } from './http/server';
 import { Operations } from './operations/operations';
+import { Reconciler } from './reconciler/reconciler';
+import { Scheduler } from './scheduler/scheduler';
 import type { Services } from './services';
 import { Vms } from './vms/vms';
 
@@ -51,17 +55,30 @@ export async function createManager(config: ManagerConfig, opts: ManagerOptions 
     https = { cert: fs.readFileSync(config.tls.certFile), key: fs.readFileSync(config.tls.keyFile) };
     fingerprint = createHash('sha256').update(new X509Certificate(https.cert).raw).digest('hex');
   }
+  const vms = new Vms(store, bus, ops);
+  const managerKey = loadOrCreateManagerKey(config.dataDir);
+  const scheduler = new Scheduler(store);
+  const agents = new AgentClient(managerKey);
+  const log = pino({
+    level:
+      typeof opts.logger === 'object' && opts.logger && 'level' in opts.logger
+        ? String(opts.logger.level)
+        : 'silent',
+  });
   const services: Services = {
     config,
     store,
     bus,
     ops,
-    vms: new Vms(store, bus, ops),
+    vms,
+    scheduler,
+    agents,
+    reconciler: new Reconciler(store, vms, ops, scheduler, agents, log),
     users: new Users(store, bus, config.sessionTtlHours),
     hosts: new Hosts(store, bus, config.heartbeatIntervalS, fingerprint),
     audit: new AuditLog(store),
     throttle: new LoginThrottle(),
-    managerKey: loadOrCreateManagerKey(config.dataDir),
+    managerKey,
     version: VERSION,
   };
   const firstAdmin = await services.users.ensureFirstAdmin(config.adminPassword);
@@ -73,6 +90,7 @@ export async function createManager(config: ManagerConfig, opts: ManagerOptions 
   let lastPrune = 0;
   const loop = async () => {
     try {
+      await store.withSingletonLock('nqvm:reconciler', () => services.reconciler.pass());
       await store.withSingletonLock('nqvm:health-sweep', async () => {
         for (const host of await services.hosts.sweep()) {
           if (host.status === 'ready') continue;

@@ -6,9 +6,12 @@ import type { Users } from './auth/users';
 import type { ManagerConfig } from './config';
 import type { Datastore } from './db/datastore';
 import type { EventBus } from './events/bus';
+import type { AgentClient } from './hosts/agent-client';
 import type { Hosts } from './hosts/hosts';
 import type { ManagerKey } from './hosts/manager-key';
 import type { Operations } from './operations/operations';
+import type { Reconciler } from './reconciler/reconciler';
+import type { Scheduler } from './scheduler/scheduler';
 import type { Vms } from './vms/vms';
 
 export interface Services {
@@ -22,5 +25,8 @@ export interface Services {
   audit: AuditLog;
   throttle: LoginThrottle;
   managerKey: ManagerKey;
+  scheduler: Scheduler;
+  agents: AgentClient;
+  reconciler: Reconciler;
   version: string;
 }

@@ -233,6 +233,19 @@ const steps: Record<string, Step> = {
   },
 };
 
+const steps2: Record<string, Step> = {
+  async '0002_reconciler'(db) {
+    // The generation the host last acknowledged, and when a command was last sent for it.
+    await db.schema
+      .alterTable('vms')
+      .addColumn('observed_generation', 'integer', (c) => c.notNull().defaultTo(0))
+      .execute();
+    await db.schema.alterTable('vms').addColumn('commanded_at', 'text').execute();
+    await db.schema.alterTable('vms').addColumn('pid', 'integer').execute();
+  },
+};
+Object.assign(steps, steps2);
+
 class StaticProvider implements MigrationProvider {
   constructor(private readonly dialect: DialectName) {}
   async getMigrations(): Promise<Record<string, Migration>> {

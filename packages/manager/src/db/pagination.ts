@@ -17,7 +17,10 @@ export function encodeCursor(at: string, id: string): string {
 export function decodeCursor(cursor: string): [string, string] {
   try {
     const v = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8'));
-    if (Array.isArray(v) && v.length === 2 && typeof v[0] === 'string' && typeof v[1] === 'string') {
+    // Only what encodeCursor writes: two short strings of printable characters.
+    const ok = (x: unknown): x is string =>
+      typeof x === 'string' && x.length <= 128 && !/[\u0000-\u001f]/.test(x);
+    if (Array.isArray(v) && v.length === 2 && ok(v[0]) && ok(v[1])) {
       return [v[0], v[1]];
     }
   } catch {

@@ -90,6 +90,9 @@ export interface VmsTable {
   created_by: string | null;
   created_at: Time;
   updated_at: Time;
+  observed_generation: Generated<number>;
+  commanded_at: Time | null;
+  pid: number | null;
 }
 
 export interface VmLabelsTable {

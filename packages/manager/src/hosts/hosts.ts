@@ -216,6 +216,16 @@ export class Hosts {
     return credential;
   }
 
+  async setSchedulable(hostId: string, schedulable: boolean): Promise<Host> {
+    await this.getRow(hostId);
+    await this.store.db
+      .updateTable('hosts')
+      .set({ schedulable: schedulable ? 1 : 0, updated_at: nowIso() })
+      .where('id', '=', hostId)
+      .execute();
+    return this.publish(hostId, 'host.updated');
+  }
+
   async revokeCredential(hostId: string): Promise<Host> {
     await this.getRow(hostId);
     await this.store.db

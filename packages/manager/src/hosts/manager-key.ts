@@ -5,6 +5,7 @@
 import { createPrivateKey, createPublicKey, generateKeyPairSync, type KeyObject, sign } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import { signingInput } from '@nqvm/api';
 
 export interface ManagerKey {
   privateKey: KeyObject;
@@ -23,16 +24,6 @@ export function loadOrCreateManagerKey(dataDir: string): ManagerKey {
   }
   const publicKeyPem = createPublicKey(privateKey).export({ format: 'pem', type: 'spki' }).toString();
   return { privateKey, publicKeyPem };
-}
-
-/** The string both sides sign and verify: method, path with query, time, body digest. */
-export function signingInput(
-  method: string,
-  pathAndQuery: string,
-  timestamp: string,
-  bodySha256Hex: string,
-): Buffer {
-  return Buffer.from(`${method.toUpperCase()}\n${pathAndQuery}\n${timestamp}\n${bodySha256Hex}`);
 }
 
 export function signRequest(

@@ -5,6 +5,7 @@
 import cookie from '@fastify/cookie';
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
+import { InputError } from '@nqvm/api';
 import Fastify, { type FastifyServerOptions } from 'fastify';
 import {
   jsonSchemaTransform,
@@ -20,7 +21,7 @@ import { healthRoutes } from '../routes/health';
 import { hostRoutes } from '../routes/hosts';
 import { operationRoutes } from '../routes/operations';
 import { tokenRoutes, userRoutes } from '../routes/users';
-import { vmRoutes } from '../routes/vms';
+import { vmConsoleRoutes, vmRoutes } from '../routes/vms';
 import type { Services } from '../services';
 import type { App } from './app-type';
 import { authHook } from './auth-hook';
@@ -42,6 +43,29 @@ export interface BuildOptions {
 }
 
 const MUTATING = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
+const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/**
+ * The path of the first string (or key) holding a NUL character, or null. PostgreSQL text cannot
+ * store NUL, so it is refused at the edge on both datastores. Iterative: bodies may nest deeply.
+ */
+export function findNul(root: unknown, base: string): string | null {
+  const stack: Array<[unknown, string]> = [[root, base]];
+  while (stack.length) {
+    const [v, at] = stack.pop()!;
+    if (typeof v === 'string') {
+      if (v.includes('\u0000')) return at;
+    } else if (Array.isArray(v)) {
+      v.forEach((x, i) => stack.push([x, `${at}.${i}`]));
+    } else if (v !== null && typeof v === 'object') {
+      for (const [k, x] of Object.entries(v)) {
+        if (k.includes('\u0000')) return at;
+        stack.push([x, `${at}.${k}`]);
+      }
+    }
+  }
+  return null;
+}
 
 export async function buildApp(
   s: Services,
@@ -52,10 +76,17 @@ export async function buildApp(
     bodyLimit: BODY_LIMIT,
     ...(opts.https ? { https: opts.https } : {}),
     ajv: { customOptions: { coerceTypes: false } },
+    // Errors the router raises before any route runs (bad %-escapes, over-long path segments).
+    frameworkErrors: (err, _req, reply) =>
+      sendError(reply, 400, {
+        error: { code: 'VALIDATION_FAILED', message: `the request URL is not valid: ${err.message}` },
+      }),
   }).withTypeProvider<ZodTypeProvider>() as unknown as App;
 
   app.setValidatorCompiler(validatorCompiler);
   app.setSerializerCompiler(serializerCompiler);
+  // The API speaks JSON only; a text/plain body (a CORS "simple request") is refused with 415.
+  app.removeContentTypeParser('text/plain');
 
   const routes: RegisteredRoute[] = [];
   app.addHook('onRoute', (r) => {
@@ -92,6 +123,19 @@ export async function buildApp(
   await app.register(swaggerUi, { routePrefix: '/docs' });
 
   app.addHook('onRequest', authHook(s));
+  app.addHook('preValidation', async (req) => {
+    for (const [part, value] of [
+      ['params', req.params],
+      ['querystring', req.query],
+      ['body', req.body],
+    ] as const) {
+      const at = findNul(value, part);
+      if (at)
+        throw new InputError(`invalid ${at}`, {
+          fields: [{ path: at, message: 'must not contain NUL characters' }],
+        });
+    }
+  });
   app.addHook('onResponse', async (req, reply) => {
     const audit = req.routeOptions.config?.audit;
     if (!MUTATING.has(req.method) || audit === false || req.routeOptions.config?.access === undefined) return;
@@ -138,9 +182,10 @@ export async function buildApp(
   userRoutes(app, s);
   tokenRoutes(app, s);
   vmRoutes(app, s);
+  vmConsoleRoutes(app, s);
   operationRoutes(app, s);
   eventRoutes(app, s);
-  hostRoutes(app, s);
+  hostRoutes(app, s, (hostId, hb) => s.reconciler.onHeartbeat(hostId, hb));
   auditRoutes(app, s);
   await opts.extend?.(app, s);
 

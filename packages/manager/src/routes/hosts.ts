@@ -12,10 +12,13 @@ import {
   JoinTokenCreated,
   ListQuery,
   listOf,
+  Operation,
+  type VmState,
 } from '@nqvm/api';
 import { z } from 'zod';
 import type { App } from '../http/app-type';
 import type { Services } from '../services';
+import { canTransition } from '../vms/state-machine';
 import { actorName } from './vms';
 
 export function hostRoutes(
@@ -69,6 +72,51 @@ export function hostRoutes(
       },
     },
     async (req) => s.hosts.revokeCredential(req.params.id),
+  );
+
+  for (const [verb, schedulable, summary] of [
+    ['cordon', false, 'Stop placing new VMs on this host'],
+    ['uncordon', true, 'Place new VMs on this host again'],
+  ] as const) {
+    app.post(
+      `/api/v1/hosts/:id/${verb}`,
+      {
+        config: { access: 'admin', audit: `host.${verb}` },
+        schema: { tags, summary, params: IdParams, response: { 200: Host } },
+      },
+      async (req) => s.hosts.setSchedulable(req.params.id, schedulable),
+    );
+  }
+  app.post(
+    '/api/v1/hosts/:id/drain',
+    {
+      config: { access: 'admin', audit: 'host.drain' },
+      schema: {
+        tags,
+        summary: 'Cordon the host and stop its VMs (graceful, then forced after timeout_s)',
+        params: IdParams,
+        body: z.strictObject({ timeout_s: z.number().int().min(1).max(3600).default(30) }).optional(),
+        response: { 200: z.object({ host: Host, operations: z.array(Operation) }) },
+      },
+    },
+    async (req) => {
+      const host = await s.hosts.setSchedulable(req.params.id, false);
+      const operations = [];
+      for (const vm of await s.store.db
+        .selectFrom('vms')
+        .select(['id', 'state'])
+        .where('host_id', '=', req.params.id)
+        .execute()) {
+        if (!canTransition('stop', vm.state as VmState) || vm.state === 'stopped') continue;
+        const out = await s.vms.act(vm.id, 'stop', actorName(req.principal), {
+          force: false,
+          timeout_s: req.body?.timeout_s ?? 30,
+        });
+        operations.push(out.operation);
+        void s.reconciler.reconcile(vm.id);
+      }
+      return { host, operations };
+    },
   );
 
   app.get(

@@ -1,4 +1,5 @@
 import {
+  ConflictError,
   DeleteVmQuery,
   IdParams,
   listOf,
@@ -9,6 +10,7 @@ import {
   VmPatch,
   VmStop,
 } from '@nqvm/api';
+import { z } from 'zod';
 import type { Principal } from '../auth/principal';
 import { actorOf } from '../auth/principal';
 import type { App } from '../http/app-type';
@@ -47,6 +49,7 @@ export function vmRoutes(app: App, s: Services): void {
     async (req, reply) => {
       const out = await s.vms.create(req.body, actorName(req.principal));
       req.auditTarget = { type: 'vm', id: out.vm.id };
+      void s.reconciler.reconcile(out.vm.id);
       return reply.status(202).send(out);
     },
   );
@@ -94,7 +97,8 @@ export function vmRoutes(app: App, s: Services): void {
   );
 
   const action = (name: VmAction, summary: string, method: 'post' | 'patch' = 'post') => {
-    const body = name === 'stop' ? { body: VmStop.optional() } : {};
+    // Fastify validates a missing body as null: the stop body is optional.
+    const body = name === 'stop' ? { body: VmStop.nullish() } : {};
     app[method](
       `/api/v1/vms/:id/${name}`,
       {
@@ -103,7 +107,9 @@ export function vmRoutes(app: App, s: Services): void {
       },
       async (req, reply) => {
         const params = name === 'stop' ? VmStop.parse(req.body ?? {}) : {};
-        return reply.status(202).send(await s.vms.act(req.params.id, name, actorName(req.principal), params));
+        const out = await s.vms.act(req.params.id, name, actorName(req.principal), params);
+        void s.reconciler.reconcile(req.params.id);
+        return reply.status(202).send(out);
       },
     );
   };
@@ -114,4 +120,36 @@ export function vmRoutes(app: App, s: Services): void {
   action('reboot', 'Reboot a running VM');
   action('pause', 'Pause a running VM (reference form)', 'patch');
   action('resume', 'Resume a paused VM (reference form)', 'patch');
+}
+
+export function vmConsoleRoutes(app: App, s: Services): void {
+  app.get(
+    '/api/v1/vms/:id/console',
+    {
+      config: { access: 'viewer' },
+      schema: {
+        tags: ['vms'],
+        summary: "The VM's recent serial console output (raw bytes)",
+        params: IdParams,
+        querystring: z.object({
+          tail: z.coerce
+            .number()
+            .int()
+            .min(1)
+            .max(1024 * 1024)
+            .default(65_536),
+        }),
+      },
+    },
+    async (req, reply) => {
+      const vm = await s.vms.getRow(req.params.id);
+      if (!vm.host_id)
+        throw new ConflictError('VM_INVALID_STATE', 'the VM has not been placed on a host yet', {
+          state: vm.state,
+        });
+      const host = await s.hosts.getRow(vm.host_id);
+      const bytes = await s.agents.consoleTail(host.address, vm.id, req.query.tail);
+      return reply.type('application/octet-stream').send(bytes);
+    },
+  );
 }

@@ -180,6 +180,9 @@ export class Vms {
       created_by: actor,
       created_at: at,
       updated_at: at,
+      observed_generation: 0,
+      commanded_at: null,
+      pid: null,
     };
     try {
       await this.store.db.transaction().execute(async (trx) => {
@@ -198,6 +201,7 @@ export class Vms {
       kind: input.start ? 'vm.create' : 'vm.define',
       target: { type: 'vm', id },
       createdBy: actor,
+      params: { generation: 1 },
       message: input.start ? 'waiting for a host' : 'defined',
     });
     if (!input.start)
@@ -287,7 +291,7 @@ export class Vms {
       kind: `vm.${action}`,
       target: { type: 'vm', id },
       createdBy: actor,
-      params,
+      params: { ...params, generation: row.generation + 1 },
       message: immediate ? 'done' : 'waiting for the host',
     });
     if (immediate)

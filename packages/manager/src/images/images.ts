@@ -1,0 +1,88 @@
+/**
+ * Image lookups the reconciler needs: an explicit image by id, or the default of its kind
+ * (`nqvm up` registers a default kernel, initrd and rootfs so a newcomer names none).
+ */
+import { createHash, randomUUID } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import fs from 'node:fs/promises';
+import { type AgentImageRef, InputError } from '@nqvm/api';
+import { nowIso } from '../clock';
+import type { Datastore } from '../db/datastore';
+
+type Kind = 'kernel' | 'initrd' | 'rootfs';
+
+export async function resolveImage(
+  store: Datastore,
+  kind: Kind,
+  id: string | null,
+  opts: { optional?: boolean; useDefault?: boolean } = {},
+): Promise<AgentImageRef | null> {
+  let q = store.db.selectFrom('images').selectAll().where('kind', '=', kind);
+  if (id) q = q.where('id', '=', id);
+  else if (opts.useDefault === false) return null;
+  else q = q.where('is_default', '=', 1);
+  const row = await q.executeTakeFirst();
+  if (!row) {
+    if (opts.optional && !id) return null;
+    throw new InputError(
+      id
+        ? `${kind} image ${id} does not exist`
+        : `no ${kind} image given and no default ${kind} is registered`,
+      { field: `${kind}_image_id` },
+      'IMAGE_NOT_FOUND',
+    );
+  }
+  const source = JSON.parse(row.source) as { path?: string };
+  return {
+    id: row.id,
+    sha256: row.sha256,
+    size_bytes: row.size_bytes === null ? null : Number(row.size_bytes),
+    path: source.path ?? null,
+  };
+}
+
+async function sha256File(file: string): Promise<string> {
+  const h = createHash('sha256');
+  for await (const chunk of createReadStream(file)) h.update(chunk as Buffer);
+  return h.digest('hex');
+}
+
+/**
+ * Registers a file on this machine as an image (idempotent by name), optionally as the default
+ * of its kind. Used by `nqvm up` for the built-in guest.
+ */
+export async function registerPathImage(
+  store: Datastore,
+  input: { name: string; kind: Kind; path: string; isDefault?: boolean; format?: string },
+): Promise<string> {
+  const st = await fs.stat(input.path);
+  const sha256 = await sha256File(input.path);
+  const at = nowIso();
+  const existing = await store.db
+    .selectFrom('images')
+    .select(['id'])
+    .where('name', '=', input.name)
+    .executeTakeFirst();
+  if (input.isDefault)
+    await store.db.updateTable('images').set({ is_default: 0 }).where('kind', '=', input.kind).execute();
+  const values = {
+    kind: input.kind,
+    sha256,
+    size_bytes: st.size,
+    format: input.format ?? (input.kind === 'rootfs' ? 'ext4' : null),
+    status: 'ready',
+    source: JSON.stringify({ type: 'path', path: input.path }),
+    is_default: input.isDefault ? 1 : 0,
+    updated_at: at,
+  };
+  if (existing) {
+    await store.db.updateTable('images').set(values).where('id', '=', existing.id).execute();
+    return existing.id;
+  }
+  const id = randomUUID();
+  await store.db
+    .insertInto('images')
+    .values({ id, name: input.name, metadata: '{}', created_at: at, ...values })
+    .execute();
+  return id;
+}

@@ -1,0 +1,330 @@
+/**
+ * The reconciler drives each VM's actual state toward its desired state: it places unplaced
+ * VMs, sends the host agent an idempotent command per (VM, generation), turns agent reports
+ * into VM states, and finishes the operations those reports satisfy. It is level-triggered:
+ * a lost command or report is repaired by the next pass.
+ */
+import type { AgentHeartbeat, AgentVmCommand, AgentVmReport, VmState } from '@nqvm/api';
+import { NqvmError } from '@nqvm/api';
+import type { z } from 'zod';
+import { isoAfter, nowIso } from '../clock';
+import type { Datastore } from '../db/datastore';
+import type { HostRow, OperationRow, VmRow } from '../db/schema';
+import type { AgentClient } from '../hosts/agent-client';
+import { resolveImage } from '../images/images';
+import type { Operations } from '../operations/operations';
+import type { Scheduler } from '../scheduler/scheduler';
+import type { StoredSpec, Vms } from '../vms/vms';
+
+/** A command not acknowledged within this time is sent again (same generation: idempotent). */
+const RESEND_AFTER_MS = 10_000;
+
+/** The state each operation kind waits for. */
+const OP_TARGET: Record<string, VmState> = {
+  'vm.create': 'running',
+  'vm.start': 'running',
+  'vm.resume': 'running',
+  'vm.reboot': 'running',
+  'vm.stop': 'stopped',
+  'vm.pause': 'paused',
+};
+
+const SETTLED: ReadonlySet<string> = new Set(['running', 'paused', 'stopped', 'failed']);
+
+export class Reconciler {
+  private readonly inflight = new Set<string>();
+
+  constructor(
+    private readonly store: Datastore,
+    private readonly vms: Vms,
+    private readonly ops: Operations,
+    private readonly scheduler: Scheduler,
+    private readonly agents: AgentClient,
+    private readonly log: { warn: (o: object, m: string) => void; error: (o: object, m: string) => void },
+  ) {}
+
+  /** One pass over every VM that needs work. */
+  async pass(): Promise<void> {
+    const rows = await this.store.db
+      .selectFrom('vms')
+      .selectAll()
+      .where((eb) =>
+        eb.or([
+          eb('host_id', 'is', null).and('desired_state', '!=', 'stopped'),
+          eb('state', '=', 'deleting'),
+          eb('host_id', 'is not', null).and('observed_generation', '<', eb.ref('generation')),
+        ]),
+      )
+      .execute();
+    await Promise.all(rows.map((vm) => this.reconcile(vm.id)));
+  }
+
+  /** Reconciles one VM now (called right after an API action, and by each pass). */
+  async reconcile(vmId: string): Promise<void> {
+    if (this.inflight.has(vmId)) return;
+    this.inflight.add(vmId);
+    try {
+      await this.reconcileOne(vmId);
+    } catch (err) {
+      this.log.error({ err, vmId }, 'reconcile failed; will retry');
+    } finally {
+      this.inflight.delete(vmId);
+    }
+  }
+
+  private async reconcileOne(vmId: string): Promise<void> {
+    let vm = await this.vms.findRow(vmId);
+    if (!vm) return;
+    if (!vm.host_id) {
+      if (vm.state === 'deleting') return this.finishDelete(vm);
+      if (vm.desired_state === 'stopped') return;
+      const placed = await this.place(vm);
+      if (!placed) return;
+      vm = (await this.vms.findRow(vmId))!;
+    }
+    const host = await this.store.db
+      .selectFrom('hosts')
+      .selectAll()
+      .where('id', '=', vm.host_id!)
+      .executeTakeFirst();
+    if (!host) return;
+    if (host.status !== 'ready') {
+      await this.note(vm, `waiting for host ${host.name} (${host.status})`);
+      return;
+    }
+    if (vm.state === 'deleting') {
+      if (vm.commanded_at && vm.commanded_at > isoAfter(-RESEND_AFTER_MS)) return;
+      await this.markCommanded(vm);
+      await this.agents.deleteVm(host.address, vm.id);
+      return;
+    }
+    if (vm.observed_generation >= vm.generation) return;
+    if (vm.commanded_at && vm.commanded_at > isoAfter(-RESEND_AFTER_MS)) return;
+    let cmd: AgentVmCommand;
+    try {
+      cmd = await this.command(vm);
+    } catch (err) {
+      if (err instanceof NqvmError) return this.failVm(vm, err.code, err.message);
+      throw err;
+    }
+    await this.markCommanded(vm);
+    try {
+      const report = await this.agents.putVm(host.address, vm.id, cmd);
+      await this.applyReport(host, report);
+    } catch (err) {
+      await this.note(
+        vm,
+        `host ${host.name} did not take the command yet: ${(err as Error).message}; retrying`,
+      );
+    }
+  }
+
+  /** Places the VM; answers false when it must wait or has failed. */
+  private async place(vm: VmRow): Promise<boolean> {
+    try {
+      const host = await this.scheduler.place(vm.id);
+      await this.note(vm, `placed on host ${host.name}`, 10);
+      return true;
+    } catch (err) {
+      if (!(err instanceof NqvmError) || err.code !== 'NO_CAPACITY') throw err;
+      const anyReady = await this.store.db
+        .selectFrom('hosts')
+        .select('id')
+        .where('status', '=', 'ready')
+        .where('schedulable', '=', 1)
+        .where('credential_hash', 'is not', null)
+        .executeTakeFirst();
+      // With no usable host at all the VM waits (hosts may join); when hosts exist but none fits, it fails.
+      if (!anyReady) {
+        await this.note(vm, `waiting for a host: ${err.message}`);
+        return false;
+      }
+      await this.failVm(vm, 'NO_CAPACITY', err.message);
+      return false;
+    }
+  }
+
+  private async command(vm: VmRow): Promise<AgentVmCommand> {
+    const spec = JSON.parse(vm.spec) as StoredSpec;
+    const [kernel, initrd, rootfs] = await Promise.all([
+      resolveImage(this.store, 'kernel', spec.kernel_image_id),
+      resolveImage(this.store, 'initrd', spec.initrd_image_id, {
+        optional: true,
+        useDefault: spec.kernel_image_id === null,
+      }),
+      resolveImage(this.store, 'rootfs', spec.rootfs_image_id, { optional: true }),
+    ]);
+    const ops = await this.ops.active(vm.id);
+    const current = ops.find(
+      (o) => (JSON.parse(o.params) as { generation?: number }).generation === vm.generation,
+    );
+    const params = current ? (JSON.parse(current.params) as { force?: boolean; timeout_s?: number }) : {};
+    return {
+      generation: vm.generation,
+      desired: vm.desired_state as AgentVmCommand['desired'],
+      reboot: current?.kind === 'vm.reboot',
+      stop: { force: params.force ?? false, timeout_s: params.timeout_s ?? 30 },
+      spec: {
+        name: vm.name,
+        vcpu: vm.vcpu,
+        mem_mib: Number(vm.mem_mib),
+        vmm: (vm.vmm as AgentVmCommand['spec']['vmm']) ?? null,
+        kernel: kernel!,
+        initrd,
+        rootfs,
+        disk_size_mib: spec.disk_size_mib,
+        boot_args: spec.boot_args,
+        restart_policy: vm.restart_policy as AgentVmCommand['spec']['restart_policy'],
+      },
+    };
+  }
+
+  /** Applies a heartbeat's VM reports, and repairs what the host lost or should not have. */
+  async onHeartbeat(hostId: string, hb: z.infer<typeof AgentHeartbeat>): Promise<void> {
+    const host = await this.store.db
+      .selectFrom('hosts')
+      .selectAll()
+      .where('id', '=', hostId)
+      .executeTakeFirst();
+    if (!host) return;
+    const reported = new Set<string>();
+    for (const r of hb.vms) {
+      reported.add(r.id);
+      await this.applyReport(host, r);
+    }
+    const assigned = await this.store.db
+      .selectFrom('vms')
+      .selectAll()
+      .where('host_id', '=', hostId)
+      .execute();
+    for (const vm of assigned) {
+      if (reported.has(vm.id)) continue;
+      if (vm.state === 'unknown')
+        await this.vms.write(vm.id, {
+          state: 'stopped',
+          last_error: `host ${host.name} no longer has this VM`,
+        });
+      // The host forgot the VM (state lost): command it again.
+      if (vm.observed_generation > 0 && (!vm.commanded_at || vm.commanded_at < isoAfter(-RESEND_AFTER_MS))) {
+        await this.store.db
+          .updateTable('vms')
+          .set({ observed_generation: 0, commanded_at: null })
+          .where('id', '=', vm.id)
+          .execute();
+        void this.reconcile(vm.id);
+      }
+    }
+  }
+
+  async applyReport(host: HostRow, r: AgentVmReport): Promise<void> {
+    const vm = await this.vms.findRow(r.id);
+    if (!vm || vm.host_id !== host.id) {
+      if (r.state !== 'deleted') {
+        // A VM this host should not run (deleted meanwhile, or placed elsewhere): remove it there.
+        this.agents
+          .deleteVm(host.address, r.id)
+          .catch((err) => this.log.warn({ err, vmId: r.id }, 'orphan cleanup failed'));
+      }
+      return;
+    }
+    if (r.state === 'deleted') {
+      if (vm.state === 'deleting') return this.finishDelete(vm);
+      await this.store.db
+        .updateTable('vms')
+        .set({ observed_generation: 0, commanded_at: null })
+        .where('id', '=', vm.id)
+        .execute();
+      return;
+    }
+    if (vm.state === 'deleting') return;
+    const current = r.generation >= vm.generation;
+    if (!current && vm.state !== 'unknown') return;
+    let state = r.state as VmState;
+    let desired = vm.desired_state;
+    if (
+      current &&
+      (state === 'stopped' || state === 'failed') &&
+      vm.desired_state === 'running' &&
+      SETTLED.has(state)
+    ) {
+      // The guest ended on its own and the host's restart policy did not bring it back.
+      desired = 'stopped';
+    }
+    if (vm.state === 'creating' && (state === 'stopping' || state === 'stopped') && !current)
+      state = 'creating';
+    const changed =
+      vm.state !== state || vm.last_error !== r.error || vm.desired_state !== desired || vm.pid !== r.pid;
+    await this.store.db
+      .updateTable('vms')
+      .set({
+        observed_generation: current
+          ? Math.max(vm.observed_generation, r.generation)
+          : vm.observed_generation,
+        ...(current ? { commanded_at: null } : {}),
+        pid: r.pid,
+        ...(r.vmm && !vm.vmm ? { vmm: r.vmm } : {}),
+      })
+      .where('id', '=', vm.id)
+      .execute();
+    if (changed) await this.vms.write(vm.id, { state, last_error: r.error, desired_state: desired });
+    if (current) await this.settleOperations(vm.id, state, r.error, r.generation);
+  }
+
+  private async settleOperations(
+    vmId: string,
+    state: VmState,
+    error: string | null,
+    generation: number,
+  ): Promise<void> {
+    for (const op of await this.ops.active(vmId)) {
+      const opGen = (JSON.parse(op.params) as { generation?: number }).generation ?? 0;
+      if (opGen > generation) continue;
+      const target = OP_TARGET[op.kind];
+      if (!target) continue;
+      if (state === target) {
+        await this.ops.succeed(op.id, `VM is ${state}`);
+      } else if (state === 'failed') {
+        await this.ops.fail(op.id, 'VM_FAILED', error ?? 'the VM failed');
+      } else if (SETTLED.has(state) && op.kind !== 'vm.stop') {
+        await this.ops.fail(op.id, 'VM_FAILED', error ?? `the VM is ${state}, not ${target}`);
+      } else {
+        await this.progress(op, state);
+      }
+    }
+  }
+
+  private async progress(op: OperationRow, state: VmState): Promise<void> {
+    const percent = state === 'starting' ? 50 : state === 'stopping' || state === 'pausing' ? 60 : 30;
+    if (op.status === 'queued' || op.progress_message !== `VM is ${state}`) {
+      await this.ops.update(op.id, { status: 'running', percent, message: `VM is ${state}` });
+    }
+  }
+
+  private async finishDelete(vm: VmRow): Promise<void> {
+    await this.scheduler.release(vm);
+    await this.vms.remove(vm.id);
+    for (const op of await this.ops.active(vm.id)) {
+      if (op.kind === 'vm.delete') await this.ops.succeed(op.id, 'deleted');
+      else await this.ops.update(op.id, { status: 'cancelled', message: 'the VM was deleted' });
+    }
+  }
+
+  private async failVm(vm: VmRow, code: string, message: string): Promise<void> {
+    await this.vms.write(vm.id, { state: 'failed', desired_state: 'stopped', last_error: message });
+    for (const op of await this.ops.active(vm.id)) await this.ops.fail(op.id, code, message);
+  }
+
+  private async note(vm: VmRow, message: string, percent?: number): Promise<void> {
+    for (const op of await this.ops.active(vm.id)) {
+      if (op.progress_message === message) continue;
+      await this.ops.update(op.id, {
+        message,
+        ...(percent !== undefined ? { percent, status: 'running' } : {}),
+      });
+    }
+  }
+
+  private async markCommanded(vm: VmRow): Promise<void> {
+    await this.store.db.updateTable('vms').set({ commanded_at: nowIso() }).where('id', '=', vm.id).execute();
+  }
+}

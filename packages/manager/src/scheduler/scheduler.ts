@@ -1,0 +1,168 @@
+/**
+ * Placement: a VM goes to a ready, schedulable host that has the VMM it needs and enough free
+ * vCPU, memory and disk; among those, the one with the most free memory. The capacity is
+ * reserved by a conditional UPDATE in the same transaction that assigns the host, so two
+ * managers (or two requests) can never overbook a host.
+ */
+import { ServiceUnavailableError } from '@nqvm/api';
+import { sql } from 'kysely';
+import { nowIso } from '../clock';
+import type { Datastore } from '../db/datastore';
+import type { HostRow, VmRow } from '../db/schema';
+
+export interface Demand {
+  vcpu: number;
+  memMib: number;
+  diskMib: number;
+  vmm: 'firecracker' | 'qemu' | null;
+}
+
+interface DriverReport {
+  kind: string;
+  available: boolean;
+}
+
+export function demandOf(vm: Pick<VmRow, 'vcpu' | 'mem_mib' | 'disk_mib' | 'vmm'>): Demand {
+  return {
+    vcpu: vm.vcpu,
+    memMib: Number(vm.mem_mib),
+    diskMib: Number(vm.disk_mib),
+    vmm: (vm.vmm as Demand['vmm']) ?? null,
+  };
+}
+
+function hasVmm(h: HostRow, vmm: Demand['vmm']): boolean {
+  const drivers = (JSON.parse(h.capacity).drivers ?? []) as DriverReport[];
+  return drivers.some((d) => d.available && (vmm === null || d.kind === vmm));
+}
+
+function fits(h: HostRow, d: Demand): boolean {
+  return (
+    h.cap_vcpu - h.alloc_vcpu >= d.vcpu &&
+    Number(h.cap_mem_mib) - Number(h.alloc_mem_mib) >= d.memMib &&
+    Number(h.cap_disk_mib) - Number(h.alloc_disk_mib) >= d.diskMib
+  );
+}
+
+/** Why nothing fits, in words a user can act on. */
+function explain(hosts: HostRow[], d: Demand): string {
+  if (hosts.length === 0) return 'no host has joined; start an agent (nqvm agent --join-token ...)';
+  const ready = hosts.filter((h) => h.status === 'ready' && h.credential_hash !== null);
+  if (ready.length === 0)
+    return `no host is ready (${hosts.map((h) => `${h.name}: ${h.status}`).join(', ')})`;
+  const open = ready.filter((h) => h.schedulable === 1);
+  if (open.length === 0) return 'every ready host is cordoned';
+  const withVmm = open.filter((h) => hasVmm(h, d.vmm));
+  if (withVmm.length === 0)
+    return d.vmm ? `no ready host offers the ${d.vmm} VMM` : 'no ready host has a usable VMM';
+  const free = withVmm
+    .map(
+      (h) =>
+        `${h.name}: ${h.cap_vcpu - h.alloc_vcpu} vCPU, ${Number(h.cap_mem_mib) - Number(h.alloc_mem_mib)} MiB, ${Number(h.cap_disk_mib) - Number(h.alloc_disk_mib)} MiB disk free`,
+    )
+    .join('; ');
+  return `no host has room for ${d.vcpu} vCPU, ${d.memMib} MiB memory, ${d.diskMib} MiB disk (${free})`;
+}
+
+export class Scheduler {
+  constructor(private readonly store: Datastore) {}
+
+  /**
+   * Assigns a host to an unplaced VM and reserves its capacity; answers the host, or throws
+   * NO_CAPACITY with the reason. A VM that already has a host keeps it.
+   */
+  async place(vmId: string): Promise<HostRow> {
+    for (let attempt = 0; attempt < 5; attempt++) {
+      const hosts = await this.store.db.selectFrom('hosts').selectAll().execute();
+      const vm = await this.store.db
+        .selectFrom('vms')
+        .selectAll()
+        .where('id', '=', vmId)
+        .executeTakeFirstOrThrow();
+      if (vm.host_id) {
+        const own = hosts.find((h) => h.id === vm.host_id);
+        if (own) return own;
+      }
+      const d = demandOf(vm);
+      const candidates = hosts
+        .filter(
+          (h) =>
+            h.status === 'ready' &&
+            h.schedulable === 1 &&
+            h.credential_hash !== null &&
+            hasVmm(h, d.vmm) &&
+            fits(h, d),
+        )
+        .sort(
+          (a, b) =>
+            Number(b.cap_mem_mib) -
+            Number(b.alloc_mem_mib) -
+            (Number(a.cap_mem_mib) - Number(a.alloc_mem_mib)),
+        );
+      const chosen = candidates[0];
+      if (!chosen)
+        throw new ServiceUnavailableError('NO_CAPACITY', explain(hosts, d), {
+          vcpu: d.vcpu,
+          mem_mib: d.memMib,
+          disk_mib: d.diskMib,
+        });
+      const placed = await this.store.db
+        .transaction()
+        .execute(async (trx) => {
+          const reserved = await trx
+            .updateTable('hosts')
+            .set({
+              alloc_vcpu: sql`alloc_vcpu + ${d.vcpu}`,
+              alloc_mem_mib: sql`alloc_mem_mib + ${d.memMib}`,
+              alloc_disk_mib: sql`alloc_disk_mib + ${d.diskMib}`,
+              updated_at: nowIso(),
+            })
+            .where('id', '=', chosen.id)
+            .where('status', '=', 'ready')
+            .where('schedulable', '=', 1)
+            .where(sql<boolean>`cap_vcpu - alloc_vcpu >= ${d.vcpu}`)
+            .where(sql<boolean>`cap_mem_mib - alloc_mem_mib >= ${d.memMib}`)
+            .where(sql<boolean>`cap_disk_mib - alloc_disk_mib >= ${d.diskMib}`)
+            .executeTakeFirst();
+          if (Number(reserved.numUpdatedRows) !== 1) return false;
+          const assigned = await trx
+            .updateTable('vms')
+            .set({ host_id: chosen.id, updated_at: nowIso() })
+            .where('id', '=', vmId)
+            .where('host_id', 'is', null)
+            .executeTakeFirst();
+          if (Number(assigned.numUpdatedRows) !== 1) throw new RaceLost();
+          return true;
+        })
+        .catch((err) => {
+          if (err instanceof RaceLost) return false;
+          throw err;
+        });
+      if (placed) return chosen;
+    }
+    throw new ServiceUnavailableError('NO_CAPACITY', 'hosts changed while placing the VM; retry');
+  }
+
+  /** Returns a VM's reservation to its host (on delete or release); call once per placement. */
+  async release(vm: Pick<VmRow, 'id' | 'host_id' | 'vcpu' | 'mem_mib' | 'disk_mib' | 'vmm'>): Promise<void> {
+    const hostId = vm.host_id;
+    if (!hostId) return;
+    const d = demandOf(vm);
+    const minus = (col: string, n: number) =>
+      sql<number>`case when ${sql.ref(col)} > ${n} then ${sql.ref(col)} - ${n} else 0 end`;
+    await this.store.db.transaction().execute(async (trx) => {
+      await trx.updateTable('vms').set({ host_id: null }).where('id', '=', vm.id).execute();
+      await trx
+        .updateTable('hosts')
+        .set({
+          alloc_vcpu: minus('alloc_vcpu', d.vcpu),
+          alloc_mem_mib: minus('alloc_mem_mib', d.memMib),
+          alloc_disk_mib: minus('alloc_disk_mib', d.diskMib),
+        })
+        .where('id', '=', hostId)
+        .execute();
+    });
+  }
+}
+
+class RaceLost extends Error {}
