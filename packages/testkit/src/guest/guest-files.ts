@@ -1,0 +1,190 @@
+/**
+ * The guest side of the test guest: every script and config file it carries, as text. All of
+ * it is an input of the cache key, so editing anything here rebuilds the cached images.
+ */
+
+/** Printed on the console once the guest is ready for commands (followed by a few `key=value`). */
+export const BOOT_MARKER = 'NQVM-GUEST-READY';
+
+/**
+ * Kernel modules loaded by the initramfs, in dependency order (Debian's cloud kernel builds
+ * these as modules). `evdev` and `button` turn the ACPI power button into an input event that
+ * busybox `acpid` acts on.
+ */
+export const GUEST_MODULES: readonly string[] = [
+  'virtio_ring',
+  'virtio',
+  'virtio_mmio',
+  'virtio_pci_legacy_dev',
+  'virtio_pci_modern_dev',
+  'virtio_pci',
+  'virtio_blk',
+  'failover',
+  'net_failover',
+  'virtio_net',
+  'virtio_console',
+  'virtio-rng',
+  'evdev',
+  'button',
+];
+
+export interface GuestFile {
+  path: string;
+  mode: number;
+  text: string;
+}
+
+const PATH = 'export PATH=/sbin:/bin:/usr/sbin:/usr/bin';
+
+/** PID 1 of the initramfs: load drivers, then switch to the root disk or stay here. */
+function initramfsInit(modules: readonly string[]): string {
+  return `#!/bin/sh
+# nqvm test guest: initramfs /init. Options come from the kernel command line.
+${PATH}
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+for m in ${modules.join(' ')}; do
+  if [ -f /lib/modules/$m.ko ]; then insmod /lib/modules/$m.ko || echo "nqvm: insmod $m failed"; fi
+done
+root=
+rootmode=rw
+for a in $(cat /proc/cmdline); do
+  case "$a" in
+    root=*) root=\${a#root=} ;;
+    ro) rootmode=ro ;;
+  esac
+done
+if [ -n "$root" ]; then
+  if [ -b "$root" ] && mount -t ext4 -o "$rootmode" "$root" /newroot; then
+    if [ -x /newroot/sbin/init ]; then
+      mount --move /dev /newroot/dev
+      mount --move /proc /newroot/proc
+      mount --move /sys /newroot/sys
+      exec switch_root /newroot /sbin/init
+    fi
+    echo "nqvm: $root has no /sbin/init, staying in the initramfs"
+    umount /newroot
+  else
+    echo "nqvm: no root file system on $root, staying in the initramfs"
+  fi
+fi
+/etc/nqvm/rc
+# PID 1 keeps the console open, so input typed between two shells is not lost.
+while :; do setsid cttyhack /bin/sh -l; done
+`;
+}
+
+/** Shared by the initramfs fallback and the root disk's busybox init (as its sysinit). */
+function runtimeScript(marker: string): string {
+  return `#!/bin/sh
+# nqvm test guest runtime: mounts, hostname, network, power button, then the ready marker.
+# Understands nqvm.hostname= nqvm.ip=ADDR/PREFIX nqvm.gw= nqvm.dns=A[,B] nqvm.dhcp=1
+${PATH}
+mounted() { grep -q "^[^ ]* $1 " /proc/mounts 2>/dev/null; }
+mounted /proc || mount -t proc proc /proc
+mounted /sys || mount -t sysfs sysfs /sys
+mounted /dev || mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts /dev/shm
+mounted /dev/pts || mount -t devpts devpts /dev/pts
+mounted /run || mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
+mounted /tmp || mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
+
+host= addr= gw= dns= dhcp=
+for a in $(cat /proc/cmdline); do
+  case "$a" in
+    nqvm.hostname=*) host=\${a#nqvm.hostname=} ;;
+    nqvm.ip=*) addr=\${a#nqvm.ip=} ;;
+    nqvm.gw=*) gw=\${a#nqvm.gw=} ;;
+    nqvm.dns=*) dns=\${a#nqvm.dns=} ;;
+    nqvm.dhcp=1) dhcp=1 ;;
+  esac
+done
+if [ -n "$host" ]; then hostname "$host"; elif [ -s /etc/hostname ]; then hostname -F /etc/hostname; fi
+ip link set lo up
+if [ -n "$addr$dhcp" ] && [ ! -e /sys/class/net/eth0 ]; then
+  echo "nqvm: network settings given but there is no eth0"
+elif [ -n "$addr" ]; then
+  ip link set eth0 up
+  ip addr add "$addr" dev eth0
+  if [ -n "$gw" ]; then ip route add default via "$gw" dev eth0; fi
+elif [ -n "$dhcp" ]; then
+  ip link set eth0 up
+  udhcpc -i eth0 -n -q -t 5 -T 1 || echo "nqvm: no DHCP lease"
+fi
+if [ -n "$dns" ]; then
+  : > /etc/resolv.conf
+  for s in $(echo "$dns" | tr , ' '); do echo "nameserver $s" >> /etc/resolv.conf; done
+fi
+
+acpid -l /run/acpid.log -p /run/acpid.pid
+echo "${marker} hostname=$(hostname) root=$(grep -q '^[^ ]* / ext4 ' /proc/mounts && echo disk || echo initramfs) uptime=$(cut -d' ' -f1 /proc/uptime)"
+`;
+}
+
+/** Run by busybox acpid on the ACPI power button (QEMU `system_powerdown`). */
+const POWER_BUTTON_HANDLER = `#!/bin/sh
+# With busybox init (root disk), \`poweroff\` runs the inittab shutdown actions first; a script
+# PID 1 (initramfs) ignores that signal, so there the guest syncs and powers off directly.
+echo "nqvm: power button, shutting down" > /dev/console
+if [ -f /etc/inittab ]; then exec poweroff; fi
+sync
+exec poweroff -f
+`;
+
+const UDHCPC_SCRIPT = `#!/bin/sh
+# udhcpc event handler: apply the lease to $interface.
+case "$1" in
+  deconfig)
+    ip -4 addr flush dev "$interface"
+    ip link set "$interface" up
+    ;;
+  bound|renew)
+    ip -4 addr flush dev "$interface"
+    ip addr add "$ip/\${mask:-24}" dev "$interface"
+    if [ -n "$router" ]; then ip route add default via "\${router%% *}" dev "$interface"; fi
+    if [ -n "$dns" ]; then
+      : > /etc/resolv.conf
+      for s in $dns; do echo "nameserver $s" >> /etc/resolv.conf; done
+    fi
+    ;;
+esac
+`;
+
+/**
+ * busybox init on the root disk. Later work may swap the console line for getty + login.
+ * At shutdown, disk file systems are unmounted (or remounted read-only when busy, as / is).
+ */
+const INITTAB = `::sysinit:/etc/nqvm/rc
+::respawn:/bin/cttyhack /bin/sh -l
+::ctrlaltdel:/sbin/poweroff
+::shutdown:/bin/umount -a -r -t noproc,sysfs,devtmpfs,devpts,tmpfs
+`;
+
+const BASE_ETC: readonly GuestFile[] = [
+  {
+    path: 'etc/passwd',
+    mode: 0o644,
+    text: 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n',
+  },
+  { path: 'etc/group', mode: 0o644, text: 'root:x:0:\nnogroup:x:65534:\n' },
+  // Locked root password: the console shell needs no login; later work injects real users.
+  { path: 'etc/shadow', mode: 0o600, text: 'root:*:19000:0:99999:7:::\nnobody:*:19000:0:99999:7:::\n' },
+  { path: 'etc/hostname', mode: 0o644, text: 'nqvm-guest\n' },
+  { path: 'etc/hosts', mode: 0o644, text: '127.0.0.1\tlocalhost\n' },
+  { path: 'etc/shells', mode: 0o644, text: '/bin/sh\n/bin/ash\n' },
+  { path: 'etc/profile', mode: 0o644, text: `${PATH}\nexport HOME=/root\nPS1='\\h:\\w\\$ '\n` },
+  { path: 'etc/udhcpc/default.script', mode: 0o755, text: UDHCPC_SCRIPT },
+  { path: 'etc/acpi/PWRF/00000080', mode: 0o755, text: POWER_BUTTON_HANDLER },
+  { path: 'etc/nqvm/rc', mode: 0o755, text: runtimeScript(BOOT_MARKER) },
+];
+
+/** Text files of the initramfs (besides busybox and the modules). */
+export function initramfsFiles(modules: readonly string[]): GuestFile[] {
+  return [{ path: 'init', mode: 0o755, text: initramfsInit(modules) }, ...BASE_ETC];
+}
+
+/** Text files of the root disk (besides busybox). */
+export function rootfsFiles(): GuestFile[] {
+  return [...BASE_ETC, { path: 'etc/inittab', mode: 0o644, text: INITTAB }];
+}
