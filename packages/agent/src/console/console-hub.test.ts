@@ -1,0 +1,278 @@
+import { appendFileSync } from 'node:fs';
+import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { createServer, type Server, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import {
+  bytesAfterAnchor,
+  ConsoleHub,
+  type ConsoleViewerCloseReason,
+  suffixPrefixOverlap,
+} from './console-hub';
+import { rotatedLogPath } from './console-log';
+
+/**
+ * Plays QEMU's part: a chardev socket server holding one client at a time, logging every byte
+ * of output to an O_APPEND file whether or not a client is connected.
+ */
+class FakeConsole {
+  client: Socket | null = null;
+  readonly input: Buffer[] = [];
+  private server!: Server;
+
+  constructor(
+    readonly socketPath: string,
+    readonly logPath: string,
+  ) {}
+
+  async listen(): Promise<void> {
+    this.server = createServer((s) => {
+      this.client = s;
+      s.on('data', (d: Buffer) => this.input.push(d));
+      s.on('close', () => {
+        if (this.client === s) this.client = null;
+      });
+      s.on('error', () => {});
+    });
+    await new Promise<void>((resolve) => this.server.listen(this.socketPath, resolve));
+  }
+
+  output(text: string | Buffer): void {
+    this.client?.write(text);
+    appendFileSync(this.logPath, text);
+  }
+
+  /** Drops the current client, as QEMU does when the peer goes away. */
+  kick(): void {
+    this.client?.destroy();
+    this.client = null;
+  }
+
+  async close(): Promise<void> {
+    this.kick();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+}
+
+async function until(check: () => boolean, timeoutMs = 3_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error('condition not met in time');
+    await sleep(5);
+  }
+}
+
+describe('ConsoleHub', () => {
+  let dir: string;
+  let fake: FakeConsole;
+  const hubs: ConsoleHub[] = [];
+
+  const newHub = (opts: Partial<ConstructorParameters<typeof ConsoleHub>[0]> = {}) => {
+    const hub = new ConsoleHub({
+      socketPath: fake.socketPath,
+      logPath: fake.logPath,
+      attachSettleMs: 10,
+      reconnectMinMs: 10,
+      ...opts,
+    });
+    hubs.push(hub);
+    return hub;
+  };
+
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'nqvm-console-hub-'));
+    fake = new FakeConsole(join(dir, 'console.sock'), join(dir, 'console.log'));
+    await fake.listen();
+  });
+
+  afterEach(async () => {
+    await Promise.all(hubs.splice(0).map((h) => h.close()));
+    await fake.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('fans live output out to every viewer and keeps it for tail()', async () => {
+    const hub = newHub();
+    await hub.attach();
+    const a: string[] = [];
+    const b: string[] = [];
+    hub.subscribe((c) => a.push(c.toString()));
+    hub.subscribe({ onData: (c) => b.push(c.toString()) });
+    expect(hub.viewerCount).toBe(2);
+    fake.output('hello ');
+    fake.output('world');
+    await until(() => a.join('') === 'hello world' && b.join('') === 'hello world');
+    expect(hub.tail().toString()).toBe('hello world');
+    expect(hub.tail(5).toString()).toBe('world');
+  });
+
+  it('bounds the in-memory buffer', async () => {
+    const hub = newHub({ bufferBytes: 16 });
+    await hub.attach();
+    fake.output('0123456789abcdefghij');
+    await until(() => hub.totalBytes === 20);
+    expect(hub.tail().toString()).toBe('456789abcdefghij');
+  });
+
+  it('replays scrollback to a new viewer before live output', async () => {
+    const hub = newHub();
+    await hub.attach();
+    fake.output('line one\n');
+    await until(() => hub.totalBytes === 9);
+    const seen: string[] = [];
+    hub.subscribe((c) => seen.push(c.toString()), { replayBytes: 5 });
+    fake.output('two\n');
+    await until(() => seen.join('') === ' one\ntwo\n');
+  });
+
+  it('drops a slow viewer without stalling the others', async () => {
+    const hub = newHub({ maxViewerPendingBytes: 1_000 });
+    await hub.attach();
+    let backlog = 0;
+    const closed: ConsoleViewerCloseReason[] = [];
+    hub.subscribe({
+      onData: (c) => {
+        backlog += c.length; // Never drains: a viewer behind a stuck connection.
+      },
+      pendingBytes: () => backlog,
+      onClose: (reason) => closed.push(reason),
+    });
+    let fast = 0;
+    hub.subscribe((c) => {
+      fast += c.length;
+    });
+    for (let i = 1; i <= 10; i++) {
+      fake.output(Buffer.alloc(500, 0x61));
+      await until(() => fast === i * 500);
+    }
+    expect(closed).toEqual(['slow']);
+    expect(hub.viewerCount).toBe(1);
+    expect(backlog).toBeLessThanOrEqual(1_500);
+  });
+
+  it('drops a viewer that throws, and keeps serving the others', async () => {
+    const hub = newHub();
+    await hub.attach();
+    const closed: ConsoleViewerCloseReason[] = [];
+    hub.subscribe({
+      onData: () => {
+        throw new Error('socket gone');
+      },
+      onClose: (r) => closed.push(r),
+    });
+    const good: string[] = [];
+    hub.subscribe((c) => good.push(c.toString()));
+    fake.output('x');
+    fake.output('y');
+    await until(() => good.join('') === 'xy');
+    expect(closed).toEqual(['error']);
+  });
+
+  it('forwards input to the console', async () => {
+    const hub = newHub();
+    expect(hub.write('too early')).toBe(false);
+    await hub.attach();
+    expect(hub.write('ls\n')).toBe(true);
+    await until(() => Buffer.concat(fake.input).toString() === 'ls\n');
+  });
+
+  it('seeds scrollback from the log on attach (an agent restart)', async () => {
+    fake.output('written while no agent was attached\n');
+    const hub = newHub();
+    await hub.attach();
+    expect(hub.tail().toString()).toBe('written while no agent was attached\n');
+    fake.output('live\n');
+    await until(() => hub.tail().toString().endsWith('attached\nlive\n'));
+  });
+
+  it('seeds from the rotated generation too', async () => {
+    appendFileSync(rotatedLogPath(fake.logPath), 'older ');
+    appendFileSync(fake.logPath, 'newer');
+    const hub = newHub();
+    await hub.attach();
+    expect(hub.tail().toString()).toBe('older newer');
+  });
+
+  it('does not deliver twice what arrived live while the log was being read', async () => {
+    const hub = newHub({ attachSettleMs: 100 });
+    const attaching = hub.attach();
+    await until(() => fake.client !== null);
+    fake.output('during attach\n');
+    await attaching;
+    expect(hub.tail().toString()).toBe('during attach\n');
+  });
+
+  it('reconnects after the connection drops and catches up from the log', async () => {
+    const hub = newHub();
+    await hub.attach();
+    const seen: string[] = [];
+    hub.subscribe((c) => seen.push(c.toString()));
+    fake.output('before\n');
+    await until(() => seen.join('') === 'before\n');
+    fake.kick();
+    await until(() => !hub.connected);
+    fake.output('while disconnected\n');
+    await until(() => hub.connected && fake.client !== null);
+    fake.output('after\n');
+    await until(() => seen.join('') === 'before\nwhile disconnected\nafter\n');
+    expect(hub.tail().toString()).toBe('before\nwhile disconnected\nafter\n');
+  });
+
+  it('rotates the log once it outgrows its limit', async () => {
+    const hub = newHub({ maxLogBytes: 100 * 1024 });
+    await hub.attach();
+    const line = `${'z'.repeat(1023)}\n`;
+    for (let i = 0; i < 200; i++) fake.output(line);
+    await until(() => hub.totalBytes === 200 * 1024);
+    await hub.close();
+    const current = (await stat(fake.logPath)).size;
+    const older = (await stat(rotatedLogPath(fake.logPath))).size;
+    expect(older).toBeGreaterThan(0);
+    expect(older).toBeLessThanOrEqual(100 * 1024 + 64 * 1024);
+    expect(current).toBeLessThanOrEqual(100 * 1024);
+    // Nothing was lost or duplicated between the two generations.
+    const all =
+      (await readFile(rotatedLogPath(fake.logPath), 'utf8')) + (await readFile(fake.logPath, 'utf8'));
+    expect(all.length % 1024).toBe(0);
+    expect(
+      all
+        .split('\n')
+        .filter(Boolean)
+        .every((l) => l === line.trim()),
+    ).toBe(true);
+  });
+
+  it('drops every viewer on close and refuses new ones', async () => {
+    const hub = newHub();
+    await hub.attach();
+    const closed: ConsoleViewerCloseReason[] = [];
+    hub.subscribe({ onData: () => {}, onClose: (r) => closed.push(r) });
+    await hub.close();
+    expect(closed).toEqual(['hub-closed']);
+    hub.subscribe({ onData: () => {}, onClose: (r) => closed.push(r) });
+    expect(closed).toEqual(['hub-closed', 'hub-closed']);
+    expect(hub.write('x')).toBe(false);
+  });
+
+  it('gives up attaching to a socket nobody serves', async () => {
+    const hub = newHub({ socketPath: join(dir, 'nobody.sock') });
+    await expect(hub.attach({ timeoutMs: 100 })).rejects.toThrow(/cannot attach/);
+  });
+});
+
+describe('attach overlap helpers', () => {
+  it('finds where the hub left off in the log', () => {
+    expect(bytesAfterAnchor(Buffer.from('abcdef'), Buffer.from('cd')).toString()).toBe('ef');
+    expect(bytesAfterAnchor(Buffer.from('abcdef'), Buffer.alloc(0)).toString()).toBe('abcdef');
+    expect(bytesAfterAnchor(Buffer.from('abcdef'), Buffer.from('zz')).toString()).toBe('abcdef');
+  });
+
+  it('measures how much live output the log already holds', () => {
+    expect(suffixPrefixOverlap(Buffer.from('hello wor'), Buffer.from('world'))).toBe(3);
+    expect(suffixPrefixOverlap(Buffer.from('hello'), Buffer.from('next'))).toBe(0);
+    expect(suffixPrefixOverlap(Buffer.from('aaaa'), Buffer.from('aa'))).toBe(2);
+    expect(suffixPrefixOverlap(Buffer.alloc(0), Buffer.from('x'))).toBe(0);
+  });
+});

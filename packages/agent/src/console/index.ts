@@ -1,0 +1,3 @@
+export * from './byte-ring';
+export * from './console-hub';
+export * from './console-log';

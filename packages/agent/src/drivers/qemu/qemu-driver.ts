@@ -1,0 +1,303 @@
+import { execFile } from 'node:child_process';
+import { constants } from 'node:fs';
+import { access, mkdir, readFile, rm } from 'node:fs/promises';
+import { delimiter, join } from 'node:path';
+import { promisify } from 'node:util';
+import { InputError } from '@nqvm/api/errors';
+import { ConsoleHub } from '../../console/console-hub';
+import { readProcStartTime } from '../../host/proc';
+import type {
+  DriverInfo,
+  RunRecord,
+  ShutdownOptions,
+  SnapshotFiles,
+  VmHandle,
+  VmmDriver,
+  VmSpec,
+} from '../types';
+import { probeKvm } from './kvm-probe';
+import { migrateToFileUri, type QemuAccel, qemuVmPaths } from './qemu-args';
+import { startQemuVm, waitForMigration } from './qemu-start';
+import { QemuVm } from './qemu-vm';
+import { QmpClient, QmpError } from './qmp';
+
+/** pino-compatible subset, so the agent's logger (or Fastify's) plugs in as is. */
+export interface DriverLogger {
+  debug(obj: object, msg?: string): void;
+  info(obj: object, msg?: string): void;
+  warn(obj: object, msg?: string): void;
+}
+
+export interface QemuDriverOptions {
+  /** The QEMU binary: a path, or a name looked up in PATH. Default `qemu-system-x86_64`. */
+  qemuBinary?: string;
+  /** `auto` uses KVM when the probe shows it runs an ordinary guest, TCG otherwise. Default `auto`. */
+  accel?: 'auto' | QemuAccel;
+  /** Host TSC frequency for `tsc_early_khz` under TCG. Default: `cpu MHz` of /proc/cpuinfo. */
+  tscKhz?: number;
+  /** TCG translation cache size in MiB (QEMU's default is 1 GiB, which costs RSS as it fills). */
+  tcgTbSizeMib?: number;
+  /** Deadline of the KVM probe. Default 2 s. */
+  kvmProbeTimeoutMs?: number;
+  /** Deadline for QEMU to come up (pid file, QMP greeting, console). Default 10 s. */
+  startTimeoutMs?: number;
+  /** Options of each VM's console hub. */
+  console?: { bufferBytes?: number; maxLogBytes?: number };
+  logger?: DriverLogger;
+}
+
+const QMP_COMMAND_TIMEOUT_MS = 10_000;
+const SNAPSHOT_STATE_FILE = 'vmstate';
+
+export class QemuDriver implements VmmDriver {
+  readonly kind = 'qemu' as const;
+  private probed: Promise<DriverInfo> | null = null;
+  private kvmReason = '';
+
+  constructor(private readonly opts: QemuDriverOptions = {}) {}
+
+  /**
+   * Version, binary, and whether KVM runs an ordinary guest (probed once, then cached).
+   *
+   * @example
+   * const info = await new QemuDriver().probe(); // { available: true, kvm: false, version: '7.2.22', ... }
+   */
+  probe(): Promise<DriverInfo> {
+    this.probed ??= this.runProbe();
+    return this.probed;
+  }
+
+  /** Why KVM is (not) used, from the probe: for the host report and logs. */
+  get kvmProbeReason(): string {
+    return this.kvmReason;
+  }
+
+  async boot(spec: VmSpec, signal?: AbortSignal): Promise<QemuVm> {
+    return this.start(spec, undefined, signal);
+  }
+
+  async restore(spec: VmSpec, snap: SnapshotFiles): Promise<QemuVm> {
+    if (snap.type !== 'Full') {
+      throw new InputError(
+        'QEMU restores only Full snapshots',
+        { type: snap.type },
+        'SNAPSHOT_TYPE_UNSUPPORTED',
+      );
+    }
+    return this.start(spec, snap.statePath);
+  }
+
+  async pause(h: VmHandle): Promise<void> {
+    await asQemuVm(h).qmp.execute('stop');
+  }
+
+  async resume(h: VmHandle): Promise<void> {
+    await asQemuVm(h).qmp.execute('cont');
+  }
+
+  /**
+   * Graceful: ACPI power button (`system_powerdown`), then a forced stop after `timeoutMs` (a
+   * paused guest cannot react, so it ends forced). Forced: QMP `quit`, then SIGKILL when QEMU
+   * does not answer or does not exit. Resolves once the process is gone.
+   */
+  async shutdown(h: VmHandle, opts: ShutdownOptions): Promise<{ graceful: boolean }> {
+    const vm = asQemuVm(h);
+    if (vm.isGone) return { graceful: (await vm.exited).reason === 'shutdown' };
+    if (opts.graceful) {
+      try {
+        await vm.qmp.execute('system_powerdown');
+        if (await vm.waitExit(opts.timeoutMs)) {
+          const exit = await vm.exited;
+          return { graceful: exit.reason === 'shutdown' && exit.message === 'guest-shutdown' };
+        }
+        this.opts.logger?.info({ vmId: vm.record.vmId }, 'guest ignored the power button, stopping it');
+      } catch (err) {
+        this.opts.logger?.warn({ vmId: vm.record.vmId, err }, 'graceful shutdown failed, stopping the VM');
+      }
+    }
+    await this.forceStop(vm);
+    return { graceful: false };
+  }
+
+  /**
+   * Saves the whole VM state (devices and memory) to `<dir>/vmstate` with QMP `migrate`. A
+   * running VM is paused for the save and resumed after it. Disks are not part of the state:
+   * the caller keeps them unchanged (or copies them) for a restore.
+   */
+  async snapshot(h: VmHandle, dir: string, type: 'Full' | 'Diff'): Promise<SnapshotFiles> {
+    if (type !== 'Full') {
+      throw new InputError('QEMU takes only Full snapshots', { type }, 'SNAPSHOT_TYPE_UNSUPPORTED');
+    }
+    const vm = asQemuVm(h);
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+    const statePath = join(dir, SNAPSHOT_STATE_FILE);
+    const { status } = await vm.qmp.execute<{ status: string }>('query-status');
+    const wasRunning = status === 'running';
+    if (wasRunning) await vm.qmp.execute('stop');
+    try {
+      // Bytes per second; QEMU's default throttle (128 MiB/s) would only slow a local save down.
+      await vm.qmp.execute('migrate-set-parameters', { 'max-bandwidth': 64 * 1024 ** 3 });
+      await vm.qmp.execute('migrate', { uri: migrateToFileUri(statePath) });
+      await waitForMigration(vm.qmp, 10 * 60_000);
+    } catch (err) {
+      await rm(statePath, { force: true });
+      throw err;
+    } finally {
+      if (wasRunning) await vm.qmp.execute('cont');
+    }
+    return { statePath, type: 'Full' };
+  }
+
+  async adopt(record: RunRecord): Promise<QemuVm | null> {
+    if (record.kind !== 'qemu') return null;
+    if ((await readProcStartTime(record.pid)) !== record.pidStartTime) return null;
+    const qmp = await QmpClient.connect(record.controlSocket, {
+      timeoutMs: 3_000,
+      commandTimeoutMs: QMP_COMMAND_TIMEOUT_MS,
+    }).catch(async (err: unknown) => {
+      // The process may have died between the check and the connect.
+      if ((await readProcStartTime(record.pid)) !== record.pidStartTime) return null;
+      throw err;
+    });
+    if (!qmp) return null;
+    const hub = this.consoleHub(record.consoleSocket, qemuVmPaths(record.vmDir).consoleLog);
+    try {
+      await hub.attach({ timeoutMs: 3_000 });
+    } catch (err) {
+      qmp.close();
+      await hub.close();
+      throw err;
+    }
+    this.opts.logger?.info({ vmId: record.vmId, pid: record.pid }, 'adopted running QEMU');
+    return new QemuVm(record, qmp, hub);
+  }
+
+  /**
+   * Lets go of a VM without stopping it (agent shutdown or hand-over): closes QMP and the console
+   * connection. The handle's `exited` never resolves afterwards; adopt the VM again to watch it.
+   */
+  async release(h: VmHandle): Promise<void> {
+    await asQemuVm(h).release();
+  }
+
+  private async start(spec: VmSpec, incomingStatePath?: string, signal?: AbortSignal): Promise<QemuVm> {
+    const vm = await startQemuVm(
+      {
+        spec,
+        incomingStatePath,
+        resolveAccel: () => this.resolveAccel(),
+        tscKhz: this.opts.tscKhz ?? (await hostTscKhz()),
+        tcgTbSizeMib: this.opts.tcgTbSizeMib,
+        startTimeoutMs: this.opts.startTimeoutMs ?? 10_000,
+        qmpCommandTimeoutMs: QMP_COMMAND_TIMEOUT_MS,
+        newConsoleHub: (socketPath, logPath) => this.consoleHub(socketPath, logPath),
+        logger: this.opts.logger,
+      },
+      signal,
+    );
+    this.opts.logger?.info(
+      { vmId: spec.id, pid: vm.record.pid, accel: vm.record.extra?.accel },
+      incomingStatePath ? 'restored VM' : 'booted VM',
+    );
+    return vm;
+  }
+
+  private async forceStop(vm: QemuVm): Promise<void> {
+    let quitting = true;
+    try {
+      await vm.qmp.execute('quit', undefined, { timeoutMs: 2_000 });
+    } catch (err) {
+      // QEMU may close the socket before answering `quit`; no answer at all means it is stuck.
+      quitting = err instanceof QmpError && err.code === 'QMP_CLOSED';
+    }
+    if (quitting && (await vm.waitExit(2_000))) return;
+    await vm.kill();
+    if (!(await vm.waitExit(5_000))) {
+      throw new Error(`QEMU pid ${vm.record.pid} of VM ${vm.record.vmId} survived SIGKILL`);
+    }
+  }
+
+  private async runProbe(): Promise<DriverInfo> {
+    const base: DriverInfo = {
+      kind: 'qemu',
+      available: false,
+      version: null,
+      binary: null,
+      kvm: false,
+      features: [],
+    };
+    const binary = await resolveBinary(this.opts.qemuBinary ?? 'qemu-system-x86_64');
+    if (!binary) return { ...base, reason: `${this.opts.qemuBinary ?? 'qemu-system-x86_64'} not found` };
+    let version: string | null = null;
+    try {
+      const { stdout } = await promisify(execFile)(binary, ['-version'], { timeout: 5_000 });
+      version = /version (\d+\.\d+\.\d+)/.exec(stdout)?.[1] ?? null;
+    } catch (err) {
+      return { ...base, binary, reason: `${binary} -version failed: ${(err as Error).message}` };
+    }
+    let kvm = false;
+    if (this.opts.accel === 'tcg') {
+      this.kvmReason = 'not probed: accel is tcg';
+    } else {
+      const result = await probeKvm(binary, this.opts.kvmProbeTimeoutMs);
+      kvm = result.ok;
+      this.kvmReason = result.reason;
+      this.opts.logger?.info({ kvm, reason: result.reason, ms: result.elapsedMs }, 'KVM probe');
+    }
+    return {
+      kind: 'qemu',
+      available: true,
+      version,
+      binary,
+      kvm,
+      features: ['snapshot', 'pause', 'graceful-shutdown', 'qcow2', 'virtio-serial', 'console-log'],
+    };
+  }
+
+  private async resolveAccel(): Promise<{ binary: string; accel: QemuAccel }> {
+    const info = await this.probe();
+    if (!info.available || !info.binary) {
+      throw new Error(`QEMU is not available: ${info.reason ?? 'unknown'}`);
+    }
+    const wanted = this.opts.accel ?? 'auto';
+    if (wanted === 'kvm' && !info.kvm) throw new Error(`KVM cannot run a guest here: ${this.kvmReason}`);
+    return { binary: info.binary, accel: wanted === 'tcg' ? 'tcg' : info.kvm ? 'kvm' : 'tcg' };
+  }
+
+  private consoleHub(socketPath: string, logPath: string): ConsoleHub {
+    return new ConsoleHub({ socketPath, logPath, ...this.opts.console, logger: this.opts.logger });
+  }
+}
+
+function asQemuVm(h: VmHandle): QemuVm {
+  if (!(h instanceof QemuVm)) throw new Error('not a QEMU VM handle');
+  return h;
+}
+
+async function resolveBinary(name: string): Promise<string | null> {
+  const candidates = name.includes('/')
+    ? [name]
+    : (process.env.PATH ?? '')
+        .split(delimiter)
+        .filter(Boolean)
+        .map((dir) => join(dir, name));
+  for (const c of candidates) {
+    try {
+      await access(c, constants.X_OK);
+      return c;
+    } catch {
+      // Next PATH entry.
+    }
+  }
+  return null;
+}
+
+/**
+ * The host TSC frequency in kHz, from `cpu MHz` in /proc/cpuinfo (on x86 VMs and modern CPUs
+ * that is the TSC rate); undefined when unknown.
+ */
+export async function hostTscKhz(): Promise<number | undefined> {
+  const text = await readFile('/proc/cpuinfo', 'utf8').catch(() => '');
+  const mhz = /^cpu MHz\s*:\s*([\d.]+)/m.exec(text)?.[1];
+  return mhz ? Math.round(Number(mhz) * 1000) : undefined;
+}
