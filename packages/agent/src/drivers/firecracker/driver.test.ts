@@ -1,0 +1,494 @@
+import { readFileSync } from 'node:fs';
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import {
+  FIRECRACKER_SIM_VERSIONS,
+  type FirecrackerSimVersion,
+  fcRequest,
+  firecrackerSpecPath,
+  type JournalRequest,
+  journalRequests,
+  readJournal,
+  writeJailerBinary,
+  writeSimulatorBinary,
+  writeTinyElfKernel,
+} from '@nqvm/testkit/firecracker-sim/index';
+import Ajv from 'ajv-draft-04';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parse } from 'yaml';
+import { BootStepError, type VmSpec } from '../types';
+import { FirecrackerFeatureUnavailableError } from './capabilities';
+import { openFirecrackerConsole } from './console';
+import { FirecrackerDriver, type FirecrackerVmHandle } from './driver';
+import { readFirecrackerMetrics } from './metrics';
+import { isSameProcess } from './process';
+
+/**
+ * Validates request bodies against a version's official spec, independently of the simulator:
+ * its own reading of the YAML, Draft-4, unknown fields refused (serde deny_unknown_fields).
+ */
+function specValidator(version: FirecrackerSimVersion) {
+  const doc = parse(readFileSync(firecrackerSpecPath(version), 'utf8')) as {
+    paths: Record<string, Record<string, { parameters?: { in: string; schema?: { $ref?: string } }[] }>>;
+    definitions: Record<string, Record<string, unknown>>;
+  };
+  const close = (s: unknown): unknown => {
+    if (Array.isArray(s)) return s.map(close);
+    if (!s || typeof s !== 'object') return s;
+    const o: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(s)) {
+      o[k] =
+        k === 'properties'
+          ? Object.fromEntries(Object.entries(v as object).map(([n, p]) => [n, close(p)]))
+          : close(v);
+    }
+    if (o.properties && o.additionalProperties === undefined) o.additionalProperties = false;
+    return o;
+  };
+  const ajv = new Ajv({ strict: false });
+  ajv.addFormat('int64', true);
+  ajv.addFormat('int32', true);
+  ajv.addFormat(
+    (doc.definitions.MmdsConfig!.properties as { ipv4_address: { format: string } }).ipv4_address.format,
+    /^169\.254\.\d{1,3}\.\d{1,3}$/,
+  );
+  ajv.addSchema({ id: 'spec.json', definitions: close(doc.definitions) }, 'spec.json');
+  return (req: JournalRequest): string | null => {
+    for (const [tpl, ops] of Object.entries(doc.paths)) {
+      const re = new RegExp(`^${tpl.replace(/\{[^}]+\}/g, '[^/]+')}$`);
+      const op = ops[req.method.toLowerCase()];
+      if (!re.test(req.path) || !op) continue;
+      const ref = op.parameters?.find((p) => p.in === 'body')?.schema?.$ref;
+      if (!ref) return req.body === null ? null : `${req.method} ${req.path} takes no body`;
+      const validate = ajv.getSchema(`spec.json${ref}`)!;
+      return validate(req.body) ? null : `${req.method} ${req.path}: ${ajv.errorsText(validate.errors)}`;
+    }
+    return `${req.method} ${req.path} is not in the ${version} spec`;
+  };
+}
+
+let root: string;
+const handles: FirecrackerVmHandle[] = [];
+
+beforeAll(async () => {
+  root = await mkdtemp(join(tmpdir(), 'fc-driver-'));
+});
+
+afterAll(async () => {
+  for (const h of handles) {
+    if (await isSameProcess(h.record.pid, h.record.pidStartTime)) process.kill(h.record.pid, 'SIGKILL');
+  }
+  await rm(root, { recursive: true, force: true });
+});
+
+async function until(cond: () => Promise<boolean> | boolean, timeoutMs = 5000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+interface Fixture {
+  dir: string;
+  journal: string;
+  kernel: string;
+  bin: string;
+  spec(name: string, extra?: Partial<VmSpec>): Promise<VmSpec>;
+}
+
+async function fixture(version: FirecrackerSimVersion, sub: string): Promise<Fixture> {
+  const dir = join(root, version, sub);
+  await mkdir(dir, { recursive: true });
+  const journal = join(dir, 'journal.jsonl');
+  const bin = await writeSimulatorBinary(join(dir, 'bin'), version, { journal });
+  const kernel = await writeTinyElfKernel(join(dir, 'vmlinux'));
+  let n = 0;
+  return {
+    dir,
+    journal,
+    kernel,
+    bin,
+    async spec(name, extra = {}) {
+      const vmDir = join(dir, 'vms', name);
+      const disk = join(dir, 'disks', `${name}.ext4`);
+      await mkdir(join(dir, 'disks'), { recursive: true });
+      await writeFile(disk, Buffer.alloc(64 * 1024, 7));
+      n++;
+      return {
+        id: `00000000-0000-4000-8000-${String(n).padStart(4, '0')}${name
+          .padEnd(8, '0')
+          .slice(0, 8)
+          .replace(/[^a-f0-9]/g, 'a')}`,
+        generation: 1,
+        vcpu: 2,
+        memMib: 16,
+        kernelPath: kernel,
+        bootArgs: 'console=ttyS0 reboot=k panic=1',
+        disks: [{ id: 'root', path: disk, format: 'raw', readOnly: false, isRoot: true }],
+        nics: [{ id: 'eth0', tap: `tap-${name}`.slice(0, 15), mac: '02:fc:00:00:00:01' }],
+        vmDir,
+        mmds: { latest: { 'meta-data': { 'instance-id': name } } },
+        vsockCid: 3,
+        ...extra,
+      };
+    },
+  };
+}
+
+/** The requests one simulator process received. */
+async function requestsOf(journal: string, pid: number): Promise<JournalRequest[]> {
+  return journalRequests(await readJournal(journal), pid);
+}
+
+const indexOf = (reqs: JournalRequest[], method: string, path: string, action?: string) =>
+  reqs.findIndex(
+    (r) =>
+      r.method === method &&
+      r.path === path &&
+      (action === undefined || (r.body as { action_type?: string } | null)?.action_type === action),
+  );
+
+describe.each(FIRECRACKER_SIM_VERSIONS)('FirecrackerDriver against simulator v%s', (version) => {
+  const validateBody = specValidator(version);
+  let fx: Fixture;
+  let driver: FirecrackerDriver;
+  let spec: VmSpec;
+  let vm: FirecrackerVmHandle;
+  let snapDir: string;
+
+  const expectValidAndInPhase = (reqs: JournalRequest[]) => {
+    for (const r of reqs) {
+      expect(validateBody(r), `${r.method} ${r.path} ${JSON.stringify(r.body)}`).toBeNull();
+      // The simulator answers 400 to anything out of phase: nothing may have failed.
+      expect(r.status, `${r.method} ${r.path}: ${r.fault}`).toBeLessThan(300);
+    }
+  };
+
+  beforeAll(async () => {
+    fx = await fixture(version, 'direct');
+    driver = new FirecrackerDriver({ firecrackerBin: fx.bin, socketTimeoutMs: 20_000 });
+    spec = await fx.spec('life');
+    snapDir = join(fx.dir, 'snap-full');
+  });
+
+  it('probes the version and its features', async () => {
+    const info = await driver.probe();
+    expect(info).toMatchObject({ kind: 'firecracker', available: true, version, binary: fx.bin });
+    expect(info.features).toContain('snapshot');
+    expect(info.features.includes('entropy')).toBe(version !== '1.1.0');
+    expect(info.features.includes('diff-snapshot')).toBe(version !== '1.1.0');
+  });
+
+  it('boots through the named steps with valid, in-phase requests', async () => {
+    vm = await driver.boot(spec);
+    handles.push(vm);
+    expect(vm.record).toMatchObject({
+      kind: 'firecracker',
+      vmId: spec.id,
+      consoleSocket: join(spec.vmDir, 'console.in'),
+    });
+    expect(vm.stats.steps.map((s) => s.name)).toEqual([
+      'prepare',
+      'spawn',
+      'wait-socket',
+      'boot-source',
+      'machine-config',
+      'drives',
+      'network-interfaces',
+      'vsock',
+      'logger',
+      'metrics',
+      'entropy',
+      'mmds',
+      'instance-start',
+    ]);
+    const reqs = await requestsOf(fx.journal, vm.record.pid);
+    expectValidAndInPhase(reqs);
+    const start = indexOf(reqs, 'PUT', '/actions', 'InstanceStart');
+    expect(start).toBeGreaterThan(0);
+    expect(indexOf(reqs, 'PUT', '/mmds/config')).toBeLessThan(start);
+    expect(indexOf(reqs, 'PUT', '/mmds')).toBeLessThan(start);
+    expect(reqs[indexOf(reqs, 'PUT', '/mmds/config')]!.body).toEqual({
+      network_interfaces: ['eth0'],
+      version: 'V2',
+    });
+    expect(indexOf(reqs, 'PUT', '/entropy') >= 0).toBe(version !== '1.1.0');
+    expect(reqs[0]).toMatchObject({ method: 'GET', path: '/' });
+    expect(vm.stats.requests).toBe(start + 1);
+    await until(async () =>
+      (await readFile(join(spec.vmDir, 'console.log'), 'utf8')).includes('guest booted'),
+    );
+    const cfg = JSON.parse(await readFile(join(spec.vmDir, 'vm-config.json'), 'utf8'));
+    expect(cfg['machine-config']).toMatchObject({ vcpu_count: 2, mem_size_mib: 16 });
+  });
+
+  it('serves the console through the FIFO and the log file', async () => {
+    const con = openFirecrackerConsole(vm.record);
+    const seen: Buffer[] = [];
+    const off = con.onData((b) => seen.push(b));
+    await new Promise((r) => setTimeout(r, 50));
+    await con.write('hello from the test\n');
+    await until(() => Buffer.concat(seen).toString().includes('hello from the test'));
+    expect((await con.tail(4096)).toString()).toContain('hello from the test');
+    off();
+    await con.close();
+  });
+
+  it('pauses, resumes and flushes metrics', async () => {
+    await driver.pause(vm);
+    expect((await fcRequest(vm.record.controlSocket, 'GET', '/')).body).toMatchObject({ state: 'Paused' });
+    await driver.resume(vm);
+    expect((await fcRequest(vm.record.controlSocket, 'GET', '/')).body).toMatchObject({ state: 'Running' });
+    await driver.flushMetrics(vm);
+    expect(await readFirecrackerMetrics(vm.record)).toHaveProperty('utc_timestamp_ms');
+  });
+
+  it('snapshots (pausing around it) and refuses Diff where the version cannot', async () => {
+    const snap = await driver.snapshot(vm, snapDir, 'Full');
+    expect(snap).toEqual({
+      statePath: join(snapDir, 'vmstate'),
+      memPath: join(snapDir, 'memory'),
+      type: 'Full',
+    });
+    expect((await stat(snap.memPath!)).size).toBe(16 * 1024 * 1024);
+    expect(await readdir(snapDir)).toEqual(expect.arrayContaining(['snapshot.json', 'disk-root.img']));
+    const before = (await requestsOf(fx.journal, vm.record.pid)).length;
+    if (version === '1.1.0') {
+      await expect(driver.snapshot(vm, join(fx.dir, 'snap-diff'), 'Diff')).rejects.toBeInstanceOf(
+        FirecrackerFeatureUnavailableError,
+      );
+      expect((await requestsOf(fx.journal, vm.record.pid)).length).toBe(before);
+    } else {
+      expect((await driver.snapshot(vm, join(fx.dir, 'snap-diff'), 'Diff')).type).toBe('Diff');
+    }
+    const reqs = await requestsOf(fx.journal, vm.record.pid);
+    expectValidAndInPhase(reqs);
+    for (const i of reqs.keys()) {
+      if (reqs[i]!.path !== '/snapshot/create') continue;
+      expect(reqs[i]!.phase).toBe('Paused');
+      expect(reqs[i]!.body).toMatchObject({
+        snapshot_path: expect.any(String),
+        mem_file_path: expect.any(String),
+      });
+    }
+    expect((await fcRequest(vm.record.controlSocket, 'GET', '/')).body).toMatchObject({ state: 'Running' });
+  });
+
+  it('adopts the VM from its run record in a new driver, then stops it gracefully', async () => {
+    const other = new FirecrackerDriver({ firecrackerBin: fx.bin });
+    expect(await other.adopt({ ...vm.record, pidStartTime: vm.record.pidStartTime + 1 })).toBeNull();
+    const adopted = await other.adopt(vm.record);
+    expect(adopted).not.toBeNull();
+    await other.pause(adopted!);
+    await other.resume(adopted!);
+    const t0 = Date.now();
+    expect(await other.shutdown(adopted!, { graceful: true, timeoutMs: 5000 })).toEqual({ graceful: true });
+    expect(Date.now() - t0).toBeLessThan(5000);
+    expect(await adopted!.exited).toMatchObject({ reason: 'shutdown' });
+    const reqs = await requestsOf(fx.journal, vm.record.pid);
+    expect(reqs.at(-1)).toMatchObject({ path: '/actions', body: { action_type: 'SendCtrlAltDel' } });
+    // Not our child any more: the original driver learns of the exit through its pid watch.
+    await vm.exited;
+    const left = await readdir(spec.vmDir);
+    expect(left).not.toContain('console.in');
+    expect(left).not.toContain('firecracker.sock');
+    expect(left).toContain('console.log');
+  });
+
+  it('restores into a fresh process: logger and metrics only, load, MMDS again, never InstanceStart', async () => {
+    const restored = await driver.restore(spec, {
+      statePath: join(snapDir, 'vmstate'),
+      memPath: join(snapDir, 'memory'),
+      type: 'Full',
+    });
+    handles.push(restored);
+    expect(restored.stats.steps.map((s) => s.name)).toEqual([
+      'prepare',
+      'spawn',
+      'wait-socket',
+      'logger',
+      'metrics',
+      'snapshot-load',
+      'mmds',
+    ]);
+    const reqs = await requestsOf(fx.journal, restored.record.pid);
+    expectValidAndInPhase(reqs);
+    const load = indexOf(reqs, 'PUT', '/snapshot/load');
+    expect(reqs.slice(0, load).map((r) => `${r.method} ${r.path}`)).toEqual([
+      'GET /',
+      'PUT /logger',
+      'PUT /metrics',
+    ]);
+    const body = reqs[load]!.body as Record<string, unknown>;
+    expect(body).toMatchObject({ mem_backend: { backend_type: 'File' }, resume_vm: true });
+    expect(body).not.toHaveProperty('mem_file_path');
+    expect('network_overrides' in body).toBe(version !== '1.1.0');
+    expect(indexOf(reqs, 'PUT', '/actions', 'InstanceStart')).toBe(-1);
+    expect(indexOf(reqs, 'PUT', '/mmds')).toBeGreaterThan(load);
+    expect((await fcRequest(restored.record.controlSocket, 'GET', '/mmds')).body).toEqual(spec.mmds);
+    expect((await fcRequest(restored.record.controlSocket, 'GET', '/')).body).toMatchObject({
+      state: 'Running',
+    });
+    expect(await driver.shutdown(restored, { graceful: false, timeoutMs: 0 })).toEqual({ graceful: false });
+    expect(await restored.exited).toMatchObject({ reason: 'killed' });
+  });
+
+  it('notices a crash (SIGKILL from outside) within 2 s', async () => {
+    const s = await fx.spec('crash');
+    const h = await driver.boot(s);
+    handles.push(h);
+    const t0 = Date.now();
+    process.kill(h.record.pid, 'SIGKILL');
+    const exit = await h.exited;
+    expect(exit).toMatchObject({ reason: 'crashed', signal: 'SIGKILL' });
+    expect(Date.now() - t0).toBeLessThan(2000);
+  });
+
+  it('names the failed step and leaves nothing behind', async () => {
+    const noKernel = await fx.spec('nokernel', { kernelPath: join(fx.dir, 'missing-vmlinux') });
+    const err1 = await driver.boot(noKernel).catch((e: unknown) => e);
+    expect(err1).toBeInstanceOf(BootStepError);
+    expect((err1 as BootStepError).step).toBe('prepare');
+    expect(await readdir(noKernel.vmDir).catch(() => [])).toEqual([]);
+
+    const noDisk = await fx.spec('nodisk');
+    noDisk.disks[0]!.path = join(fx.dir, 'missing.ext4');
+    const before = new Set(journalRequests(await readJournal(fx.journal)).map((r) => r.pid));
+    const err2 = await driver.boot(noDisk).catch((e: unknown) => e);
+    expect(err2).toBeInstanceOf(BootStepError);
+    expect((err2 as BootStepError).step).toBe('drives');
+    expect((err2 as Error).message).toMatch(/No such file/);
+    const pid = journalRequests(await readJournal(fx.journal))
+      .map((r) => r.pid)
+      .find((p) => !before.has(p))!;
+    await until(async () => {
+      try {
+        process.kill(pid, 0);
+        return false;
+      } catch {
+        return true;
+      }
+    });
+    expect(await readdir(noDisk.vmDir)).toEqual([]);
+  });
+});
+
+describe.each(FIRECRACKER_SIM_VERSIONS)('FirecrackerDriver with the jailer simulator v%s', (version) => {
+  const validateBody = specValidator(version);
+
+  it('stages into the chroot, rewrites paths, sets cgroups, and removes the jail after stop', async () => {
+    const fx = await fixture(version, 'jailed');
+    const jailerBin = await writeJailerBinary(join(fx.dir, 'bin'), version, { journal: fx.journal });
+    const base = join(fx.dir, 'jail');
+    const driver = new FirecrackerDriver({
+      firecrackerBin: fx.bin,
+      jailerBin,
+      chrootBaseDir: base,
+      jailIds: { first: 40_000, count: 100 },
+      parentCgroup: 'nqvm',
+      cgroupRoot: join(fx.dir, 'cgroup'),
+      socketTimeoutMs: 20_000,
+    });
+    expect(await driver.probe()).toMatchObject({ available: true, version });
+    expect((await driver.probe()).features).toContain('jailer');
+    const spec = await fx.spec('jail', { memMib: 32, vcpu: 2 });
+    const vm = await driver.boot(spec);
+    handles.push(vm);
+    const instance = join(base, `firecracker-v${version}`, spec.id);
+    const chroot = join(instance, 'root');
+    expect(vm.record.controlSocket).toBe(join(chroot, 'api.sock'));
+    // Hard links: the VM writes the spec's own disk file.
+    expect((await stat(join(chroot, 'disks', 'root'))).ino).toBe((await stat(spec.disks[0]!.path)).ino);
+    expect((await stat(join(chroot, 'boot', 'vmlinux'))).ino).toBe((await stat(fx.kernel)).ino);
+    const jailer = JSON.parse(await readFile(join(instance, 'jailer.json'), 'utf8'));
+    expect(jailer).toMatchObject({
+      id: spec.id,
+      cgroupVersion: 2,
+      parentCgroup: 'nqvm',
+      daemonize: false,
+      cgroups: { 'cpu.max': '200000 100000', 'memory.max': String((32 + 64) * 1024 * 1024) },
+    });
+    expect(jailer.uid).toBeGreaterThanOrEqual(40_000);
+    expect(jailer.uid).toBe(jailer.gid);
+    const reqs = await requestsOf(fx.journal, vm.record.pid);
+    for (const r of reqs) expect(validateBody(r)).toBeNull();
+    const body = (path: string) => reqs.find((r) => r.path === path)!.body as Record<string, unknown>;
+    expect(body('/boot-source').kernel_image_path).toBe('/boot/vmlinux');
+    expect(body('/drives/root').path_on_host).toBe('/disks/root');
+    expect(body('/logger').log_path).toBe('/firecracker.log');
+    expect(body('/metrics').metrics_path).toBe('/metrics.json');
+    expect(body('/vsock').uds_path).toBe('/vsock.sock');
+
+    const con = openFirecrackerConsole(vm.record);
+    await con.write('jailed echo\n');
+    await until(async () => (await con.tail()).toString().includes('jailed echo'));
+    await con.close();
+
+    const snapDir = join(fx.dir, 'jail-snap');
+    const snap = await driver.snapshot(vm, snapDir, 'Full');
+    expect(snap.statePath).toBe(join(snapDir, 'vmstate'));
+    expect(
+      (await requestsOf(fx.journal, vm.record.pid)).find((r) => r.path === '/snapshot/create')!.body,
+    ).toMatchObject({
+      snapshot_path: '/snapshot/vmstate',
+      mem_file_path: '/snapshot/memory',
+    });
+    expect(await driver.shutdown(vm, { graceful: true, timeoutMs: 5000 })).toEqual({ graceful: true });
+    await expect(stat(instance)).rejects.toThrow();
+
+    const restored = await driver.restore(spec, snap);
+    handles.push(restored);
+    const rreqs = await requestsOf(fx.journal, restored.record.pid);
+    for (const r of rreqs) expect(validateBody(r)).toBeNull();
+    expect(rreqs.find((r) => r.path === '/snapshot/load')!.body).toMatchObject({
+      snapshot_path: '/snapshot/vmstate',
+      mem_backend: { backend_type: 'File', backend_path: '/snapshot/memory' },
+    });
+    await driver.shutdown(restored, { graceful: false, timeoutMs: 0 });
+    await expect(stat(instance)).rejects.toThrow();
+    expect(await readdir(join(base, `firecracker-v${version}`))).toEqual([]);
+
+    const broken = await fx.spec('broken');
+    broken.disks[0]!.path = join(fx.dir, 'no-such-disk');
+    const err = await driver.boot(broken).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(BootStepError);
+    expect((err as BootStepError).step).toBe('prepare');
+    expect(await readdir(join(base, `firecracker-v${version}`))).toEqual([]);
+    expect(await readdir(broken.vmDir)).toEqual([]);
+  });
+});
+
+describe('FirecrackerDriver version checks', () => {
+  it('refuses a jailer and a firecracker of different releases', async () => {
+    const fx = await fixture('1.16.1', 'mismatch');
+    const jailerBin = await writeJailerBinary(join(fx.dir, 'bin'), '1.13.1');
+    const driver = new FirecrackerDriver({
+      firecrackerBin: fx.bin,
+      jailerBin,
+      chrootBaseDir: join(fx.dir, 'jail'),
+    });
+    const info = await driver.probe();
+    expect(info).toMatchObject({ available: false, version: '1.16.1' });
+    expect(info.reason).toMatch(/jailer v1.13.1 and firecracker v1.16.1 differ/);
+    await expect(driver.boot(await fx.spec('x'))).rejects.toThrow(/unavailable/);
+  });
+
+  it('refuses to restore a snapshot of another version', async () => {
+    const fx = await fixture('1.13.1', 'foreign');
+    const driver = new FirecrackerDriver({ firecrackerBin: fx.bin });
+    const dir = join(fx.dir, 'snap');
+    await mkdir(dir, { recursive: true });
+    await writeFile(
+      join(dir, 'snapshot.json'),
+      JSON.stringify({ firecrackerVersion: '1.1.0', disks: [], vmConfig: {} }),
+    );
+    await writeFile(join(dir, 'vmstate'), '{}');
+    await writeFile(join(dir, 'memory'), '');
+    const spec = await fx.spec('foreign');
+    await expect(
+      driver.restore(spec, { statePath: join(dir, 'vmstate'), memPath: join(dir, 'memory'), type: 'Full' }),
+    ).rejects.toThrow(/restores only its own snapshot format/);
+  });
+});

@@ -1,0 +1,76 @@
+import { chmod, mkdir, writeFile } from 'node:fs/promises';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import type { FirecrackerSimVersion } from './spec';
+
+export interface SimulatorBinaryOptions {
+  /** Default journal path baked into the wrapper; FC_SIM_JOURNAL in the environment wins. */
+  journal?: string;
+}
+
+const here = dirname(fileURLToPath(import.meta.url));
+const quote = (s: string): string => `'${s.replaceAll("'", `'\\''`)}'`;
+
+function nodeCommand(entry: string): string {
+  const tsxLoader = pathToFileURL(createRequire(import.meta.url).resolve('tsx')).href;
+  return [process.execPath, '--disable-warning=ExperimentalWarning', '--import', tsxLoader, join(here, entry)]
+    .map(quote)
+    .join(' ');
+}
+
+function envLines(version: FirecrackerSimVersion, opts: SimulatorBinaryOptions): string[] {
+  const lines = [`FC_SIM_VERSION=${quote(version)}`, 'export FC_SIM_VERSION'];
+  if (opts.journal)
+    lines.push(`: "\${FC_SIM_JOURNAL:=${opts.journal.replaceAll('"', '\\"')}}"`, 'export FC_SIM_JOURNAL');
+  return lines;
+}
+
+async function writeExecutable(path: string, lines: string[]): Promise<string> {
+  await mkdir(dirname(path), { recursive: true });
+  await writeFile(path, `${lines.join('\n')}\n`);
+  await chmod(path, 0o755);
+  return path;
+}
+
+/**
+ * Writes `<dir>/firecracker-v<version>`, an executable that behaves like that Firecracker
+ * release (test tooling: a shell wrapper exec'ing node with the tsx loader on the simulator).
+ *
+ * @example
+ * const bin = await writeSimulatorBinary(tmp, '1.13.1');
+ * spawn(bin, ['--api-sock', sock], { stdio: [fifoFd, logFd, logFd] });
+ */
+export async function writeSimulatorBinary(
+  dir: string,
+  version: FirecrackerSimVersion,
+  opts: SimulatorBinaryOptions = {},
+): Promise<string> {
+  return writeExecutable(join(dir, `firecracker-v${version}`), [
+    '#!/bin/sh',
+    `# nqvm test tooling: Firecracker v${version} simulator`,
+    ...envLines(version, opts),
+    `exec ${nodeCommand('main.ts')} "$@"`,
+  ]);
+}
+
+/**
+ * Writes `<dir>/jailer-v<version>`, a jailer simulator: it stages the chroot like the real
+ * jailer, then execs the Firecracker binary given by `--exec-file` (same pid, same stdio) with
+ * FC_SIM_ROOT pointing at the chroot.
+ */
+export async function writeJailerBinary(
+  dir: string,
+  version: FirecrackerSimVersion,
+  opts: SimulatorBinaryOptions = {},
+): Promise<string> {
+  return writeExecutable(join(dir, `jailer-v${version}`), [
+    '#!/bin/sh',
+    `# nqvm test tooling: jailer v${version} simulator`,
+    ...envLines(version, opts),
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: a shell parameter expansion
+    'plan=$(mktemp "${TMPDIR:-/tmp}/fc-jailer-plan.XXXXXX") || exit 1',
+    `${nodeCommand('jailer-main.ts')} --plan-file "$plan" "$@" || { rc=$?; rm -f "$plan"; exit $rc; }`,
+    'exec /bin/sh "$plan"',
+  ]);
+}
