@@ -1,32 +1,82 @@
-import { createManager } from '@nqvm/manager';
+import { execFile } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { createAgent, loadAgentConfig } from '@nqvm/agent';
+import { createManager, type Manager } from '@nqvm/manager';
+import { registerPathImage } from '@nqvm/manager/images/images';
+import { ensureTestGuest } from '@nqvm/testkit';
 import { Command } from 'commander';
 import { printFirstAdmin, waitForSignal } from './run';
 import { loadConfigOrExit } from './server';
 
+const run = promisify(execFile);
+
+/**
+ * Registers the built-in guest (Debian cloud kernel, busybox initramfs and root disk, built
+ * from Debian packages) as the default images, so a newcomer's first VM needs no download.
+ */
+export async function registerBuiltinGuest(manager: Manager, log: (m: string) => void): Promise<void> {
+  const guest = await ensureTestGuest({ onProgress: (m) => log(`  guest: ${m}`) });
+  const dir = path.join(manager.services.config.imageRoot, 'builtin', path.basename(guest.dir));
+  if (!fs.existsSync(dir)) {
+    const tmp = `${dir}.tmp-${process.pid}`;
+    fs.mkdirSync(tmp, { recursive: true });
+    for (const f of [guest.kernel, guest.initrd, guest.rootfs]) {
+      await run('cp', ['--sparse=always', '--reflink=auto', f, path.join(tmp, path.basename(f))]);
+    }
+    fs.renameSync(tmp, dir);
+  }
+  const at = (f: string) => path.join(dir, path.basename(f));
+  const store = manager.services.store;
+  await registerPathImage(store, { name: 'builtin-kernel', kind: 'kernel', path: at(guest.kernel), isDefault: true, format: 'bzimage' });
+  await registerPathImage(store, { name: 'builtin-initrd', kind: 'initrd', path: at(guest.initrd), isDefault: true, format: 'cpio.gz' });
+  await registerPathImage(store, { name: 'builtin-rootfs', kind: 'rootfs', path: at(guest.rootfs), isDefault: true, format: 'ext4' });
+}
+
 export function upCommand(): Command {
   return new Command('up')
-    .description(
-      'run everything on this machine: manager, a local agent and the web UI, on the embedded SQLite store',
-    )
-    .addHelpText('after', '\nExample:\n  $ nqvm up            # then open http://127.0.0.1:8080/')
-    .action(async () => {
+    .description('run everything on this machine: manager, a local agent and the web UI, on the embedded SQLite store')
+    .option('--agent-bind <host:port>', 'address of the local agent API (AGENT_BIND)', process.env.AGENT_BIND ?? '127.0.0.1:9090')
+    .option('--no-builtin-images', 'do not build and register the built-in guest as default images')
+    .addHelpText('after', '\nExample:\n  $ nqvm up            # then open http://127.0.0.1:8080/ and create a VM')
+    .action(async (opts: { agentBind: string; builtinImages: boolean }) => {
       const env = { ...process.env };
       delete env.DATABASE_URL; // `up` is the embedded, one-host setup
       const config = loadConfigOrExit(env);
       const manager = await createManager(config, { logger: { level: config.logLevel } });
       const url = await manager.listen();
       printFirstAdmin(manager.firstAdmin);
-      process.stdout.write(
+      const say = (m: string) => process.stdout.write(`${m}\n`);
+      if (opts.builtinImages) {
+        say('preparing the built-in guest images (first run downloads the Debian cloud kernel package)...');
+        await registerBuiltinGuest(manager, say);
+      }
+      const stateDir = env.FC_RUN_DIR ?? path.join(config.dataDir, 'agent');
+      const firstStart = !fs.existsSync(path.join(stateDir, 'identity.json'));
+      const join = firstStart ? await manager.services.hosts.createJoinToken({ ttl_s: 600, description: 'nqvm up' }, 'nqvm up') : null;
+      const agent = await createAgent(
+        loadAgentConfig({
+          ...env,
+          MANAGER_BASE: url,
+          AGENT_BIND: opts.agentBind,
+          FC_RUN_DIR: stateDir,
+          ...(join ? { NQVM_JOIN_TOKEN: join.token } : {}),
+        }),
+      );
+      say(
         [
-          `nqvm is up:`,
+          'nqvm is up:',
           `  manager   ${url}  (datastore ${manager.services.store.describe})`,
           `  API docs  ${url}/docs`,
-          `  agent     not started: the host agent arrives with its issue`,
-          `  web UI    not started: the web UI arrives with its issue`,
+          `  agent     ${agent.url}  (host ${agent.hostId}, state in ${stateDir})`,
+          `  web UI    ${url}/`,
           '',
         ].join('\n'),
       );
-      await waitForSignal();
+      const why = await Promise.race([waitForSignal(), agent.stopped.then((r) => r.reason)]);
+      say(`stopping (${why}); running VMs keep running and are adopted on the next start`);
+      await agent.close();
       await manager.close();
     });
 }
