@@ -34,6 +34,7 @@ const ManagerEnv = z.object({
   NQVM_OPERATION_RETENTION_DAYS: positiveInt.default(30),
   NQVM_AUDIT_RETENTION_DAYS: positiveInt.default(365),
   NQVM_HEARTBEAT_INTERVAL_S: positiveInt.default(5),
+  NQVM_VCPU_OVERCOMMIT: z.coerce.number().min(1).max(64).default(4),
   NQVM_SESSION_TTL_HOURS: positiveInt.default(12),
   NQVM_LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 });
@@ -50,6 +51,7 @@ export interface ManagerConfig {
   operationRetentionDays: number;
   auditRetentionDays: number;
   heartbeatIntervalS: number;
+  vcpuOvercommit: number;
   sessionTtlHours: number;
   logLevel: string;
 }
@@ -101,6 +103,7 @@ export function loadManagerConfig(env: NodeJS.ProcessEnv = process.env): Manager
     operationRetentionDays: e.NQVM_OPERATION_RETENTION_DAYS,
     auditRetentionDays: e.NQVM_AUDIT_RETENTION_DAYS,
     heartbeatIntervalS: e.NQVM_HEARTBEAT_INTERVAL_S,
+    vcpuOvercommit: e.NQVM_VCPU_OVERCOMMIT,
     sessionTtlHours: e.NQVM_SESSION_TTL_HOURS,
     logLevel: e.NQVM_LOG_LEVEL,
   };
@@ -138,6 +141,7 @@ export const managerConfigDoc: Array<[string, string, string]> = [
     '5',
     'agent heartbeat interval; a host is unreachable after 3 missed, lost after 12',
   ],
+  ['NQVM_VCPU_OVERCOMMIT', '4', 'vCPUs placed per host core; memory and disk are never overcommitted'],
   ['NQVM_SESSION_TTL_HOURS', '12', 'lifetime of a web UI session'],
   ['NQVM_LOG_LEVEL', 'info', 'fatal, error, warn, info, debug, trace or silent'],
 ];

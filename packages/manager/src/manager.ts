@@ -57,7 +57,7 @@ export async function createManager(config: ManagerConfig, opts: ManagerOptions 
   }
   const vms = new Vms(store, bus, ops);
   const managerKey = loadOrCreateManagerKey(config.dataDir);
-  const scheduler = new Scheduler(store);
+  const scheduler = new Scheduler(store, config.vcpuOvercommit);
   const agents = new AgentClient(managerKey);
   const log = pino({
     level:

@@ -36,16 +36,16 @@ function hasVmm(h: HostRow, vmm: Demand['vmm']): boolean {
   return drivers.some((d) => d.available && (vmm === null || d.kind === vmm));
 }
 
-function fits(h: HostRow, d: Demand): boolean {
+function fits(h: HostRow, d: Demand, overcommit: number): boolean {
   return (
-    h.cap_vcpu - h.alloc_vcpu >= d.vcpu &&
+    Math.floor(h.cap_vcpu * overcommit) - h.alloc_vcpu >= d.vcpu &&
     Number(h.cap_mem_mib) - Number(h.alloc_mem_mib) >= d.memMib &&
     Number(h.cap_disk_mib) - Number(h.alloc_disk_mib) >= d.diskMib
   );
 }
 
 /** Why nothing fits, in words a user can act on. */
-function explain(hosts: HostRow[], d: Demand): string {
+function explain(hosts: HostRow[], d: Demand, overcommit: number): string {
   if (hosts.length === 0) return 'no host has joined; start an agent (nqvm agent --join-token ...)';
   const ready = hosts.filter((h) => h.status === 'ready' && h.credential_hash !== null);
   if (ready.length === 0)
@@ -58,14 +58,18 @@ function explain(hosts: HostRow[], d: Demand): string {
   const free = withVmm
     .map(
       (h) =>
-        `${h.name}: ${h.cap_vcpu - h.alloc_vcpu} vCPU, ${Number(h.cap_mem_mib) - Number(h.alloc_mem_mib)} MiB, ${Number(h.cap_disk_mib) - Number(h.alloc_disk_mib)} MiB disk free`,
+        `${h.name}: ${Math.floor(h.cap_vcpu * overcommit) - h.alloc_vcpu} vCPU, ${Number(h.cap_mem_mib) - Number(h.alloc_mem_mib)} MiB, ${Number(h.cap_disk_mib) - Number(h.alloc_disk_mib)} MiB disk free`,
     )
     .join('; ');
   return `no host has room for ${d.vcpu} vCPU, ${d.memMib} MiB memory, ${d.diskMib} MiB disk (${free})`;
 }
 
 export class Scheduler {
-  constructor(private readonly store: Datastore) {}
+  constructor(
+    private readonly store: Datastore,
+    /** vCPUs placed per host core (memory and disk are never overcommitted). */
+    private readonly vcpuOvercommit = 1,
+  ) {}
 
   /**
    * Assigns a host to an unplaced VM and reserves its capacity; answers the host, or throws
@@ -91,7 +95,7 @@ export class Scheduler {
             h.schedulable === 1 &&
             h.credential_hash !== null &&
             hasVmm(h, d.vmm) &&
-            fits(h, d),
+            fits(h, d, this.vcpuOvercommit),
         )
         .sort(
           (a, b) =>
@@ -101,7 +105,7 @@ export class Scheduler {
         );
       const chosen = candidates[0];
       if (!chosen)
-        throw new ServiceUnavailableError('NO_CAPACITY', explain(hosts, d), {
+        throw new ServiceUnavailableError('NO_CAPACITY', explain(hosts, d, this.vcpuOvercommit), {
           vcpu: d.vcpu,
           mem_mib: d.memMib,
           disk_mib: d.diskMib,
@@ -120,7 +124,7 @@ export class Scheduler {
             .where('id', '=', chosen.id)
             .where('status', '=', 'ready')
             .where('schedulable', '=', 1)
-            .where(sql<boolean>`cap_vcpu - alloc_vcpu >= ${d.vcpu}`)
+            .where(sql<boolean>`cap_vcpu * ${this.vcpuOvercommit} - alloc_vcpu >= ${d.vcpu}`)
             .where(sql<boolean>`cap_mem_mib - alloc_mem_mib >= ${d.memMib}`)
             .where(sql<boolean>`cap_disk_mib - alloc_disk_mib >= ${d.diskMib}`)
             .executeTakeFirst();

@@ -1,0 +1,171 @@
+/**
+ * The whole stack for end-to-end tests: a real manager (harness) and real agents run as
+ * separate `nqvm agent` processes (so they can be killed with SIGKILL or frozen), booting the
+ * test guest with QEMU.
+ */
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { registerPathImage } from '@nqvm/manager/images/images';
+import { ensureTestGuest } from '@nqvm/testkit';
+import { client, startManager, type TestManager } from '../../manager/test/harness';
+
+const NQVM = path.resolve(__dirname, '..', 'bin', 'nqvm.mjs');
+
+export interface AgentProcess {
+  name: string;
+  stateDir: string;
+  bind: string;
+  proc: ChildProcess;
+  output: () => string;
+  hostId: () => Promise<string>;
+}
+
+export async function startStack(env: Record<string, string> = {}) {
+  const t = await startManager('sqlite', { NQVM_HEARTBEAT_INTERVAL_S: '1', ...env });
+  const guest = await ensureTestGuest();
+  const store = t.manager.services.store;
+  await registerPathImage(store, { name: 'kernel', kind: 'kernel', path: guest.kernel, isDefault: true });
+  await registerPathImage(store, { name: 'initrd', kind: 'initrd', path: guest.initrd, isDefault: true });
+  await registerPathImage(store, { name: 'rootfs', kind: 'rootfs', path: guest.rootfs, isDefault: true });
+  return { t, api: client(t.url, t.adminToken), guest };
+}
+
+let nextPort = 19300 + (process.pid % 200) * 4;
+
+export async function startAgent(
+  t: TestManager,
+  name: string,
+  extraEnv: Record<string, string> = {},
+  stateDir?: string,
+): Promise<AgentProcess> {
+  const dir = stateDir ?? fs.mkdtempSync(path.join(os.tmpdir(), `nqvm-e2e-${name}-`));
+  const bind = `127.0.0.1:${nextPort++}`;
+  const api = client(t.url, t.adminToken);
+  let joinToken: string | undefined;
+  if (!fs.existsSync(path.join(dir, 'identity.json'))) {
+    const jt = await api.post('/api/v1/join-tokens', { ttl_s: 600 });
+    joinToken = jt.body.token;
+  }
+  return spawnAgent(t, name, dir, bind, joinToken, extraEnv);
+}
+
+export function spawnAgent(
+  t: TestManager,
+  name: string,
+  stateDir: string,
+  bind: string,
+  joinToken: string | undefined,
+  extraEnv: Record<string, string> = {},
+): AgentProcess {
+  let out = '';
+  const proc = spawn(
+    process.execPath,
+    [NQVM, 'agent', '--manager', t.url, '--bind', bind, '--state-dir', stateDir, '--name', name],
+    {
+      env: {
+        ...process.env,
+        NQVM_LOG_LEVEL: 'warn',
+        NQVM_HEARTBEAT_INTERVAL_S: '1',
+        ...(joinToken ? { NQVM_JOIN_TOKEN: joinToken } : {}),
+        ...extraEnv,
+      },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
+  );
+  proc.stdout?.on('data', (d) => (out += d));
+  proc.stderr?.on('data', (d) => (out += d));
+  const api = client(t.url, t.adminToken);
+  return {
+    name,
+    stateDir,
+    bind,
+    proc,
+    output: () => out,
+    hostId: async () => {
+      const host = await waitFor(
+        async () => {
+          const r = await api.get('/api/v1/hosts?limit=500');
+          return r.body.items.find(
+            (h: { name: string; status: string }) => h.name === name && h.status === 'ready',
+          );
+        },
+        30_000,
+        () => `agent ${name} never became ready:\n${out}`,
+      );
+      return host.id as string;
+    },
+  };
+}
+
+export async function stopAgent(a: AgentProcess, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
+  if (a.proc.exitCode !== null || a.proc.signalCode !== null) return;
+  const done = new Promise((r) => a.proc.once('exit', r));
+  a.proc.kill(signal);
+  await done;
+}
+
+export async function waitFor<T>(
+  fn: () => Promise<T | undefined | null | false>,
+  timeoutMs: number,
+  what: () => string,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms: ${what()}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/** Live (non-zombie) QEMU processes of one VM, found by the `-name nqvm-<id>` the driver sets. */
+export function qemuPids(vmId: string): number[] {
+  const pids: number[] = [];
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const cmdline = fs.readFileSync(`/proc/${entry}/cmdline`, 'utf8');
+      const state = fs.readFileSync(`/proc/${entry}/stat`, 'utf8').split(') ')[1]?.[0];
+      if (cmdline.includes(`nqvm-${vmId}`) && cmdline.startsWith('qemu-system') && state !== 'Z')
+        pids.push(Number(entry));
+      else if (cmdline.includes(`nqvm-${vmId}`) && cmdline.includes('/qemu-system') && state !== 'Z')
+        pids.push(Number(entry));
+    } catch {
+      // The process ended while we looked.
+    }
+  }
+  return pids;
+}
+
+export function killVmProcesses(vmIds: string[]): void {
+  for (const id of vmIds) for (const pid of qemuPids(id)) process.kill(pid, 'SIGKILL');
+}
+
+/**
+ * A copy of the guest's root disk changed offline with debugfs (no mount): extra inittab
+ * lines (e.g. a counter printing to the console) and files removed (e.g. the power-button
+ * handler, to get a guest that ignores a graceful stop).
+ */
+export function rootfsVariant(
+  base: string,
+  out: string,
+  change: { inittab?: string[]; remove?: string[] },
+): string {
+  fs.copyFileSync(base, out);
+  const inittab = execFileSync('debugfs', ['-R', 'cat /etc/inittab', out], {
+    stdio: ['ignore', 'pipe', 'ignore'],
+  }).toString();
+  const cmds: string[] = [];
+  if (change.inittab?.length) {
+    const local = `${out}.inittab`;
+    fs.writeFileSync(local, `${inittab.trimEnd()}\n${change.inittab.join('\n')}\n`);
+    cmds.push('rm /etc/inittab', `write ${local} /etc/inittab`, 'set_inode_field /etc/inittab mode 0100644');
+  }
+  for (const f of change.remove ?? []) cmds.push(`rm ${f}`);
+  const script = `${out}.debugfs`;
+  fs.writeFileSync(script, `${cmds.join('\n')}\n`);
+  execFileSync('debugfs', ['-w', '-f', script, out], { stdio: 'ignore' });
+  return out;
+}
