@@ -1,10 +1,32 @@
 import { defineConfig } from 'vitest/config';
 
+/** Test files that boot real guests or drive a browser: run one file at a time (2-core machines). */
+const heavy = [
+  'packages/testkit/src/guest/boot.test.ts',
+  'packages/agent/src/drivers/qemu/qemu-driver.test.ts',
+  'packages/agent/src/agent/qemu.test.ts',
+  'packages/cli/test/**/*.test.ts',
+  'packages/web/test/web-ui.test.ts',
+];
+
 export default defineConfig({
   test: {
-    include: ['packages/*/src/**/*.test.ts', 'packages/*/test/**/*.test.ts'],
     testTimeout: 30_000,
     hookTimeout: 120_000,
     pool: 'forks',
+    projects: [
+      {
+        extends: true,
+        test: {
+          name: 'unit',
+          include: ['packages/*/src/**/*.test.ts', 'packages/*/test/**/*.test.ts'],
+          exclude: [...heavy, '**/node_modules/**'],
+        },
+      },
+      {
+        extends: true,
+        test: { name: 'vm', include: heavy, fileParallelism: false },
+      },
+    ],
   },
 });

@@ -25,7 +25,8 @@ import { vmConsoleRoutes, vmRoutes } from '../routes/vms';
 import type { Services } from '../services';
 import type { App } from './app-type';
 import { authHook } from './auth-hook';
-import { sendError, toErrorReply } from './errors';
+import { resolveWebDist, webRoutes } from './web';
+import { clientErrorHandler, sendError, toErrorReply } from './errors';
 
 export const BODY_LIMIT = 1024 * 1024;
 
@@ -76,6 +77,7 @@ export async function buildApp(
     bodyLimit: BODY_LIMIT,
     ...(opts.https ? { https: opts.https } : {}),
     ajv: { customOptions: { coerceTypes: false } },
+    clientErrorHandler,
     // Errors the router raises before any route runs (bad %-escapes, over-long path segments).
     frameworkErrors: (err, _req, reply) =>
       sendError(reply, 400, {
@@ -101,6 +103,11 @@ export async function buildApp(
     }
   });
 
+  // Set before any plugin registers: plugins (Swagger UI's routes) keep the handler of their parent at that time.
+  app.setErrorHandler((err, req, reply) => {
+    const { status, body } = toErrorReply(err as Error, req);
+    return sendError(reply, status, body);
+  });
   await app.register(cookie);
   await app.register(swagger, {
     openapi: {
@@ -158,10 +165,6 @@ export async function buildApp(
     }
   });
 
-  app.setErrorHandler((err, req, reply) => {
-    const { status, body } = toErrorReply(err as Error, req);
-    return sendError(reply, status, body);
-  });
   app.setNotFoundHandler((req, reply) =>
     sendError(reply, 404, {
       error: { code: 'ROUTE_NOT_FOUND', message: `no route ${req.method} ${req.url.split('?')[0]}` },
@@ -187,6 +190,7 @@ export async function buildApp(
   eventRoutes(app, s);
   hostRoutes(app, s, (hostId, hb) => s.reconciler.onHeartbeat(hostId, hb));
   auditRoutes(app, s);
+  webRoutes(app, resolveWebDist());
   await opts.extend?.(app, s);
 
   await app.ready();

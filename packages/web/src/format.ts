@@ -1,0 +1,67 @@
+/** Display helpers. */
+import { useSyncExternalStore } from 'react';
+
+export function formatMib(mib: number): string {
+  if (mib >= 1024 * 1024) return `${trim(mib / (1024 * 1024))} TiB`;
+  if (mib >= 1024) return `${trim(mib / 1024)} GiB`;
+  return `${mib} MiB`;
+}
+
+function trim(n: number): string {
+  return n >= 100 ? n.toFixed(0) : n.toFixed(1).replace(/\.0$/, '');
+}
+
+export function formatTime(iso: string | null | undefined): string {
+  if (!iso) return '—';
+  const d = new Date(iso);
+  return Number.isNaN(d.getTime()) ? iso : d.toLocaleString();
+}
+
+/** "5 min ago" / "in 2 h"; `now` (from useNow) re-renders the caller, the clock itself is read fresh. */
+export function timeAgo(iso: string | null | undefined, now: number): string {
+  if (!iso) return 'never';
+  const t = new Date(iso).getTime();
+  if (Number.isNaN(t)) return iso;
+  const s = Math.round((Math.max(now, Date.now()) - t) / 1000);
+  const future = s < 0;
+  const a = Math.abs(s);
+  const v =
+    a < 5
+      ? null
+      : a < 60
+        ? `${a} s`
+        : a < 3600
+          ? `${Math.floor(a / 60)} min`
+          : a < 86_400
+            ? `${Math.floor(a / 3600)} h`
+            : `${Math.floor(a / 86_400)} d`;
+  if (!v) return 'just now';
+  return future ? `in ${v}` : `${v} ago`;
+}
+
+// One shared clock for relative times, ticking every 10 s.
+let now = Date.now();
+const subs = new Set<() => void>();
+setInterval(() => {
+  now = Date.now();
+  for (const s of subs) s();
+}, 10_000);
+
+export function useNow(): number {
+  return useSyncExternalStore(
+    (l) => {
+      subs.add(l);
+      return () => subs.delete(l);
+    },
+    () => now,
+  );
+}
+
+export function shortId(id: string): string {
+  return id.slice(0, 8);
+}
+
+export function percent(used: number, total: number): number {
+  if (total <= 0) return used > 0 ? 100 : 0;
+  return Math.min(100, Math.round((used / total) * 100));
+}

@@ -1,0 +1,137 @@
+import { timeAgo, useNow } from '../format';
+import { useHosts, useRecentOps, useVms } from '../queries';
+import { Link } from '../router';
+import type { Host, VmState } from '../types';
+import { Badge, Bar, Empty, ErrorBox, Loading, StateBadge, stateTone } from '../ui';
+import { OperationsTable } from './Operations';
+
+const STATE_ORDER: VmState[] = [
+  'running',
+  'paused',
+  'stopped',
+  'creating',
+  'starting',
+  'stopping',
+  'pausing',
+  'deleting',
+  'failed',
+  'unknown',
+];
+
+const HOST_TONE = { ready: 'ok', unreachable: 'warn', lost: 'err' } as const;
+
+export function DashboardPage() {
+  const vms = useVms();
+  const hosts = useHosts();
+  const ops = useRecentOps();
+  const now = useNow();
+
+  const counts = new Map<VmState, number>();
+  for (const vm of vms.data ?? []) counts.set(vm.state, (counts.get(vm.state) ?? 0) + 1);
+  const ready = (hosts.data ?? []).filter((h) => h.status === 'ready');
+  const total = sumCapacity(ready);
+  const attention = (vms.data ?? []).filter((v) => v.state === 'failed' || v.state === 'unknown');
+
+  return (
+    <div className="page">
+      <h1>Dashboard</h1>
+      <div className="grid-cards">
+        <section className="card">
+          <h2>
+            Virtual machines <span className="count">{vms.data?.length ?? '…'}</span>
+          </h2>
+          <ErrorBox error={vms.error} />
+          {vms.data ? (
+            <div className="state-tiles" data-testid="vm-counts">
+              {STATE_ORDER.filter((s) => counts.get(s) || ['running', 'stopped'].includes(s)).map((s) => (
+                <Link key={s} to={`/vms?state=${s}`} className={`state-tile tile-${stateTone(s)}`}>
+                  <strong>{counts.get(s) ?? 0}</strong>
+                  <span>{s}</span>
+                </Link>
+              ))}
+            </div>
+          ) : (
+            <Loading />
+          )}
+          {attention.length ? (
+            <ul className="attention">
+              {attention.slice(0, 5).map((v) => (
+                <li key={v.id}>
+                  <StateBadge state={v.state} /> <Link to={`/vms/${v.id}`}>{v.name}</Link>
+                  {v.last_error ? <span className="muted"> — {v.last_error}</span> : null}
+                </li>
+              ))}
+            </ul>
+          ) : null}
+        </section>
+
+        <section className="card">
+          <h2>
+            Capacity <span className="muted small">({ready.length} ready hosts)</span>
+          </h2>
+          <ErrorBox error={hosts.error} />
+          {hosts.data ? (
+            <>
+              <Bar label="vCPU" used={total.used.vcpu} total={total.cap.vcpu} unit="count" />
+              <Bar label="Memory" used={total.used.mem} total={total.cap.mem} unit="mib" />
+              <Bar label="Disk" used={total.used.disk} total={total.cap.disk} unit="mib" />
+            </>
+          ) : (
+            <Loading />
+          )}
+        </section>
+      </div>
+
+      <section className="card">
+        <h2>
+          Hosts <span className="count">{hosts.data?.length ?? '…'}</span>
+        </h2>
+        {hosts.data && hosts.data.length === 0 ? (
+          <Empty>
+            No hosts have joined yet. <Link to="/hosts">Create a join token</Link> and run{' '}
+            <code>nqvm agent</code> on a host.
+          </Empty>
+        ) : null}
+        <div className="host-cards">
+          {(hosts.data ?? []).map((h) => (
+            <div key={h.id} className="host-card" data-testid="host-capacity">
+              <div className="host-card-head">
+                <strong>{h.name}</strong>
+                <Badge tone={HOST_TONE[h.status]}>{h.status}</Badge>
+                {!h.schedulable ? <Badge tone="warn">cordoned</Badge> : null}
+                <span className="muted small">heartbeat {timeAgo(h.last_heartbeat_at, now)}</span>
+              </div>
+              <Bar label="vCPU" used={h.allocated.vcpu} total={h.capacity.vcpu} unit="count" />
+              <Bar label="Memory" used={h.allocated.mem_mib} total={h.capacity.mem_mib} unit="mib" />
+              <Bar label="Disk" used={h.allocated.disk_mib} total={h.capacity.disk_mib} unit="mib" />
+            </div>
+          ))}
+        </div>
+      </section>
+
+      <section className="card">
+        <h2>Recent operations</h2>
+        <ErrorBox error={ops.error} />
+        {ops.data ? (
+          <OperationsTable ops={ops.data.slice(-10).reverse()} showTarget vms={vms.data} />
+        ) : (
+          <Loading />
+        )}
+      </section>
+    </div>
+  );
+}
+
+function sumCapacity(hosts: Host[]) {
+  const cap = { vcpu: 0, mem: 0, disk: 0 };
+  const used = { vcpu: 0, mem: 0, disk: 0 };
+  for (const h of hosts) {
+    cap.vcpu += h.capacity.vcpu;
+    cap.mem += h.capacity.mem_mib;
+    cap.disk += h.capacity.disk_mib;
+    used.vcpu += h.allocated.vcpu;
+    used.mem += h.allocated.mem_mib;
+    used.disk += h.allocated.disk_mib;
+  }
+  return { cap, used };
+}

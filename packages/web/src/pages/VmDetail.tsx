@@ -1,0 +1,282 @@
+import { lazy, Suspense, useState } from 'react';
+import { ApiError, api } from '../api';
+import { formatMib, formatTime, timeAgo, useNow } from '../format';
+import { useCan, useHosts, useTargetOps, useVm } from '../queries';
+import { Link, navigate } from '../router';
+import type { Vm, VmActionResponse, VmState } from '../types';
+import { ConfirmDialog, Empty, ErrorBox, Loading, StateBadge, toast, toastError } from '../ui';
+import { OperationsTable } from './Operations';
+
+// xterm.js is the largest dependency: load it only when the console tab opens.
+const VmConsole = lazy(() => import('./VmConsole'));
+
+type ActionKey = 'start' | 'stop' | 'force-stop' | 'pause' | 'resume' | 'reboot' | 'delete';
+
+const STOPPABLE: VmState[] = ['creating', 'starting', 'running', 'pausing', 'paused', 'unknown', 'failed'];
+const LIVE: VmState[] = ['starting', 'running', 'pausing', 'paused', 'stopping'];
+
+interface ActionDef {
+  key: ActionKey;
+  label: string;
+  allowed: (s: VmState) => boolean;
+  confirm?: (vm: Vm) => string;
+  danger?: boolean;
+}
+
+const ACTIONS: ActionDef[] = [
+  { key: 'start', label: 'Start', allowed: (s) => s === 'stopped' || s === 'failed' },
+  {
+    key: 'stop',
+    label: 'Shut down',
+    allowed: (s) => STOPPABLE.includes(s),
+    confirm: (vm) =>
+      `Shut down ${vm.name}? The guest is asked to power off; after 30 s it is stopped by force.`,
+  },
+  { key: 'pause', label: 'Pause', allowed: (s) => s === 'running' },
+  { key: 'resume', label: 'Resume', allowed: (s) => s === 'paused' },
+  {
+    key: 'reboot',
+    label: 'Reboot',
+    allowed: (s) => s === 'running',
+    confirm: (vm) => `Reboot ${vm.name}?`,
+  },
+  {
+    key: 'force-stop',
+    label: 'Force stop',
+    allowed: (s) => STOPPABLE.includes(s),
+    confirm: (vm) =>
+      `Stop ${vm.name} immediately? The guest gets no chance to shut down; unsaved data is lost.`,
+    danger: true,
+  },
+  {
+    key: 'delete',
+    label: 'Delete',
+    allowed: (s) => s !== 'deleting',
+    confirm: (vm) =>
+      LIVE.includes(vm.state)
+        ? `${vm.name} is ${vm.state}: deleting stops it by force and removes its disks. This cannot be undone.`
+        : `Delete ${vm.name} and its disks? This cannot be undone.`,
+    danger: true,
+  },
+];
+
+function runAction(vm: Vm, key: ActionKey): Promise<VmActionResponse> {
+  const base = `/api/v1/vms/${vm.id}`;
+  switch (key) {
+    case 'delete':
+      return api('DELETE', LIVE.includes(vm.state) ? `${base}?force=true` : base);
+    case 'stop':
+      return api('POST', `${base}/stop`, { force: false });
+    case 'force-stop':
+      return api('POST', `${base}/stop`, { force: true });
+    default:
+      return api('POST', `${base}/${key}`);
+  }
+}
+
+export function VmDetailPage({ id, tab }: { id: string; tab: string }) {
+  const vm = useVm(id);
+  const hosts = useHosts();
+  const canOperate = useCan('operator');
+  const now = useNow();
+
+  if (vm.isPending) return <Loading what="VM" />;
+  if (vm.data === null || (vm.error instanceof ApiError && vm.error.status === 404))
+    return (
+      <div className="page">
+        <h1>VM not found</h1>
+        <Empty>
+          This VM does not exist (any more). <Link to="/vms">Back to the list</Link>.
+        </Empty>
+      </div>
+    );
+  if (!vm.data) return <ErrorBox error={vm.error} />;
+  const v = vm.data;
+  const host = v.host_id ? hosts.data?.find((h) => h.id === v.host_id) : undefined;
+  const tabs = [
+    ['summary', 'Summary', `/vms/${v.id}`],
+    ['console', 'Console', `/vms/${v.id}/console`],
+    ['operations', 'Operations', `/vms/${v.id}/operations`],
+  ] as const;
+
+  return (
+    <div className="page">
+      <nav className="crumbs small">
+        <Link to="/vms">Virtual machines</Link> / {v.name}
+      </nav>
+      <div className="page-head">
+        <h1>
+          {v.name} <StateBadge state={v.state} />
+          {v.desired_state !== v.state && !['running', 'stopped', 'paused'].includes(v.state) ? (
+            <span className="small muted"> → {v.desired_state}</span>
+          ) : null}
+        </h1>
+        {canOperate ? <VmActions vm={v} /> : null}
+      </div>
+      {v.last_error ? (
+        <div
+          className={`alert ${v.state === 'failed' || v.state === 'unknown' ? 'alert-err' : 'alert-warn'}`}
+        >
+          {v.last_error}
+        </div>
+      ) : null}
+      <div className="tabs" role="tablist">
+        {tabs.map(([key, label, to]) => (
+          <Link
+            key={key}
+            to={to}
+            role="tab"
+            aria-selected={tab === key}
+            className={tab === key ? 'active' : undefined}
+          >
+            {label}
+          </Link>
+        ))}
+      </div>
+
+      {tab === 'summary' ? (
+        <div className="grid-cards">
+          <section className="card">
+            <h2>Overview</h2>
+            <dl className="kv">
+              <dt>State</dt>
+              <dd>
+                {v.state} (desired: {v.desired_state})
+              </dd>
+              <dt>Host</dt>
+              <dd>{host ? host.name : v.host_id ? v.host_id : 'not placed yet'}</dd>
+              <dt>VMM</dt>
+              <dd>{v.vmm ?? 'auto'}</dd>
+              <dt>vCPUs</dt>
+              <dd>{v.vcpu}</dd>
+              <dt>Memory</dt>
+              <dd>{formatMib(v.mem_mib)}</dd>
+              <dt>Disk</dt>
+              <dd>{v.disk_size_mib ? formatMib(v.disk_size_mib) : 'image size'}</dd>
+              <dt>Restart policy</dt>
+              <dd>{v.restart_policy}</dd>
+              <dt>Created</dt>
+              <dd title={formatTime(v.created_at)}>{timeAgo(v.created_at, now)}</dd>
+              <dt>Updated</dt>
+              <dd title={formatTime(v.updated_at)}>{timeAgo(v.updated_at, now)}</dd>
+              <dt>ID</dt>
+              <dd>
+                <code className="small">{v.id}</code>
+              </dd>
+            </dl>
+          </section>
+          <section className="card">
+            <h2>Boot &amp; guest</h2>
+            <dl className="kv">
+              <dt>Kernel</dt>
+              <dd>{v.kernel_image_id ?? 'default'}</dd>
+              <dt>Root filesystem</dt>
+              <dd>{v.rootfs_image_id ?? 'default'}</dd>
+              {v.initrd_image_id ? (
+                <>
+                  <dt>Initrd</dt>
+                  <dd>{v.initrd_image_id}</dd>
+                </>
+              ) : null}
+              <dt>Boot args</dt>
+              <dd>{v.boot_args ? <code className="small">{v.boot_args}</code> : 'default'}</dd>
+              <dt>Guest config</dt>
+              <dd>{v.guest_config.mode}</dd>
+              <dt>User</dt>
+              <dd>
+                {v.guest_config.username ?? '—'}
+                {v.guest_config.has_password ? ' (password set)' : ''}
+              </dd>
+              <dt>SSH keys</dt>
+              <dd>{v.guest_config.ssh_authorized_keys.length}</dd>
+              <dt>Hostname</dt>
+              <dd>{v.guest_config.hostname ?? '—'}</dd>
+              <dt>Networks</dt>
+              <dd>
+                {v.networks.length
+                  ? v.networks.map((n) => `${n.ip ?? 'dhcp'}${n.mac ? ` (${n.mac})` : ''}`).join(', ')
+                  : 'none'}
+              </dd>
+              <dt>Labels</dt>
+              <dd>
+                {Object.keys(v.labels).length
+                  ? Object.entries(v.labels).map(([k, val]) => (
+                      <span key={k} className="chip">
+                        {k}={val}
+                      </span>
+                    ))
+                  : '—'}
+              </dd>
+            </dl>
+          </section>
+        </div>
+      ) : null}
+
+      {tab === 'console' ? (
+        <Suspense fallback={<Loading what="console" />}>
+          <VmConsole vm={v} />
+        </Suspense>
+      ) : null}
+
+      {tab === 'operations' ? <VmOperations id={v.id} /> : null}
+    </div>
+  );
+}
+
+function VmOperations({ id }: { id: string }) {
+  const ops = useTargetOps(id);
+  if (ops.isPending) return <Loading what="operations" />;
+  if (ops.error) return <ErrorBox error={ops.error} />;
+  return (
+    <section className="card">
+      <OperationsTable ops={[...ops.data].reverse()} />
+    </section>
+  );
+}
+
+function VmActions({ vm }: { vm: Vm }) {
+  const [pending, setPending] = useState<ActionKey | null>(null);
+  const [confirming, setConfirming] = useState<ActionDef | null>(null);
+
+  const run = async (a: ActionDef) => {
+    await runAction(vm, a.key);
+    toast('info', `${a.label}: ${vm.name}`);
+    if (a.key === 'delete') navigate('/vms');
+  };
+  const click = async (a: ActionDef) => {
+    if (a.confirm) return setConfirming(a);
+    setPending(a.key);
+    try {
+      await run(a);
+    } catch (err) {
+      toastError(err, `${a.label} ${vm.name}`);
+    } finally {
+      setPending(null);
+    }
+  };
+
+  return (
+    <div className="actions-bar" data-testid="vm-actions">
+      {ACTIONS.map((a) => (
+        <button
+          key={a.key}
+          type="button"
+          className={`btn${a.danger ? ' btn-danger-outline' : ''}`}
+          disabled={!a.allowed(vm.state) || pending !== null}
+          onClick={() => click(a)}
+        >
+          {a.label}
+        </button>
+      ))}
+      <ConfirmDialog
+        open={confirming !== null}
+        title={confirming ? `${confirming.label} ${vm.name}` : ''}
+        message={confirming?.confirm?.(vm) ?? ''}
+        confirmLabel={confirming?.label ?? ''}
+        requireText={confirming?.key === 'delete' ? vm.name : undefined}
+        onConfirm={() => (confirming ? run(confirming) : Promise.resolve())}
+        onClose={() => setConfirming(null)}
+      />
+    </div>
+  );
+}

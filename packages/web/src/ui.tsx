@@ -1,0 +1,343 @@
+/** Shared building blocks: badges, bars, dialogs, toasts, copy-once fields. */
+import { type ReactNode, useEffect, useId, useRef, useState, useSyncExternalStore } from 'react';
+import { errorMessage } from './api';
+import { formatMib, percent } from './format';
+import type { Operation, VmState } from './types';
+
+export type Tone = 'ok' | 'warn' | 'err' | 'info' | 'muted' | 'busy';
+
+export function Badge({ tone, children, title }: { tone: Tone; children: ReactNode; title?: string }) {
+  return (
+    <span className={`badge badge-${tone}`} title={title}>
+      {children}
+    </span>
+  );
+}
+
+const STATE_TONE: Record<VmState, Tone> = {
+  running: 'ok',
+  paused: 'warn',
+  stopped: 'muted',
+  failed: 'err',
+  unknown: 'err',
+  creating: 'busy',
+  starting: 'busy',
+  stopping: 'busy',
+  pausing: 'busy',
+  deleting: 'busy',
+};
+
+export const stateTone = (s: VmState): Tone => STATE_TONE[s] ?? 'muted';
+
+export function StateBadge({ state }: { state: VmState }) {
+  return (
+    <Badge tone={stateTone(state)}>
+      <span className="dot" aria-hidden="true" />
+      {state}
+    </Badge>
+  );
+}
+
+const OP_TONE: Record<Operation['status'], Tone> = {
+  queued: 'muted',
+  running: 'busy',
+  succeeded: 'ok',
+  failed: 'err',
+  cancelled: 'warn',
+};
+
+export function OpStatus({ status }: { status: Operation['status'] }) {
+  return <Badge tone={OP_TONE[status]}>{status}</Badge>;
+}
+
+export function Bar({
+  label,
+  used,
+  total,
+  unit,
+}: {
+  label: string;
+  used: number;
+  total: number;
+  unit: 'count' | 'mib';
+}) {
+  const p = percent(used, total);
+  const fmt = (n: number) => (unit === 'mib' ? formatMib(n) : String(n));
+  const tone = p >= 90 ? 'err' : p >= 75 ? 'warn' : 'ok';
+  return (
+    <div className="bar">
+      <div className="bar-head">
+        <span>{label}</span>
+        <span className="muted">
+          {fmt(used)} / {fmt(total)} ({p}%)
+        </span>
+      </div>
+      <div
+        className="bar-track"
+        role="progressbar"
+        aria-label={label}
+        aria-valuenow={p}
+        aria-valuemin={0}
+        aria-valuemax={100}
+      >
+        <div className={`bar-fill bar-${tone}`} style={{ width: `${p}%` }} />
+      </div>
+    </div>
+  );
+}
+
+export function ErrorBox({ error, title }: { error: unknown; title?: string }) {
+  if (!error) return null;
+  return (
+    <div className="alert alert-err" role="alert">
+      {title ? <strong>{title}: </strong> : null}
+      {errorMessage(error)}
+    </div>
+  );
+}
+
+export function Loading({ what }: { what?: string }) {
+  return <p className="muted loading">Loading{what ? ` ${what}` : ''}…</p>;
+}
+
+export function Empty({ children }: { children: ReactNode }) {
+  return <p className="empty muted">{children}</p>;
+}
+
+export function Field({
+  label,
+  hint,
+  children,
+  htmlFor,
+}: {
+  label: string;
+  hint?: ReactNode;
+  children: ReactNode;
+  htmlFor?: string;
+}) {
+  return (
+    <div className="field">
+      <label htmlFor={htmlFor}>{label}</label>
+      {children}
+      {hint ? <small className="muted">{hint}</small> : null}
+    </div>
+  );
+}
+
+/** A modal dialog on the native <dialog> element (focus trap, Escape to close). */
+export function Modal({
+  open,
+  title,
+  onClose,
+  children,
+  footer,
+  wide,
+}: {
+  open: boolean;
+  title: string;
+  onClose: () => void;
+  children: ReactNode;
+  footer?: ReactNode;
+  wide?: boolean;
+}) {
+  const ref = useRef<HTMLDialogElement>(null);
+  const titleId = useId();
+  useEffect(() => {
+    const d = ref.current;
+    if (!d) return;
+    if (open && !d.open) d.showModal();
+    if (!open && d.open) d.close();
+  }, [open]);
+  return (
+    <dialog
+      ref={ref}
+      className={`modal${wide ? ' modal-wide' : ''}`}
+      aria-labelledby={titleId}
+      onCancel={(e) => {
+        e.preventDefault();
+        onClose();
+      }}
+    >
+      {open ? (
+        <>
+          <header className="modal-head">
+            <h2 id={titleId}>{title}</h2>
+            <button type="button" className="btn-icon" aria-label="Close" onClick={onClose}>
+              ✕
+            </button>
+          </header>
+          <div className="modal-body">{children}</div>
+          {footer ? <footer className="modal-foot">{footer}</footer> : null}
+        </>
+      ) : null}
+    </dialog>
+  );
+}
+
+/** Asks before a destructive action; optionally makes the user type a name. Shows the API error. */
+export function ConfirmDialog({
+  open,
+  title,
+  message,
+  confirmLabel,
+  requireText,
+  onConfirm,
+  onClose,
+}: {
+  open: boolean;
+  title: string;
+  message: ReactNode;
+  confirmLabel: string;
+  requireText?: string;
+  onConfirm: () => Promise<unknown>;
+  onClose: () => void;
+}) {
+  const [typed, setTyped] = useState('');
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState<unknown>(null);
+  const inputId = useId();
+  useEffect(() => {
+    if (open) {
+      setTyped('');
+      setError(null);
+      setBusy(false);
+    }
+  }, [open]);
+  const ready = !requireText || typed === requireText;
+  const confirm = async () => {
+    setBusy(true);
+    setError(null);
+    try {
+      await onConfirm();
+      onClose();
+    } catch (err) {
+      setError(err);
+    } finally {
+      setBusy(false);
+    }
+  };
+  return (
+    <Modal
+      open={open}
+      title={title}
+      onClose={onClose}
+      footer={
+        <>
+          <button type="button" className="btn" onClick={onClose}>
+            Cancel
+          </button>
+          <button
+            type="button"
+            className="btn btn-danger"
+            disabled={!ready || busy}
+            onClick={confirm}
+            data-testid="confirm"
+          >
+            {busy ? 'Working…' : confirmLabel}
+          </button>
+        </>
+      }
+    >
+      <div className="stack">
+        <div>{message}</div>
+        {requireText ? (
+          <Field label={`Type "${requireText}" to confirm`} htmlFor={inputId}>
+            <input
+              id={inputId}
+              value={typed}
+              autoComplete="off"
+              spellCheck={false}
+              onChange={(e) => setTyped(e.target.value)}
+              onKeyDown={(e) => {
+                if (e.key === 'Enter' && ready && !busy) void confirm();
+              }}
+            />
+          </Field>
+        ) : null}
+        <ErrorBox error={error} />
+      </div>
+    </Modal>
+  );
+}
+
+/** A secret shown once: read-only, selectable, with a copy button. */
+export function CopyField({ value, label }: { value: string; label: string }) {
+  const ref = useRef<HTMLInputElement>(null);
+  const [copied, setCopied] = useState(false);
+  const copy = async () => {
+    try {
+      await navigator.clipboard.writeText(value);
+    } catch {
+      // Not a secure context: select the text and fall back to the legacy command.
+      ref.current?.select();
+      document.execCommand?.('copy');
+    }
+    setCopied(true);
+    setTimeout(() => setCopied(false), 2000);
+  };
+  return (
+    <div className="copy-field">
+      <input
+        ref={ref}
+        readOnly
+        value={value}
+        aria-label={label}
+        spellCheck={false}
+        onFocus={(e) => e.target.select()}
+      />
+      <button type="button" className="btn" onClick={copy}>
+        {copied ? 'Copied' : 'Copy'}
+      </button>
+    </div>
+  );
+}
+
+// ---- toasts -----------------------------------------------------------------------------
+
+interface Toast {
+  id: number;
+  tone: 'ok' | 'err' | 'info';
+  text: string;
+}
+let toasts: Toast[] = [];
+let nextToast = 1;
+const toastSubs = new Set<() => void>();
+const emitToasts = () => {
+  for (const s of toastSubs) s();
+};
+
+export function toast(tone: Toast['tone'], text: string): void {
+  const t = { id: nextToast++, tone, text };
+  toasts = [...toasts, t].slice(-4);
+  emitToasts();
+  setTimeout(
+    () => {
+      toasts = toasts.filter((x) => x.id !== t.id);
+      emitToasts();
+    },
+    tone === 'err' ? 8000 : 4000,
+  );
+}
+
+export function toastError(err: unknown, what?: string): void {
+  toast('err', what ? `${what}: ${errorMessage(err)}` : errorMessage(err));
+}
+
+export function Toasts() {
+  const list = useSyncExternalStore(
+    (l) => {
+      toastSubs.add(l);
+      return () => toastSubs.delete(l);
+    },
+    () => toasts,
+  );
+  return (
+    <div className="toasts" aria-live="polite">
+      {list.map((t) => (
+        <div key={t.id} className={`toast toast-${t.tone}`} role={t.tone === 'err' ? 'alert' : 'status'}>
+          {t.text}
+        </div>
+      ))}
+    </div>
+  );
+}
