@@ -1,5 +1,6 @@
 import { VERSION } from '@nqvm/manager/manager';
 import { Command } from 'commander';
+import { agentCommand } from './commands/agent';
 import { serverCommand } from './commands/server';
 import { upCommand } from './commands/up';
 
@@ -20,5 +21,6 @@ Configuration is read from the environment; see README.md ("Configuration").`,
     );
   program.addCommand(serverCommand());
   program.addCommand(upCommand());
+  program.addCommand(agentCommand());
   return program;
 }

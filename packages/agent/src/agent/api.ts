@@ -1,0 +1,195 @@
+/**
+ * The agent's HTTP API, called by the manager. Every route but `GET /v1/healthz` requires the
+ * manager's Ed25519 signature over method, path, timestamp and body; work is accepted with 202
+ * and reported through heartbeats (and `GET /v1/vms`).
+ */
+import type { KeyObject } from 'node:crypto';
+import {
+  AgentVmCommand,
+  AgentVmList,
+  AgentVmReport,
+  AuthenticationError,
+  NotFoundError,
+  NqvmError,
+  SIGNATURE_HEADER,
+  TIMESTAMP_HEADER,
+} from '@nqvm/api';
+import Fastify, {
+  type FastifyBaseLogger,
+  type FastifyError,
+  type FastifyInstance,
+  type FastifyRequest,
+  LogController,
+} from 'fastify';
+import {
+  hasZodFastifySchemaValidationErrors,
+  serializerCompiler,
+  validatorCompiler,
+  type ZodTypeProvider,
+} from 'fastify-type-provider-zod';
+import { z } from 'zod';
+import { checkSignatureHeaders, verifyManagerSignature } from './signature';
+import { isVmId } from './state-files';
+import type { VmRegistry } from './vm-registry';
+
+export const AGENT_BODY_LIMIT = 1024 * 1024;
+export const CONSOLE_TAIL_DEFAULT = 64 * 1024;
+export const CONSOLE_TAIL_MAX = 1024 * 1024;
+
+/** Lowercase only: the id names the VM's folder, so one VM has exactly one spelling. */
+const VmIdParams = z.object({ id: z.string().refine(isVmId, 'a lowercase UUID') });
+const ConsoleQuery = z.object({
+  tail: z.coerce.number().int().min(0).max(CONSOLE_TAIL_MAX).default(CONSOLE_TAIL_DEFAULT),
+});
+
+export interface AgentApiDeps {
+  vms: VmRegistry;
+  /** The manager's public key; null before registration (then every signed route answers 401). */
+  managerKey: () => KeyObject | null;
+  logger: FastifyBaseLogger;
+}
+
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** The route needs no manager signature. */
+    public?: boolean;
+  }
+}
+
+/** The manager's signature time of a request (verified by then). */
+function signedAt(req: FastifyRequest): number {
+  return Number(req.headers[TIMESTAMP_HEADER]);
+}
+
+function isPublic(req: FastifyRequest): boolean {
+  return req.routeOptions.config?.public === true;
+}
+
+function errorReply(err: FastifyError | Error, req: FastifyRequest): { status: number; body: unknown } {
+  if (err instanceof NqvmError) return { status: err.status, body: err.toBody() };
+  if (hasZodFastifySchemaValidationErrors(err)) {
+    const fields = err.validation.map((v) => ({
+      path: [err.validationContext, ...String(v.instancePath).split('/').filter(Boolean)].join('.'),
+      message: v.message ?? 'invalid',
+    }));
+    return {
+      status: 400,
+      body: {
+        error: {
+          code: 'VALIDATION_FAILED',
+          message: `invalid ${[...new Set(fields.map((f) => f.path))].join(', ')}`,
+          details: { fields },
+        },
+      },
+    };
+  }
+  const fe = err as FastifyError;
+  if (fe.code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
+    return { status: 413, body: { error: { code: 'BODY_TOO_LARGE', message: 'request body is too large' } } };
+  }
+  if (fe.statusCode && fe.statusCode >= 400 && fe.statusCode < 500) {
+    return { status: fe.statusCode, body: { error: { code: 'VALIDATION_FAILED', message: fe.message } } };
+  }
+  req.log.error({ err }, 'unhandled error');
+  return {
+    status: 500,
+    body: { error: { code: 'INTERNAL', message: 'internal error; the agent log has details' } },
+  };
+}
+
+/**
+ * Builds the API (not listening yet).
+ *
+ * @example
+ * const app = await buildAgentApi({ vms, managerKey: () => key, logger });
+ * await app.listen({ host: '127.0.0.1', port: 9090 });
+ */
+export async function buildAgentApi(deps: AgentApiDeps): Promise<FastifyInstance> {
+  const app = Fastify({
+    loggerInstance: deps.logger,
+    // Per-request lines would log every manager poll; failures are logged where they happen.
+    logController: new LogController({ disableRequestLogging: true }),
+    bodyLimit: AGENT_BODY_LIMIT,
+  }).withTypeProvider<ZodTypeProvider>();
+  app.setValidatorCompiler(validatorCompiler);
+  app.setSerializerCompiler(serializerCompiler);
+
+  // Bodies are kept as bytes: the signature covers them exactly as sent. JSON is parsed once
+  // the signature holds, so an unsigned caller learns nothing from parse or validation errors.
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser('*', { parseAs: 'buffer' }, (_req, body, done) => done(null, body));
+
+  app.addHook('onRequest', async (req) => {
+    if (isPublic(req)) return;
+    checkSignatureHeaders({
+      timestamp: req.headers[TIMESTAMP_HEADER] as string | undefined,
+      signature: req.headers[SIGNATURE_HEADER] as string | undefined,
+    });
+  });
+  app.addHook('preValidation', async (req) => {
+    if (isPublic(req)) return;
+    const key = deps.managerKey();
+    if (!key) throw new AuthenticationError('this agent has not registered with a manager yet');
+    const raw = Buffer.isBuffer(req.body) ? req.body : Buffer.alloc(0);
+    verifyManagerSignature(
+      {
+        method: req.method,
+        url: req.url,
+        timestamp: req.headers[TIMESTAMP_HEADER] as string | undefined,
+        signature: req.headers[SIGNATURE_HEADER] as string | undefined,
+        body: raw,
+      },
+      key,
+    );
+    if (raw.length === 0) {
+      req.body = undefined;
+      return;
+    }
+    try {
+      req.body = JSON.parse(raw.toString('utf8'));
+    } catch {
+      throw new NqvmError('INVALID_JSON', 'the body is not valid JSON');
+    }
+  });
+
+  app.setErrorHandler((err, req, reply) => {
+    const { status, body } = errorReply(err as FastifyError, req);
+    return reply.status(status).type('application/json; charset=utf-8').send(body);
+  });
+  app.setNotFoundHandler((req, reply) =>
+    reply.status(404).send({
+      error: { code: 'ROUTE_NOT_FOUND', message: `no route ${req.method} ${req.url.split('?')[0]}` },
+    }),
+  );
+
+  app.get('/v1/healthz', { config: { public: true } }, async () => ({ status: 'ok' }));
+
+  app.get('/v1/vms', { schema: { response: { 200: AgentVmList } } }, async () => ({
+    items: deps.vms.reports(),
+  }));
+
+  app.put(
+    '/v1/vms/:id',
+    { schema: { params: VmIdParams, body: AgentVmCommand, response: { 202: AgentVmReport } } },
+    async (req, reply) =>
+      reply.status(202).send(await deps.vms.apply(req.params.id, req.body, signedAt(req))),
+  );
+
+  app.delete(
+    '/v1/vms/:id',
+    { schema: { params: VmIdParams, response: { 202: AgentVmReport } } },
+    async (req, reply) => reply.status(202).send(deps.vms.delete(req.params.id, signedAt(req))),
+  );
+
+  app.get(
+    '/v1/vms/:id/console',
+    { schema: { params: VmIdParams, querystring: ConsoleQuery } },
+    async (req, reply) => {
+      const tail = await deps.vms.consoleTail(req.params.id, req.query.tail);
+      if (!tail) throw new NotFoundError('VM_NOT_FOUND', 'VM', req.params.id);
+      return reply.type('application/octet-stream').send(tail);
+    },
+  );
+
+  return app;
+}

@@ -1,0 +1,179 @@
+/**
+ * The agent with its real drivers boots the test guest under QEMU (TCG): signed commands,
+ * console, graceful stop, adoption after an agent restart, crash detection, delete.
+ */
+import { execFileSync } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { existsSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import path from 'node:path';
+import { BOOT_MARKER, ensureTestGuest, type TestGuest } from '@nqvm/testkit';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadAgentConfig } from '../config';
+import { type Agent, createAgent } from './agent';
+import {
+  imageRef,
+  managerKeys,
+  reportOf,
+  SignedAgentClient,
+  silentLogger,
+  tempDir,
+  vmCommand,
+  waitFor,
+  waitForState,
+} from './testing';
+
+function hasQemu(): boolean {
+  try {
+    execFileSync('qemu-system-x86_64', ['-version'], { stdio: 'ignore' });
+    execFileSync('qemu-img', ['--version'], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Pids of QEMU processes running this VM (by the `-name nqvm-<id>` the driver gives them). */
+function qemuPids(vmId: string): number[] {
+  const pids: number[] = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const cmdline = readFileSync(`/proc/${entry}/cmdline`, 'utf8');
+      const state = readFileSync(`/proc/${entry}/stat`, 'utf8').split(') ')[1]?.[0];
+      if (cmdline.includes(`nqvm-${vmId}`) && cmdline.includes('qemu') && state !== 'Z')
+        pids.push(Number(entry));
+    } catch {
+      // The process ended while we looked.
+    }
+  }
+  return pids;
+}
+
+const BOOT_TIMEOUT_MS = 90_000;
+
+describe.skipIf(!hasQemu())('agent with QEMU and the test guest', () => {
+  const keys = managerKeys();
+  const dir = tempDir();
+  const stateDir = path.join(dir, 'state');
+  const id = randomUUID();
+  const vmDir = path.join(stateDir, 'vms', id);
+  let guest: TestGuest;
+  let agent: Agent;
+  let client: SignedAgentClient;
+
+  const start = async () => {
+    agent = await createAgent(
+      loadAgentConfig({ AGENT_BIND: '127.0.0.1:0', FC_RUN_DIR: stateDir, NQVM_AGENT_NAME: 'qemu-test' }),
+      { managerPublicKey: keys.publicKeyPem, logger: silentLogger },
+    );
+    client = new SignedAgentClient(agent.url, keys.privateKey);
+  };
+
+  const images = () => ({
+    kernel: imageRef(guest.kernel),
+    initrd: imageRef(guest.initrd),
+    rootfs: { ...imageRef(guest.rootfs), size_bytes: statSync(guest.rootfs).size },
+  });
+
+  const consoleText = async () => {
+    const res = await client.call('GET', `/v1/vms/${id}/console?tail=262144`);
+    expect(res.status).toBe(200);
+    return res.bytes.toString('utf8');
+  };
+
+  const markers = (text: string) => text.split(BOOT_MARKER).length - 1;
+
+  beforeAll(async () => {
+    guest = await ensureTestGuest();
+    await start();
+  });
+
+  afterAll(async () => {
+    await agent?.close();
+    for (const pid of qemuPids(id)) process.kill(pid, 'SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it(
+    'boots the guest on its own qcow2 overlay and shows its console',
+    async () => {
+      const imageBefore = statSync(guest.rootfs).mtimeMs;
+      const res = await client.put(id, vmCommand(1, 'running', images(), { spec: { disk_size_mib: 128 } }));
+      expect(res.status).toBe(202);
+      const running = await waitForState(agent, id, 'running', 30_000);
+      expect(running).toMatchObject({ vmm: 'qemu', generation: 1, error: null });
+      expect(qemuPids(id)).toEqual([running.pid]);
+      await waitFor(
+        'the boot marker',
+        async () => (await consoleText()).includes(BOOT_MARKER),
+        BOOT_TIMEOUT_MS,
+      );
+      expect(await consoleText()).toMatch(new RegExp(`${BOOT_MARKER}.*root=disk`));
+
+      const info = JSON.parse(
+        execFileSync('qemu-img', ['info', '-U', '--output=json', path.join(vmDir, 'root.qcow2')], {
+          encoding: 'utf8',
+        }),
+      );
+      expect(info).toMatchObject({
+        format: 'qcow2',
+        'virtual-size': 128 * 1024 * 1024,
+        'backing-filename': guest.rootfs,
+      });
+      expect(statSync(guest.rootfs).mtimeMs).toBe(imageBefore);
+      expect(JSON.parse(readFileSync(path.join(vmDir, 'run.json'), 'utf8'))).toMatchObject({
+        vmId: id,
+        kind: 'qemu',
+        pid: running.pid,
+      });
+    },
+    BOOT_TIMEOUT_MS + 30_000,
+  );
+
+  it(
+    'stops gracefully and boots again on the same disk',
+    async () => {
+      await client.put(id, vmCommand(2, 'stopped', images(), { stop: { force: false, timeout_s: 30 } }));
+      await waitForState(agent, id, 'stopped', 40_000);
+      expect(qemuPids(id)).toEqual([]);
+      expect(await consoleText()).toContain('power button, shutting down');
+      expect(existsSync(path.join(vmDir, 'root.qcow2'))).toBe(true);
+      expect(existsSync(path.join(vmDir, 'run.json'))).toBe(false);
+
+      await client.put(id, vmCommand(3, 'running', images(), { spec: { disk_size_mib: 128 } }));
+      await waitForState(agent, id, 'running', 30_000);
+      await waitFor('a second boot marker', async () => markers(await consoleText()) >= 2, BOOT_TIMEOUT_MS);
+    },
+    2 * BOOT_TIMEOUT_MS,
+  );
+
+  it('leaves the VM running when the agent stops, and adopts it on the next start', async () => {
+    const before = reportOf(agent, id)!;
+    await agent.close();
+    expect(qemuPids(id)).toEqual([before.pid]);
+    await start();
+    expect(reportOf(agent, id)).toMatchObject({ state: 'running', pid: before.pid, generation: 3 });
+    // Scrollback survives the restart (the console log seeds it).
+    expect(markers(await consoleText())).toBeGreaterThanOrEqual(2);
+  }, 30_000);
+
+  it('reports a crash of the VMM within 2 s', async () => {
+    const { pid } = reportOf(agent, id)!;
+    const t0 = Date.now();
+    process.kill(pid!, 'SIGKILL');
+    const failed = await waitForState(agent, id, 'failed', 2_000);
+    expect(Date.now() - t0).toBeLessThan(2_000);
+    expect(failed.pid).toBeNull();
+    expect(failed.error).toBeTruthy();
+  }, 10_000);
+
+  it('deletes the VM: no process, no folder', async () => {
+    await client.put(id, vmCommand(4, 'running', images()));
+    await waitForState(agent, id, 'running', 30_000);
+    const res = await client.del(id);
+    expect(res.status).toBe(202);
+    await waitForState(agent, id, 'deleted', 20_000);
+    expect(qemuPids(id)).toEqual([]);
+    expect(existsSync(vmDir)).toBe(false);
+  }, 60_000);
+});

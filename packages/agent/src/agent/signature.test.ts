@@ -1,0 +1,138 @@
+import { randomUUID } from 'node:crypto';
+import { rmSync } from 'node:fs';
+import { SIGNATURE_HEADER, TIMESTAMP_HEADER } from '@nqvm/api';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Agent } from './agent';
+import { FakeDriver } from './fake-driver';
+import { signManagerRequest } from './signature';
+import {
+  fakeImages,
+  managerKeys,
+  SignedAgentClient,
+  startStandaloneAgent,
+  tempDir,
+  vmCommand,
+} from './testing';
+
+describe('manager signatures on the agent API', () => {
+  const keys = managerKeys();
+  const otherKeys = managerKeys();
+  const dir = tempDir();
+  let agent: Agent;
+  let client: SignedAgentClient;
+  let images: ReturnType<typeof fakeImages>;
+
+  beforeAll(async () => {
+    images = fakeImages(dir);
+    ({ agent } = await startStandaloneAgent({
+      stateDir: `${dir}/state`,
+      drivers: [new FakeDriver('qemu')],
+      publicKeyPem: keys.publicKeyPem,
+    }));
+    client = new SignedAgentClient(agent.url, keys.privateKey);
+  });
+
+  afterAll(async () => {
+    await agent?.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  async function expect401(res: Response): Promise<void> {
+    expect(res.status).toBe(401);
+    const body = (await res.json()) as { error: { code: string; message: string } };
+    expect(body.error.code).toBe('UNAUTHENTICATED');
+    expect(typeof body.error.message).toBe('string');
+  }
+
+  it('serves healthz without a signature', async () => {
+    const res = await fetch(`${agent.url}/v1/healthz`);
+    expect(res.status).toBe(200);
+    expect(await res.json()).toEqual({ status: 'ok' });
+  });
+
+  it('accepts a valid signature', async () => {
+    const res = await client.list();
+    expect(res.status).toBe(200);
+    expect(res.json).toEqual({ items: [] });
+  });
+
+  it('refuses an unsigned request', async () => {
+    await expect401(await fetch(`${agent.url}/v1/vms`));
+    const id = randomUUID();
+    await expect401(
+      await fetch(`${agent.url}/v1/vms/${id}`, {
+        method: 'PUT',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify(vmCommand(1, 'running', images)),
+      }),
+    );
+    expect(agent.vms()).toEqual([]);
+  });
+
+  it('refuses a tampered body', async () => {
+    const id = randomUUID();
+    const signed = JSON.stringify(vmCommand(1, 'stopped', images));
+    const sent = JSON.stringify(vmCommand(1, 'running', images));
+    const headers = signManagerRequest(keys.privateKey, 'PUT', `/v1/vms/${id}`, signed);
+    await expect401(
+      await fetch(`${agent.url}/v1/vms/${id}`, {
+        method: 'PUT',
+        headers: { ...headers, 'content-type': 'application/json' },
+        body: sent,
+      }),
+    );
+    expect(agent.vms()).toEqual([]);
+  });
+
+  it('refuses a signature over another path or method', async () => {
+    const headers = signManagerRequest(keys.privateKey, 'GET', '/v1/vms?x=1');
+    await expect401(await fetch(`${agent.url}/v1/vms`, { headers }));
+    const del = signManagerRequest(keys.privateKey, 'GET', `/v1/vms/${randomUUID()}`);
+    await expect401(await fetch(`${agent.url}/v1/vms/${randomUUID()}`, { method: 'DELETE', headers: del }));
+  });
+
+  it('refuses a signature by another key', async () => {
+    const other = new SignedAgentClient(agent.url, otherKeys.privateKey);
+    expect((await other.list()).status).toBe(401);
+  });
+
+  it('refuses a stale or future timestamp', async () => {
+    expect((await client.call('GET', '/v1/vms', undefined, Date.now() - 61_000)).status).toBe(401);
+    expect((await client.call('GET', '/v1/vms', undefined, Date.now() + 61_000)).status).toBe(401);
+    expect((await client.call('GET', '/v1/vms', undefined, Date.now() - 30_000)).status).toBe(200);
+  });
+
+  it('refuses garbage headers', async () => {
+    await expect401(
+      await fetch(`${agent.url}/v1/vms`, {
+        headers: { [TIMESTAMP_HEADER]: 'yesterday', [SIGNATURE_HEADER]: 'AAAA' },
+      }),
+    );
+    await expect401(
+      await fetch(`${agent.url}/v1/vms`, {
+        headers: { [TIMESTAMP_HEADER]: String(Date.now()), [SIGNATURE_HEADER]: 'not base64 at all!' },
+      }),
+    );
+  });
+
+  it('refuses unknown routes without a signature the same way', async () => {
+    await expect401(await fetch(`${agent.url}/v1/nothing-here`));
+    const res = await client.call('GET', '/v1/nothing-here');
+    expect(res.status).toBe(404);
+  });
+
+  it('validates signed bodies after the signature', async () => {
+    const id = randomUUID();
+    const res = await client.call('PUT', `/v1/vms/${id}`, { generation: 0 });
+    expect(res.status).toBe(400);
+    expect(res.json.error.code).toBe('VALIDATION_FAILED');
+    const bad = await client.call('PUT', '/v1/vms/not-a-uuid', vmCommand(1, 'running', images));
+    expect(bad.status).toBe(400);
+  });
+
+  it('answers the console of an unknown VM with 404', async () => {
+    const res = await client.call('GET', `/v1/vms/${randomUUID()}/console?tail=10`);
+    expect(res.status).toBe(404);
+    expect(res.json.error.code).toBe('VM_NOT_FOUND');
+  });
+});

@@ -1,0 +1,162 @@
+/**
+ * The agent's configuration: the only place in the agent that reads the environment. The
+ * reference system's variables (AGENT_BIND, FC_RUN_DIR, FC_BRIDGE, MANAGER_BASE) keep their
+ * names and meaning; nqvm's own start with NQVM_.
+ */
+import os from 'node:os';
+import path from 'node:path';
+import { z } from 'zod';
+
+const hostPort = z
+  .string()
+  .regex(/^(\[[0-9a-fA-F:]+\]|[a-zA-Z0-9.-]+):\d{1,5}$/, 'expected HOST:PORT, e.g. 127.0.0.1:9090')
+  .refine((v) => Number(v.slice(v.lastIndexOf(':') + 1)) <= 65535, 'port must be 0-65535');
+
+const httpUrl = z
+  .url()
+  .refine((v) => /^https?:\/\//.test(v), 'expected an http:// or https:// URL')
+  .transform((v) => v.replace(/\/+$/, ''));
+
+const positiveInt = z.coerce.number().int().positive();
+
+/** Same rule as the manager's host names (the agent registers under this name). */
+const hostName = z
+  .string()
+  .regex(
+    /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/,
+    'letters, digits, "-", "_" or "." (1-63), starting alphanumeric',
+  );
+
+const AgentEnv = z.object({
+  AGENT_BIND: hostPort.default('127.0.0.1:9090'),
+  FC_RUN_DIR: z.string().min(1).optional(),
+  FC_BRIDGE: z
+    .string()
+    .regex(/^[a-zA-Z0-9_.-]{1,15}$/, 'a Linux interface name: 1-15 of [a-zA-Z0-9_.-]')
+    .default('fcbr0'),
+  MANAGER_BASE: httpUrl.optional(),
+  NQVM_DATA_DIR: z.string().min(1).optional(),
+  NQVM_JOIN_TOKEN: z.string().min(1).optional(),
+  NQVM_AGENT_NAME: hostName.optional(),
+  NQVM_AGENT_ADVERTISE_URL: httpUrl.optional(),
+  NQVM_AGENT_MAX_VCPU: positiveInt.optional(),
+  NQVM_AGENT_MAX_MEM_MIB: positiveInt.optional(),
+  NQVM_AGENT_MAX_DISK_MIB: positiveInt.optional(),
+  NQVM_HOST_PREFIX: z
+    .string()
+    .regex(/^[a-z0-9]{1,4}$/, '1-4 of [a-z0-9]')
+    .default('nq'),
+  QEMU_BIN: z.string().min(1).optional(),
+  FIRECRACKER_BIN: z.string().min(1).optional(),
+  JAILER_BIN: z.string().min(1).optional(),
+  NQVM_HEARTBEAT_INTERVAL_S: positiveInt.default(5),
+  NQVM_LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+});
+
+export interface AgentConfig {
+  /** Where the agent API listens (port 0: any free port). */
+  bind: { host: string; port: number };
+  /** State directory: identity.json and one folder per VM under `vms/`. */
+  stateDir: string;
+  /** Bridge for VM NICs (used once networking lands). */
+  bridge: string;
+  /** Manager URL; may be omitted once identity.json holds it. */
+  managerBase: string | null;
+  /** Join token for the first registration (`secret` or `secret~sha256:<cert fingerprint>`). */
+  joinToken: string | null;
+  /** Host name the agent registers under. */
+  name: string;
+  /** URL the manager uses to reach this agent; null: `http://` + the bound address. */
+  advertiseUrl: string | null;
+  /** Capacity caps, so several agents can share a machine; null: what the host has. */
+  caps: { vcpu: number | null; memMib: number | null; diskMib: number | null };
+  /** Host-unique prefix of every name the agent creates on the host (TAPs, nft tables). */
+  hostPrefix: string;
+  qemuBin: string | null;
+  firecrackerBin: string | null;
+  jailerBin: string | null;
+  /** Heartbeat period until the manager says otherwise. */
+  heartbeatIntervalS: number;
+  logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+}
+
+export class AgentConfigError extends Error {
+  constructor(
+    readonly variable: string,
+    detail: string,
+  ) {
+    super(`invalid configuration: ${variable}: ${detail}`);
+    this.name = 'AgentConfigError';
+  }
+}
+
+function defaultDataDir(env: NodeJS.ProcessEnv): string {
+  if (env.NQVM_DATA_DIR) return path.resolve(env.NQVM_DATA_DIR);
+  return process.getuid?.() === 0 ? '/var/lib/nqvm' : path.join(os.homedir(), '.local', 'share', 'nqvm');
+}
+
+/**
+ * Validates the environment; throws an AgentConfigError naming the first bad variable.
+ *
+ * @example
+ * const config = loadAgentConfig({ ...process.env, MANAGER_BASE: 'http://10.0.0.1:8080' });
+ */
+export function loadAgentConfig(env: NodeJS.ProcessEnv = process.env): AgentConfig {
+  const parsed = AgentEnv.safeParse(env);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    throw new AgentConfigError(String(issue.path[0]), issue.message);
+  }
+  const e = parsed.data;
+  const name = e.NQVM_AGENT_NAME ?? os.hostname();
+  if (!hostName.safeParse(name).success) {
+    throw new AgentConfigError(
+      'NQVM_AGENT_NAME',
+      `the host name "${name}" is not a valid agent name; set one`,
+    );
+  }
+  const sep = e.AGENT_BIND.lastIndexOf(':');
+  return {
+    bind: {
+      host: e.AGENT_BIND.slice(0, sep).replace(/^\[|\]$/g, ''),
+      port: Number(e.AGENT_BIND.slice(sep + 1)),
+    },
+    stateDir: path.resolve(e.FC_RUN_DIR ?? path.join(defaultDataDir(env), 'agent')),
+    bridge: e.FC_BRIDGE,
+    managerBase: e.MANAGER_BASE ?? null,
+    joinToken: e.NQVM_JOIN_TOKEN ?? null,
+    name,
+    advertiseUrl: e.NQVM_AGENT_ADVERTISE_URL ?? null,
+    caps: {
+      vcpu: e.NQVM_AGENT_MAX_VCPU ?? null,
+      memMib: e.NQVM_AGENT_MAX_MEM_MIB ?? null,
+      diskMib: e.NQVM_AGENT_MAX_DISK_MIB ?? null,
+    },
+    hostPrefix: e.NQVM_HOST_PREFIX,
+    qemuBin: e.QEMU_BIN ?? null,
+    firecrackerBin: e.FIRECRACKER_BIN ?? null,
+    jailerBin: e.JAILER_BIN ?? null,
+    heartbeatIntervalS: e.NQVM_HEARTBEAT_INTERVAL_S,
+    logLevel: e.NQVM_LOG_LEVEL,
+  };
+}
+
+/** Rows for the README's configuration table. */
+export const agentConfigDoc: Array<[string, string, string]> = [
+  ['AGENT_BIND', '127.0.0.1:9090', 'address and port of the agent API (the manager calls it)'],
+  ['FC_RUN_DIR', '$NQVM_DATA_DIR/agent', 'agent state: identity.json and one folder per VM'],
+  ['FC_BRIDGE', 'fcbr0', 'bridge VM NICs attach to'],
+  ['MANAGER_BASE', '(from identity.json)', 'manager URL; required for the first registration'],
+  ['NQVM_JOIN_TOKEN', '(none)', 'join token from `POST /api/v1/join-tokens`; needed once, to register'],
+  ['NQVM_AGENT_NAME', 'the host name', 'name the host registers under'],
+  ['NQVM_AGENT_ADVERTISE_URL', 'http://$AGENT_BIND', 'URL the manager uses to reach this agent'],
+  [
+    'NQVM_AGENT_MAX_VCPU / _MEM_MIB / _DISK_MIB',
+    '(what the host has)',
+    'caps on the capacity this agent offers',
+  ],
+  ['NQVM_HOST_PREFIX', 'nq', 'host-unique prefix (1-4 of [a-z0-9]) of TAPs and other host names'],
+  ['QEMU_BIN / FIRECRACKER_BIN / JAILER_BIN', '(from PATH)', 'VMM binaries'],
+  ['NQVM_HEARTBEAT_INTERVAL_S', '5', 'heartbeat period until the manager answers its own'],
+  ['NQVM_LOG_LEVEL', 'info', 'fatal, error, warn, info, debug, trace or silent'],
+];
