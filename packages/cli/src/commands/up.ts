@@ -29,17 +29,44 @@ export async function registerBuiltinGuest(manager: Manager, log: (m: string) =>
   }
   const at = (f: string) => path.join(dir, path.basename(f));
   const store = manager.services.store;
-  await registerPathImage(store, { name: 'builtin-kernel', kind: 'kernel', path: at(guest.kernel), isDefault: true, format: 'bzimage' });
-  await registerPathImage(store, { name: 'builtin-initrd', kind: 'initrd', path: at(guest.initrd), isDefault: true, format: 'cpio.gz' });
-  await registerPathImage(store, { name: 'builtin-rootfs', kind: 'rootfs', path: at(guest.rootfs), isDefault: true, format: 'ext4' });
+  await registerPathImage(store, {
+    name: 'builtin-kernel',
+    kind: 'kernel',
+    path: at(guest.kernel),
+    isDefault: true,
+    format: 'bzimage',
+  });
+  await registerPathImage(store, {
+    name: 'builtin-initrd',
+    kind: 'initrd',
+    path: at(guest.initrd),
+    isDefault: true,
+    format: 'cpio.gz',
+  });
+  await registerPathImage(store, {
+    name: 'builtin-rootfs',
+    kind: 'rootfs',
+    path: at(guest.rootfs),
+    isDefault: true,
+    format: 'ext4',
+  });
 }
 
 export function upCommand(): Command {
   return new Command('up')
-    .description('run everything on this machine: manager, a local agent and the web UI, on the embedded SQLite store')
-    .option('--agent-bind <host:port>', 'address of the local agent API (AGENT_BIND)', process.env.AGENT_BIND ?? '127.0.0.1:9090')
+    .description(
+      'run everything on this machine: manager, a local agent and the web UI, on the embedded SQLite store',
+    )
+    .option(
+      '--agent-bind <host:port>',
+      'address of the local agent API (AGENT_BIND)',
+      process.env.AGENT_BIND ?? '127.0.0.1:9090',
+    )
     .option('--no-builtin-images', 'do not build and register the built-in guest as default images')
-    .addHelpText('after', '\nExample:\n  $ nqvm up            # then open http://127.0.0.1:8080/ and create a VM')
+    .addHelpText(
+      'after',
+      '\nExample:\n  $ nqvm up            # then open http://127.0.0.1:8080/ and create a VM',
+    )
     .action(async (opts: { agentBind: string; builtinImages: boolean }) => {
       const env = { ...process.env };
       delete env.DATABASE_URL; // `up` is the embedded, one-host setup
@@ -54,7 +81,9 @@ export function upCommand(): Command {
       }
       const stateDir = env.FC_RUN_DIR ?? path.join(config.dataDir, 'agent');
       const firstStart = !fs.existsSync(path.join(stateDir, 'identity.json'));
-      const join = firstStart ? await manager.services.hosts.createJoinToken({ ttl_s: 600, description: 'nqvm up' }, 'nqvm up') : null;
+      const join = firstStart
+        ? await manager.services.hosts.createJoinToken({ ttl_s: 600, description: 'nqvm up' }, 'nqvm up')
+        : null;
       const agent = await createAgent(
         loadAgentConfig({
           ...env,
