@@ -22,16 +22,6 @@ import {
   waitForState,
 } from './testing';
 
-function hasQemu(): boolean {
-  try {
-    execFileSync('qemu-system-x86_64', ['-version'], { stdio: 'ignore' });
-    execFileSync('qemu-img', ['--version'], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 /** Pids of QEMU processes running this VM (by the `-name nqvm-<id>` the driver gives them). */
 function qemuPids(vmId: string): number[] {
   const pids: number[] = [];
@@ -51,7 +41,7 @@ function qemuPids(vmId: string): number[] {
 
 const BOOT_TIMEOUT_MS = 90_000;
 
-describe.skipIf(!hasQemu())('agent with QEMU and the test guest', () => {
+describe('agent with QEMU and the test guest', () => {
   const keys = managerKeys();
   const dir = tempDir();
   const stateDir = path.join(dir, 'state');

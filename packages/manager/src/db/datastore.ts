@@ -44,6 +44,12 @@ export async function openDatastore(url: string, opts: { migrate?: boolean } = {
     };
   } else if (/^postgres(ql)?:\/\//.test(url)) {
     const pool = new pg.Pool({ connectionString: url, max: 10 });
+    // A backend that ends (PostgreSQL restart, failover, admin termination) is reported as an 'error'
+    // event: on the pool for idle clients, on the client itself while checked out (a transaction, the
+    // singleton lock). Without listeners node-postgres rethrows it and the process dies. The query in
+    // flight fails on its own; the pool discards the broken client and the next query reconnects.
+    pool.on('error', () => {});
+    pool.on('connect', (client) => client.on('error', () => {}));
     const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
     const u = new URL(url);
     store = {

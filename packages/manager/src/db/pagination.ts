@@ -19,7 +19,7 @@ export function decodeCursor(cursor: string): [string, string] {
     const v = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8'));
     // Only what encodeCursor writes: two short strings of printable characters.
     const ok = (x: unknown): x is string =>
-      typeof x === 'string' && x.length <= 128 && !/[\u0000-\u001f]/.test(x);
+      typeof x === 'string' && x.length <= 128 && [...x].every((c) => c >= ' ');
     if (Array.isArray(v) && v.length === 2 && ok(v[0]) && ok(v[1])) {
       return [v[0], v[1]];
     }

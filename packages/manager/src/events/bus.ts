@@ -35,6 +35,8 @@ export class EventBus {
   private tail?: NodeJS.Timeout;
   private lastSeq = 0;
   private readonly localSeqs = new Set<number>();
+  private order: Promise<unknown> = Promise.resolve();
+  private stopped = false;
 
   constructor(private readonly store: Datastore) {
     this.emitter.setMaxListeners(0);
@@ -53,6 +55,7 @@ export class EventBus {
       } catch {
         // The datastore being briefly unavailable must not kill the bus; the next tick retries.
       }
+      if (this.stopped) return; // stop() ran while this tick was polling
       this.tail = setTimeout(tick, tailIntervalMs);
       this.tail.unref();
     };
@@ -61,10 +64,22 @@ export class EventBus {
   }
 
   stop(): void {
+    this.stopped = true;
     if (this.tail) clearTimeout(this.tail);
   }
 
-  async publish(input: PublishInput): Promise<BusEvent> {
+  /**
+   * Appends and delivers one event. Publishes run one after the other: concurrent inserts may
+   * finish out of `seq` order (PostgreSQL), and a subscriber that already got a higher seq (the
+   * SSE stream) would drop the lower one for good.
+   */
+  publish(input: PublishInput): Promise<BusEvent> {
+    const next = this.order.then(() => this.append(input));
+    this.order = next.catch(() => undefined);
+    return next;
+  }
+
+  private async append(input: PublishInput): Promise<BusEvent> {
     const created_at = nowIso();
     const row = await this.store.db
       .insertInto('events')

@@ -25,8 +25,8 @@ import { vmConsoleRoutes, vmRoutes } from '../routes/vms';
 import type { Services } from '../services';
 import type { App } from './app-type';
 import { authHook } from './auth-hook';
-import { resolveWebDist, webRoutes } from './web';
 import { clientErrorHandler, sendError, toErrorReply } from './errors';
+import { resolveWebDist, webRoutes } from './web';
 
 export const BODY_LIMIT = 1024 * 1024;
 
@@ -57,7 +57,7 @@ export function findNul(root: unknown, base: string): string | null {
     if (typeof v === 'string') {
       if (v.includes('\u0000')) return at;
     } else if (Array.isArray(v)) {
-      v.forEach((x, i) => stack.push([x, `${at}.${i}`]));
+      for (let i = 0; i < v.length; i++) stack.push([v[i], `${at}.${i}`]);
     } else if (v !== null && typeof v === 'object') {
       for (const [k, x] of Object.entries(v)) {
         if (k.includes('\u0000')) return at;
@@ -149,7 +149,8 @@ export async function buildApp(
     const params = req.params as { id?: string } | undefined;
     const target =
       req.auditTarget ??
-      (params?.id && typeof params.id === 'string'
+      // Only a well-formed id names a target (a malformed one may hold what the datastore cannot store).
+      (typeof params?.id === 'string' && UUID_RE.test(params.id)
         ? { type: String(audit ?? 'resource').split('.')[0]!, id: params.id }
         : null);
     try {

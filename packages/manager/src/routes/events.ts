@@ -8,6 +8,11 @@ import type { Services } from '../services';
 const KEEPALIVE_MS = 15_000;
 
 export function eventRoutes(app: App, s: Services): void {
+  // Open streams never finish on their own: end them when the server closes, or close() waits forever.
+  const streams = new Set<() => void>();
+  app.addHook('preClose', async () => {
+    for (const end of [...streams]) end();
+  });
   app.get(
     '/api/v1/events',
     {
@@ -49,10 +54,14 @@ export function eventRoutes(app: App, s: Services): void {
       };
       const unsubscribe = s.bus.subscribe((e) => (replaying ? queue.push(e) : send(e)));
       const keepalive = setInterval(() => res.write(': keep-alive\n\n'), KEEPALIVE_MS);
-      req.raw.on('close', () => {
+      const end = () => {
         clearInterval(keepalive);
         unsubscribe();
-      });
+        streams.delete(end);
+        if (!res.writableEnded) res.end();
+      };
+      streams.add(end);
+      req.raw.on('close', end);
       if (replaying) {
         for (;;) {
           const batch = await s.bus.since(lastSent, 1000);

@@ -95,7 +95,7 @@ export function hostRoutes(
         tags,
         summary: 'Cordon the host and stop its VMs (graceful, then forced after timeout_s)',
         params: IdParams,
-        body: z.strictObject({ timeout_s: z.number().int().min(1).max(3600).default(30) }).optional(),
+        body: z.strictObject({ timeout_s: z.number().int().min(1).max(3600).default(30) }).nullish(),
         response: { 200: z.object({ host: Host, operations: z.array(Operation) }) },
       },
     },
