@@ -3,7 +3,7 @@
  * manager (SQLite) and a real `nqvm agent` child process (built CLI) booting the QEMU test guest.
  *
  *   npm run build && npx tsx bench/agent-boot.ts
- *   BENCH_STARTS=60 BENCH_E2E=5 BENCH_N=3 npx tsx bench/agent-boot.ts
+ *   BENCH_STARTS=50 BENCH_E2E=5 BENCH_N=3 npx tsx bench/agent-boot.ts
  *
  * P1  own span per start: one VM, then BENCH_STARTS x (stop force=true, start). Phases are timed
  *     from outside with inotify on the VM's folder (the agent writes desired.json on receipt,
@@ -23,7 +23,7 @@ import { registerPathImage } from '@nqvm/manager/images/images';
 import { BOOT_MARKER, ensureTestGuest } from '@nqvm/testkit';
 import { client, startManager, type TestManager } from '../packages/manager/test/harness';
 
-const STARTS = Number(process.env.BENCH_STARTS ?? 60);
+const STARTS = Number(process.env.BENCH_STARTS ?? 50);
 const E2E = Number(process.env.BENCH_E2E ?? 5);
 const N = Number(process.env.BENCH_N ?? 3);
 const BOOT_TIMEOUT_MS = 120_000;
@@ -283,12 +283,14 @@ async function handBoot(cmdline: string[], vmDirOfNqvm: string, rootfs: string):
   q.stderr?.on('data', (d) => (err += d));
   try {
     const conn = await waitFor(
-      () =>
-        new Promise<net.Socket | null>((resolve) => {
-          const s = net.connect(sock);
-          s.once('connect', () => resolve(s));
-          s.once('error', () => resolve(null));
-        }),
+      async () =>
+        q.exitCode !== null || q.signalCode !== null
+          ? Promise.reject(new Error(`hand-run QEMU exited: ${err}`))
+          : new Promise<net.Socket | null>((resolve) => {
+              const s = net.connect(sock);
+              s.once('connect', () => resolve(s));
+              s.once('error', () => resolve(null));
+            }),
       30_000,
       `hand-run console socket (${err})`,
     );
@@ -307,9 +309,11 @@ async function handBoot(cmdline: string[], vmDirOfNqvm: string, rootfs: string):
     conn.destroy();
     return took;
   } finally {
-    const gone = new Promise((r) => q.once('exit', r));
-    if (q.exitCode === null && q.signalCode === null) q.kill('SIGKILL');
-    await gone;
+    if (q.exitCode === null && q.signalCode === null) {
+      const gone = new Promise((r) => q.once('exit', r));
+      q.kill('SIGKILL');
+      await gone;
+    }
     handQemus.delete(q);
   }
 }
@@ -369,11 +373,15 @@ async function main(): Promise<void> {
   const nq: number[] = [];
   const hand: number[] = [];
   let cmdline: string[] = [];
+  let cmdlineDir = '';
   for (let i = 0; i < E2E; i++) {
     const b = await nqvmBoot(`e2e-${i}`, false);
     nq.push(b.ms);
-    if (!cmdline.length) cmdline = b.cmdline;
-    hand.push(await handBoot(cmdline, path.join(stateDir, 'vms', b.id), guest.rootfs));
+    if (!cmdline.length) {
+      cmdline = b.cmdline;
+      cmdlineDir = path.join(stateDir, 'vms', b.id);
+    }
+    hand.push(await handBoot(cmdline, cmdlineDir, guest.rootfs));
     process.stderr.write(`E2E ${i + 1}/${E2E}: nqvm ${ms(nq[i]!)}, hand ${ms(hand[i]!)}\n`);
   }
 
