@@ -10,19 +10,13 @@ const manager = process.env.NQVM_MANAGER ?? 'http://127.0.0.1:8080';
 export default defineConfig({
   root: here,
   base: '/',
-  oxc: { jsx: { runtime: 'automatic' } },
+  esbuild: { jsx: 'automatic' },
   build: {
     outDir: path.join(here, 'dist'),
     emptyOutDir: true,
     target: 'es2022',
     reportCompressedSize: true,
     chunkSizeWarningLimit: 700,
-    rolldownOptions: {
-      // TanStack Query marks its modules "use client" (for React Server Components); moot here.
-      onwarn(warning, warn) {
-        if (warning.code !== 'MODULE_LEVEL_DIRECTIVE') warn(warning);
-      },
-    },
   },
   server: {
     proxy: { '/api': { target: manager, changeOrigin: false }, '/docs': manager, '/healthz': manager },
