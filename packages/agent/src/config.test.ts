@@ -1,6 +1,6 @@
 import os from 'node:os';
 import { describe, expect, it } from 'vitest';
-import { AgentConfigError, loadAgentConfig } from './config';
+import { ConfigError, loadAgentConfig } from './config';
 
 describe('loadAgentConfig', () => {
   it('has defaults for everything', () => {
@@ -70,8 +70,8 @@ describe('loadAgentConfig', () => {
     } catch (e) {
       err = e;
     }
-    expect(err).toBeInstanceOf(AgentConfigError);
-    expect((err as AgentConfigError).variable).toBe(name);
+    expect(err).toBeInstanceOf(ConfigError);
+    expect((err as ConfigError).variable).toBe(name);
     expect((err as Error).message).toContain(name);
   });
 });

@@ -5,30 +5,28 @@
  */
 import os from 'node:os';
 import path from 'node:path';
+import {
+  ConfigError,
+  defaultDataDir,
+  envHostPort,
+  envLogLevel,
+  envPositiveInt,
+  Name,
+  parseEnv,
+  splitHostPort,
+} from '@nqvm/api';
 import { z } from 'zod';
-
-const hostPort = z
-  .string()
-  .regex(/^(\[[0-9a-fA-F:]+\]|[a-zA-Z0-9.-]+):\d{1,5}$/, 'expected HOST:PORT, e.g. 127.0.0.1:9090')
-  .refine((v) => Number(v.slice(v.lastIndexOf(':') + 1)) <= 65535, 'port must be 0-65535');
 
 const httpUrl = z
   .url()
   .refine((v) => /^https?:\/\//.test(v), 'expected an http:// or https:// URL')
   .transform((v) => v.replace(/\/+$/, ''));
 
-const positiveInt = z.coerce.number().int().positive();
-
-/** Same rule as the manager's host names (the agent registers under this name). */
-const hostName = z
-  .string()
-  .regex(
-    /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/,
-    'letters, digits, "-", "_" or "." (1-63), starting alphanumeric',
-  );
+/** The agent registers under this name: the API's rule for names. */
+const hostName = Name;
 
 const AgentEnv = z.object({
-  AGENT_BIND: hostPort.default('127.0.0.1:9090'),
+  AGENT_BIND: envHostPort.default('127.0.0.1:9090'),
   FC_RUN_DIR: z.string().min(1).optional(),
   FC_BRIDGE: z
     .string()
@@ -39,9 +37,9 @@ const AgentEnv = z.object({
   NQVM_JOIN_TOKEN: z.string().min(1).optional(),
   NQVM_AGENT_NAME: hostName.optional(),
   NQVM_AGENT_ADVERTISE_URL: httpUrl.optional(),
-  NQVM_AGENT_MAX_VCPU: positiveInt.optional(),
-  NQVM_AGENT_MAX_MEM_MIB: positiveInt.optional(),
-  NQVM_AGENT_MAX_DISK_MIB: positiveInt.optional(),
+  NQVM_AGENT_MAX_VCPU: envPositiveInt.optional(),
+  NQVM_AGENT_MAX_MEM_MIB: envPositiveInt.optional(),
+  NQVM_AGENT_MAX_DISK_MIB: envPositiveInt.optional(),
   NQVM_HOST_PREFIX: z
     .string()
     .regex(/^[a-z0-9]{1,4}$/, '1-4 of [a-z0-9]')
@@ -49,8 +47,8 @@ const AgentEnv = z.object({
   QEMU_BIN: z.string().min(1).optional(),
   FIRECRACKER_BIN: z.string().min(1).optional(),
   JAILER_BIN: z.string().min(1).optional(),
-  NQVM_HEARTBEAT_INTERVAL_S: positiveInt.default(5),
-  NQVM_LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  NQVM_HEARTBEAT_INTERVAL_S: envPositiveInt.default(5),
+  NQVM_LOG_LEVEL: envLogLevel,
 });
 
 export interface AgentConfig {
@@ -80,47 +78,22 @@ export interface AgentConfig {
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 }
 
-export class AgentConfigError extends Error {
-  constructor(
-    readonly variable: string,
-    detail: string,
-  ) {
-    super(`invalid configuration: ${variable}: ${detail}`);
-    this.name = 'AgentConfigError';
-  }
-}
-
-function defaultDataDir(env: NodeJS.ProcessEnv): string {
-  if (env.NQVM_DATA_DIR) return path.resolve(env.NQVM_DATA_DIR);
-  return process.getuid?.() === 0 ? '/var/lib/nqvm' : path.join(os.homedir(), '.local', 'share', 'nqvm');
-}
+export { ConfigError };
 
 /**
- * Validates the environment; throws an AgentConfigError naming the first bad variable.
+ * Validates the environment; throws a ConfigError naming the first bad variable.
  *
  * @example
  * const config = loadAgentConfig({ ...process.env, MANAGER_BASE: 'http://10.0.0.1:8080' });
  */
 export function loadAgentConfig(env: NodeJS.ProcessEnv = process.env): AgentConfig {
-  const parsed = AgentEnv.safeParse(env);
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0]!;
-    throw new AgentConfigError(String(issue.path[0]), issue.message);
-  }
-  const e = parsed.data;
+  const e = parseEnv(AgentEnv, env);
   const name = e.NQVM_AGENT_NAME ?? os.hostname();
   if (!hostName.safeParse(name).success) {
-    throw new AgentConfigError(
-      'NQVM_AGENT_NAME',
-      `the host name "${name}" is not a valid agent name; set one`,
-    );
+    throw new ConfigError('NQVM_AGENT_NAME', `the host name "${name}" is not a valid agent name; set one`);
   }
-  const sep = e.AGENT_BIND.lastIndexOf(':');
   return {
-    bind: {
-      host: e.AGENT_BIND.slice(0, sep).replace(/^\[|\]$/g, ''),
-      port: Number(e.AGENT_BIND.slice(sep + 1)),
-    },
+    bind: splitHostPort(e.AGENT_BIND),
     stateDir: path.resolve(e.FC_RUN_DIR ?? path.join(defaultDataDir(env), 'agent')),
     bridge: e.FC_BRIDGE,
     managerBase: e.MANAGER_BASE ?? null,

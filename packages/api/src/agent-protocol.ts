@@ -57,7 +57,7 @@ export const AgentVmList = z.object({ items: z.array(AgentVmReport) });
 
 /**
  * The bytes both sides sign and verify: method, path with query, timestamp (ms since the
- * epoch, as sent in TIMESTAMP_HEADER) and the hex SHA-256 of the body ('' when none).
+ * epoch, as sent in TIMESTAMP_HEADER) and the hex SHA-256 of the body (of no bytes when none).
  */
 export function signingInput(
   method: string,

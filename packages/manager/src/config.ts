@@ -2,41 +2,38 @@
  * The manager's configuration: the only place that reads the environment. The reference
  * system's variables keep their names and meaning; nqvm's own start with NQVM_.
  */
-import os from 'node:os';
 import path from 'node:path';
+import {
+  ConfigError,
+  defaultDataDir,
+  envBool,
+  envHostPort,
+  envLogLevel,
+  envPositiveInt,
+  parseEnv,
+  splitHostPort,
+} from '@nqvm/api';
 import { z } from 'zod';
 
-const bool = z
-  .enum(['true', 'false', '1', '0', 'yes', 'no'], { message: 'expected true or false' })
-  .transform((v) => v === 'true' || v === '1' || v === 'yes');
-
-const hostPort = z
-  .string()
-  .regex(/^(\[[0-9a-fA-F:]+\]|[a-zA-Z0-9.-]+):\d{1,5}$/, 'expected HOST:PORT, e.g. 127.0.0.1:8080')
-  .refine((v) => Number(v.slice(v.lastIndexOf(':') + 1)) <= 65535, 'port must be 0-65535');
-
-const positiveInt = z.coerce.number().int().positive();
-
-/** Each field: the variable name, its schema and a description for the README table. */
+/** The manager's variables; `managerConfigDoc` below describes them for the README. */
 const ManagerEnv = z.object({
   DATABASE_URL: z
     .string()
     .regex(/^(postgres(ql)?:\/\/|sqlite:)/, 'expected postgres://... or sqlite:PATH')
     .optional(),
-  MANAGER_BIND: hostPort.default('127.0.0.1:8080'),
+  MANAGER_BIND: envHostPort.default('127.0.0.1:8080'),
   MANAGER_IMAGE_ROOT: z.string().min(1).optional(),
-  MANAGER_ALLOW_IMAGE_PATHS: bool.default(false),
+  MANAGER_ALLOW_IMAGE_PATHS: envBool.default(false),
   NQVM_DATA_DIR: z.string().min(1).optional(),
   NQVM_ADMIN_PASSWORD: z.string().min(8, 'at least 8 characters').optional(),
   NQVM_TLS_CERT: z.string().min(1).optional(),
   NQVM_TLS_KEY: z.string().min(1).optional(),
-  NQVM_PUBLIC_URL: z.url().optional(),
-  NQVM_OPERATION_RETENTION_DAYS: positiveInt.default(30),
-  NQVM_AUDIT_RETENTION_DAYS: positiveInt.default(365),
-  NQVM_HEARTBEAT_INTERVAL_S: positiveInt.default(5),
+  NQVM_OPERATION_RETENTION_DAYS: envPositiveInt.default(30),
+  NQVM_AUDIT_RETENTION_DAYS: envPositiveInt.default(365),
+  NQVM_HEARTBEAT_INTERVAL_S: envPositiveInt.default(5),
   NQVM_VCPU_OVERCOMMIT: z.coerce.number().min(1).max(64).default(4),
-  NQVM_SESSION_TTL_HOURS: positiveInt.default(12),
-  NQVM_LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  NQVM_SESSION_TTL_HOURS: envPositiveInt.default(12),
+  NQVM_LOG_LEVEL: envLogLevel,
 });
 
 export interface ManagerConfig {
@@ -47,7 +44,6 @@ export interface ManagerConfig {
   dataDir: string;
   adminPassword?: string;
   tls?: { certFile: string; keyFile: string };
-  publicUrl?: string;
   operationRetentionDays: number;
   auditRetentionDays: number;
   heartbeatIntervalS: number;
@@ -56,29 +52,11 @@ export interface ManagerConfig {
   logLevel: string;
 }
 
-export class ConfigError extends Error {
-  constructor(
-    readonly variable: string,
-    detail: string,
-  ) {
-    super(`invalid configuration: ${variable}: ${detail}`);
-    this.name = 'ConfigError';
-  }
-}
-
-export function defaultDataDir(env: NodeJS.ProcessEnv = process.env): string {
-  if (env.NQVM_DATA_DIR) return path.resolve(env.NQVM_DATA_DIR);
-  return process.getuid?.() === 0 ? '/var/lib/nqvm' : path.join(os.homedir(), '.local', 'share', 'nqvm');
-}
+export { ConfigError, defaultDataDir };
 
 /** Validates the environment; throws a ConfigError naming the first bad variable. */
 export function loadManagerConfig(env: NodeJS.ProcessEnv = process.env): ManagerConfig {
-  const parsed = ManagerEnv.safeParse(env);
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0]!;
-    throw new ConfigError(String(issue.path[0]), issue.message);
-  }
-  const e = parsed.data;
+  const e = parseEnv(ManagerEnv, env);
   if (Boolean(e.NQVM_TLS_CERT) !== Boolean(e.NQVM_TLS_KEY)) {
     throw new ConfigError(
       e.NQVM_TLS_CERT ? 'NQVM_TLS_KEY' : 'NQVM_TLS_CERT',
@@ -86,20 +64,15 @@ export function loadManagerConfig(env: NodeJS.ProcessEnv = process.env): Manager
     );
   }
   const dataDir = defaultDataDir(env);
-  const sep = e.MANAGER_BIND.lastIndexOf(':');
   return {
     databaseUrl: e.DATABASE_URL ?? `sqlite:${path.join(dataDir, 'nqvm.db')}`,
-    bind: {
-      host: e.MANAGER_BIND.slice(0, sep).replace(/^\[|\]$/g, ''),
-      port: Number(e.MANAGER_BIND.slice(sep + 1)),
-    },
+    bind: splitHostPort(e.MANAGER_BIND),
     imageRoot: path.resolve(e.MANAGER_IMAGE_ROOT ?? path.join(dataDir, 'images')),
     allowImagePaths: e.MANAGER_ALLOW_IMAGE_PATHS,
     dataDir,
     adminPassword: e.NQVM_ADMIN_PASSWORD,
     tls:
       e.NQVM_TLS_CERT && e.NQVM_TLS_KEY ? { certFile: e.NQVM_TLS_CERT, keyFile: e.NQVM_TLS_KEY } : undefined,
-    publicUrl: e.NQVM_PUBLIC_URL,
     operationRetentionDays: e.NQVM_OPERATION_RETENTION_DAYS,
     auditRetentionDays: e.NQVM_AUDIT_RETENTION_DAYS,
     heartbeatIntervalS: e.NQVM_HEARTBEAT_INTERVAL_S,

@@ -25,7 +25,6 @@ describe('loadManagerConfig', () => {
       dataDir,
       adminPassword: undefined,
       tls: undefined,
-      publicUrl: undefined,
       operationRetentionDays: 30,
       auditRetentionDays: 365,
       heartbeatIntervalS: 5,
@@ -45,7 +44,6 @@ describe('loadManagerConfig', () => {
       NQVM_ADMIN_PASSWORD: 'a-strong-one',
       NQVM_TLS_CERT: '/etc/nqvm/cert.pem',
       NQVM_TLS_KEY: '/etc/nqvm/key.pem',
-      NQVM_PUBLIC_URL: 'https://nqvm.example',
       NQVM_OPERATION_RETENTION_DAYS: '7',
       NQVM_AUDIT_RETENTION_DAYS: '90',
       NQVM_HEARTBEAT_INTERVAL_S: '2',
@@ -60,7 +58,6 @@ describe('loadManagerConfig', () => {
       dataDir: path.resolve('relative/data'),
       adminPassword: 'a-strong-one',
       tls: { certFile: '/etc/nqvm/cert.pem', keyFile: '/etc/nqvm/key.pem' },
-      publicUrl: 'https://nqvm.example',
       operationRetentionDays: 7,
       auditRetentionDays: 90,
       heartbeatIntervalS: 2,
@@ -114,7 +111,6 @@ describe('loadManagerConfig', () => {
     ['NQVM_SESSION_TTL_HOURS', ''],
     ['NQVM_LOG_LEVEL', 'loud'],
     ['MANAGER_ALLOW_IMAGE_PATHS', 'maybe'],
-    ['NQVM_PUBLIC_URL', 'not a url'],
   ])('a bad %s (%j) throws a ConfigError naming it', (variable, value) => {
     const e = configError({ [variable]: value });
     expect(e.variable).toBe(variable);

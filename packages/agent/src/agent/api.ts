@@ -9,10 +9,12 @@ import {
   AgentVmList,
   AgentVmReport,
   AuthenticationError,
+  checkSignatureHeaders,
   NotFoundError,
   NqvmError,
   SIGNATURE_HEADER,
   TIMESTAMP_HEADER,
+  verifyManagerSignature,
 } from '@nqvm/api';
 import Fastify, {
   type FastifyBaseLogger,
@@ -28,7 +30,6 @@ import {
   type ZodTypeProvider,
 } from 'fastify-type-provider-zod';
 import { z } from 'zod';
-import { checkSignatureHeaders, verifyManagerSignature } from './signature';
 import { isVmId } from './state-files';
 import type { VmRegistry } from './vm-registry';
 

@@ -4,6 +4,5 @@ export { DriverSet } from './driver-set';
 export { AgentIdentity, identityPath, loadIdentity, saveIdentity } from './identity';
 export type { AgentLogger } from './logger';
 export { ManagerClient, ManagerRequestError, parseJoinToken } from './manager-client';
-export { sha256Hex, signManagerRequest, verifyManagerSignature } from './signature';
 export type { ConsoleOpener, VmConsole } from './vm-console';
 export { DEFAULT_RESTART_BACKOFF, type RestartBackoff } from './vm-runtime';

@@ -1,10 +1,9 @@
 import { randomUUID } from 'node:crypto';
 import { rmSync } from 'node:fs';
-import { SIGNATURE_HEADER, TIMESTAMP_HEADER } from '@nqvm/api';
+import { SIGNATURE_HEADER, signManagerRequest, TIMESTAMP_HEADER } from '@nqvm/api';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Agent } from './agent';
 import { FakeDriver } from './fake-driver';
-import { signManagerRequest } from './signature';
 import {
   fakeImages,
   managerKeys,

@@ -5,11 +5,11 @@ import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { AgentImageRef, AgentVmCommand, AgentVmReport } from '@nqvm/api';
+import { signManagerRequest } from '@nqvm/api';
 import { pino } from 'pino';
 import { type AgentConfig, loadAgentConfig } from '../config';
 import type { VmmDriver } from '../drivers/types';
 import { type Agent, type AgentOptions, createAgent } from './agent';
-import { signManagerRequest } from './signature';
 
 export const silentLogger = pino({ level: 'silent' });
 

@@ -1,4 +1,4 @@
-import { AgentConfigError, createAgent, loadAgentConfig } from '@nqvm/agent';
+import { ConfigError, createAgent, loadAgentConfig } from '@nqvm/agent';
 import { Command } from 'commander';
 import { waitForSignal } from './run';
 
@@ -43,7 +43,7 @@ environment; see README.md ("Configuration").`,
       try {
         config = loadAgentConfig(env);
       } catch (err) {
-        if (!(err instanceof AgentConfigError)) throw err;
+        if (!(err instanceof ConfigError)) throw err;
         process.stderr.write(`nqvm: ${err.message}\n`);
         process.exit(2);
       }

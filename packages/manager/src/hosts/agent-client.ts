@@ -2,17 +2,14 @@
  * Signed HTTP client for the agents' API. Every request carries an Ed25519 signature over
  * method, path, time and body digest; agents accept nothing else.
  */
-import { createHash } from 'node:crypto';
 import {
   type AgentVmCommand,
-  AgentVmList,
   type AgentVmReport,
   NqvmError,
   ServiceUnavailableError,
-  SIGNATURE_HEADER,
-  TIMESTAMP_HEADER,
+  signManagerRequest,
 } from '@nqvm/api';
-import { type ManagerKey, signRequest } from './manager-key';
+import type { ManagerKey } from './manager-key';
 
 export class AgentClient {
   constructor(
@@ -22,12 +19,7 @@ export class AgentClient {
 
   async request(address: string, method: string, pathAndQuery: string, body?: unknown): Promise<Response> {
     const payload = body === undefined ? '' : JSON.stringify(body);
-    const ts = String(Date.now());
-    const digest = createHash('sha256').update(payload).digest('hex');
-    const headers: Record<string, string> = {
-      [TIMESTAMP_HEADER]: ts,
-      [SIGNATURE_HEADER]: signRequest(this.key, method, pathAndQuery, ts, digest),
-    };
+    const headers = signManagerRequest(this.key.privateKey, method, pathAndQuery, payload);
     if (payload) headers['content-type'] = 'application/json';
     try {
       return await fetch(new URL(pathAndQuery, address), {
@@ -64,11 +56,6 @@ export class AgentClient {
 
   async deleteVm(address: string, vmId: string): Promise<void> {
     await this.expectOk(await this.request(address, 'DELETE', `/v1/vms/${vmId}`), 'VM delete');
-  }
-
-  async listVms(address: string) {
-    const res = await this.expectOk(await this.request(address, 'GET', '/v1/vms'), 'VM list');
-    return AgentVmList.parse(await res.json()).items;
   }
 
   async consoleTail(address: string, vmId: string, bytes: number): Promise<Buffer> {

@@ -2,10 +2,9 @@
  * The manager's Ed25519 signing key. Requests the manager sends to agents are signed with it;
  * agents get the public key when they register, so no shared secret sits in the datastore.
  */
-import { createPrivateKey, createPublicKey, generateKeyPairSync, type KeyObject, sign } from 'node:crypto';
+import { createPrivateKey, createPublicKey, generateKeyPairSync, type KeyObject } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { signingInput } from '@nqvm/api';
 
 export interface ManagerKey {
   privateKey: KeyObject;
@@ -24,16 +23,4 @@ export function loadOrCreateManagerKey(dataDir: string): ManagerKey {
   }
   const publicKeyPem = createPublicKey(privateKey).export({ format: 'pem', type: 'spki' }).toString();
   return { privateKey, publicKeyPem };
-}
-
-export function signRequest(
-  key: ManagerKey,
-  method: string,
-  pathAndQuery: string,
-  timestamp: string,
-  bodySha256Hex: string,
-): string {
-  return sign(null, signingInput(method, pathAndQuery, timestamp, bodySha256Hex), key.privateKey).toString(
-    'base64',
-  );
 }

@@ -3,19 +3,12 @@
  * timestamp, sha256hex(body))`, sent in the x-nqvm-timestamp / x-nqvm-signature headers.
  */
 import { createHash, type KeyObject, sign, verify } from 'node:crypto';
-import {
-  AuthenticationError,
-  SIGNATURE_HEADER,
-  SIGNATURE_MAX_SKEW_MS,
-  signingInput,
-  TIMESTAMP_HEADER,
-} from '@nqvm/api';
+import { SIGNATURE_HEADER, SIGNATURE_MAX_SKEW_MS, signingInput, TIMESTAMP_HEADER } from './agent-protocol';
+import { AuthenticationError } from './errors';
 
 export function sha256Hex(body: Uint8Array): string {
   return createHash('sha256').update(body).digest('hex');
 }
-
-const EMPTY_SHA256 = sha256Hex(new Uint8Array());
 
 export interface SignedRequest {
   method: string;
@@ -47,28 +40,21 @@ export function checkSignatureHeaders(
   return { timestamp, signature };
 }
 
-/**
- * Throws an AuthenticationError unless `req` carries a fresh signature by `publicKey`.
- * An empty body verifies with either its SHA-256 or the empty string, the two readings of the
- * protocol's "'' when none"; both bind the request to "no body".
- */
+/** Throws an AuthenticationError unless `req` carries a fresh signature by `publicKey`. */
 export function verifyManagerSignature(req: SignedRequest, publicKey: KeyObject, now = Date.now()): void {
   const { timestamp, signature } = checkSignatureHeaders(req, now);
   const sig = Buffer.from(signature, 'base64');
-  const bodyHash = sha256Hex(req.body);
-  const candidates = req.body.length === 0 ? [EMPTY_SHA256, ''] : [bodyHash];
-  const ok = candidates.some((h) => {
-    try {
-      return verify(null, signingInput(req.method, req.url, timestamp, h), publicKey, sig);
-    } catch {
-      return false;
-    }
-  });
+  let ok = false;
+  try {
+    ok = verify(null, signingInput(req.method, req.url, timestamp, sha256Hex(req.body)), publicKey, sig);
+  } catch {
+    ok = false;
+  }
   if (!ok) throw new AuthenticationError('bad request signature');
 }
 
 /**
- * The headers the manager adds to a request: what tests and tools use to talk to an agent.
+ * The headers the manager adds to every request it sends an agent (tests and tools use it too).
  *
  * @example
  * const headers = signManagerRequest(privateKey, 'PUT', `/v1/vms/${id}`, JSON.stringify(cmd));
