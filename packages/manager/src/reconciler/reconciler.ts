@@ -18,6 +18,8 @@ import type { StoredSpec, Vms } from '../vms/vms';
 
 /** A command not acknowledged within this time is sent again (same generation: idempotent). */
 const RESEND_AFTER_MS = 10_000;
+/** VMs reconciled at once in a pass, so a backlog never floods the datastore or the API. */
+const PASS_CONCURRENCY = 16;
 
 /** The state each operation kind waits for. */
 const OP_TARGET: Record<string, VmState> = {
@@ -43,20 +45,42 @@ export class Reconciler {
     private readonly log: { warn: (o: object, m: string) => void; error: (o: object, m: string) => void },
   ) {}
 
-  /** One pass over every VM that needs work. */
+  /**
+   * One pass over every VM that needs work, a few at a time. Unplaced VMs are only looked at
+   * when some host could take them: thousands of VMs waiting for a host cost one query.
+   */
   async pass(): Promise<void> {
+    const placeable = await this.anyUsableHost();
+    // VMs on a host that is not ready wait for it (the health sweep shows them unknown).
+    const readyHosts = this.store.db.selectFrom('hosts').select('id').where('status', '=', 'ready');
     const rows = await this.store.db
       .selectFrom('vms')
-      .selectAll()
+      .select('id')
       .where((eb) =>
         eb.or([
-          eb('host_id', 'is', null).and('desired_state', '!=', 'stopped'),
-          eb('state', '=', 'deleting'),
-          eb('host_id', 'is not', null).and('observed_generation', '<', eb.ref('generation')),
+          ...(placeable ? [eb('host_id', 'is', null).and('desired_state', '!=', 'stopped')] : []),
+          eb('state', '=', 'deleting').and('host_id', 'is', null),
+          eb.and([
+            eb('host_id', 'in', readyHosts),
+            eb.or([eb('state', '=', 'deleting'), eb('observed_generation', '<', eb.ref('generation'))]),
+          ]),
         ]),
       )
       .execute();
-    await Promise.all(rows.map((vm) => this.reconcile(vm.id)));
+    for (let i = 0; i < rows.length; i += PASS_CONCURRENCY) {
+      await Promise.all(rows.slice(i, i + PASS_CONCURRENCY).map((vm) => this.reconcile(vm.id)));
+    }
+  }
+
+  private async anyUsableHost(): Promise<boolean> {
+    const host = await this.store.db
+      .selectFrom('hosts')
+      .select('id')
+      .where('status', '=', 'ready')
+      .where('schedulable', '=', 1)
+      .where('credential_hash', 'is not', null)
+      .executeTakeFirst();
+    return host !== undefined;
   }
 
   /** Reconciles one VM now (called right after an API action, and by each pass). */
@@ -127,15 +151,7 @@ export class Reconciler {
       return true;
     } catch (err) {
       if (!(err instanceof NqvmError) || err.code !== 'NO_CAPACITY') throw err;
-      const anyReady = await this.store.db
-        .selectFrom('hosts')
-        .select('id')
-        .where('status', '=', 'ready')
-        .where('schedulable', '=', 1)
-        .where('credential_hash', 'is not', null)
-        .executeTakeFirst();
-      // With no usable host at all the VM waits (hosts may join); when hosts exist but none fits, it fails.
-      if (!anyReady) {
+      if (!(await this.anyUsableHost())) {
         await this.note(vm, `waiting for a host: ${err.message}`);
         return false;
       }
