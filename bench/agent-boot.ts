@@ -20,7 +20,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { registerPathImage } from '@nqvm/manager/images/images';
-import { BOOT_MARKER, ensureTestGuest } from '@nqvm/testkit';
+import { BOOT_MARKER, ensureTestGuest, qemuPidsOf as qemuPids } from '@nqvm/testkit';
 import { client, startManager, type TestManager } from '../packages/manager/test/harness';
 
 const STARTS = Number(process.env.BENCH_STARTS ?? 50);
@@ -87,21 +87,6 @@ function processes(): { pid: number; ppid: number; sid: number; comm: string }[]
     }
   }
   return out;
-}
-
-function qemuPids(vmId: string): number[] {
-  return processes()
-    .filter((p) => {
-      try {
-        return (
-          p.comm.startsWith('qemu-system') &&
-          fs.readFileSync(`/proc/${p.pid}/cmdline`, 'utf8').includes(`nqvm-${vmId}`)
-        );
-      } catch {
-        return false;
-      }
-    })
-    .map((p) => p.pid);
 }
 
 // ---- the stack ----------------------------------------------------------------------------

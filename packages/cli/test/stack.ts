@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { registerPathImage } from '@nqvm/manager/images/images';
-import { ensureTestGuest } from '@nqvm/testkit';
+import { ensureTestGuest, qemuPidsOf } from '@nqvm/testkit';
 import { client, startManager, type TestManager } from '../../manager/test/harness';
 
 const NQVM = path.resolve(__dirname, '..', 'bin', 'nqvm.mjs');
@@ -120,27 +120,8 @@ export async function waitFor<T>(
   }
 }
 
-/** Live (non-zombie) QEMU processes of one VM, found by the `-name nqvm-<id>` the driver sets. */
-export function qemuPids(vmId: string): number[] {
-  const pids: number[] = [];
-  for (const entry of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const cmdline = fs.readFileSync(`/proc/${entry}/cmdline`, 'utf8');
-      const state = fs.readFileSync(`/proc/${entry}/stat`, 'utf8').split(') ')[1]?.[0];
-      if (cmdline.includes(`nqvm-${vmId}`) && cmdline.startsWith('qemu-system') && state !== 'Z')
-        pids.push(Number(entry));
-      else if (cmdline.includes(`nqvm-${vmId}`) && cmdline.includes('/qemu-system') && state !== 'Z')
-        pids.push(Number(entry));
-    } catch {
-      // The process ended while we looked.
-    }
-  }
-  return pids;
-}
-
 export function killVmProcesses(vmIds: string[]): void {
-  for (const id of vmIds) for (const pid of qemuPids(id)) process.kill(pid, 'SIGKILL');
+  for (const id of vmIds) for (const pid of qemuPidsOf(id)) process.kill(pid, 'SIGKILL');
 }
 
 /**
@@ -169,3 +150,5 @@ export function rootfsVariant(
   execFileSync('debugfs', ['-w', '-f', script, out], { stdio: 'ignore' });
   return out;
 }
+
+export { qemuPidsOf as qemuPids };

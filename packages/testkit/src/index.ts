@@ -1,2 +1,3 @@
 export * from './firecracker-sim';
 export * from './guest';
+export * from './processes';

@@ -6,7 +6,7 @@ import { execFileSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
-import { BOOT_MARKER, ensureTestGuest, type TestGuest } from '@nqvm/testkit';
+import { BOOT_MARKER, ensureTestGuest, qemuPidsOf as qemuPids, type TestGuest } from '@nqvm/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadAgentConfig } from '../config';
 import { type Agent, createAgent } from './agent';
@@ -21,23 +21,6 @@ import {
   waitFor,
   waitForState,
 } from './testing';
-
-/** Pids of QEMU processes running this VM (by the `-name nqvm-<id>` the driver gives them). */
-function qemuPids(vmId: string): number[] {
-  const pids: number[] = [];
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const cmdline = readFileSync(`/proc/${entry}/cmdline`, 'utf8');
-      const state = readFileSync(`/proc/${entry}/stat`, 'utf8').split(') ')[1]?.[0];
-      if (cmdline.includes(`nqvm-${vmId}`) && cmdline.includes('qemu') && state !== 'Z')
-        pids.push(Number(entry));
-    } catch {
-      // The process ended while we looked.
-    }
-  }
-  return pids;
-}
 
 const BOOT_TIMEOUT_MS = 90_000;
 

@@ -5,7 +5,7 @@ import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { BOOT_MARKER, ensureTestGuest, guestBootArgs, type TestGuest } from '@nqvm/testkit';
+import { BOOT_MARKER, ensureTestGuest, guestBootArgs, pidsWhere, type TestGuest } from '@nqvm/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isSameProcessRunning } from '../../host/proc';
 import { BootStepError, type RunRecord, type VmSpec } from '../types';
@@ -69,17 +69,6 @@ async function startCounter(vm: QemuVm): Promise<void> {
   const from = vm.console.totalBytes;
   vm.console.write(COUNTER_LOOP);
   await vm.console.waitForOutput(/^C3\r?$/m, 20_000, from);
-}
-
-/** Processes whose command line mentions `text` (a VM folder), to prove nothing is left. */
-async function processesMentioning(text: string): Promise<number[]> {
-  const pids: number[] = [];
-  for (const entry of await readdir('/proc')) {
-    if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue;
-    const cmdline = await readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '');
-    if (cmdline.includes(text)) pids.push(Number(entry));
-  }
-  return pids;
 }
 
 async function rssKib(pid: number): Promise<number> {
@@ -311,7 +300,7 @@ describe('QemuDriver (real guests, TCG)', () => {
       expect(err).toBeInstanceOf(BootStepError);
       expect((err as BootStepError).step).toBe('validate-spec');
       await expect(stat(s.vmDir)).rejects.toThrow();
-      expect(await processesMentioning(s.vmDir)).toEqual([]);
+      expect(pidsWhere((c) => c.includes(s.vmDir))).toEqual([]);
     });
 
     it('a kernel QEMU cannot load fails while QEMU starts, and is cleaned up', async () => {
@@ -323,7 +312,7 @@ describe('QemuDriver (real guests, TCG)', () => {
       expect(['spawn-vmm', 'connect-qmp']).toContain((err as BootStepError).step);
       expect((err as Error).message).toMatch(/QEMU/);
       await expect(stat(s.vmDir)).rejects.toThrow();
-      expect(await processesMentioning(s.vmDir)).toEqual([]);
+      expect(pidsWhere((c) => c.includes(s.vmDir))).toEqual([]);
     });
 
     it('an existing VM folder keeps what was there before', async () => {
