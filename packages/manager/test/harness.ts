@@ -118,6 +118,7 @@ export function client(url: string, token?: string) {
       body: body !== undefined ? JSON.stringify(body) : undefined,
     });
     const text = await res.text();
+    // biome-ignore lint/suspicious/noExplicitAny: tests read responses loosely; schemas are checked elsewhere
     let json: any;
     try {
       json = text ? JSON.parse(text) : undefined;

@@ -1,5 +1,22 @@
 /** Display helpers. */
 import { useSyncExternalStore } from 'react';
+import type { Role, VmState } from './types';
+
+/** VM states in the order lists and counts show them. */
+export const VM_STATES: VmState[] = [
+  'running',
+  'paused',
+  'stopped',
+  'creating',
+  'starting',
+  'stopping',
+  'pausing',
+  'deleting',
+  'failed',
+  'unknown',
+];
+
+export const ROLES: Role[] = ['viewer', 'operator', 'admin'];
 
 export function formatMib(mib: number): string {
   if (mib >= 1024 * 1024) return `${trim(mib / (1024 * 1024))} TiB`;

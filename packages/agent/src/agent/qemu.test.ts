@@ -4,7 +4,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { existsSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { BOOT_MARKER, ensureTestGuest, qemuPidsOf as qemuPids, type TestGuest } from '@nqvm/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';

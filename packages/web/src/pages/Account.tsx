@@ -1,13 +1,12 @@
 import { useQueryClient } from '@tanstack/react-query';
 import { type FormEvent, useState } from 'react';
 import { api, setCsrfToken } from '../api';
-import { formatTime, timeAgo, useNow } from '../format';
+import { formatTime, ROLES, timeAgo, useNow } from '../format';
 import { keys, roleAtLeast, useTokens, useUsers } from '../queries';
 import { navigate } from '../router';
 import type { ApiToken, ApiTokenCreated, Me, Role } from '../types';
 import { Badge, ConfirmDialog, CopyField, Empty, ErrorBox, Field, Loading, Modal, toast } from '../ui';
 
-const ROLES: Role[] = ['viewer', 'operator', 'admin'];
 const NAME_RE = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/;
 
 export function AccountPage({ me }: { me: Me }) {

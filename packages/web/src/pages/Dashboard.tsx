@@ -1,22 +1,9 @@
-import { timeAgo, useNow } from '../format';
+import { timeAgo, useNow, VM_STATES } from '../format';
 import { useHosts, useRecentOps, useVms } from '../queries';
 import { Link } from '../router';
 import type { Host, VmState } from '../types';
 import { Badge, Bar, Empty, ErrorBox, Loading, StateBadge, stateTone } from '../ui';
 import { OperationsTable } from './Operations';
-
-const STATE_ORDER: VmState[] = [
-  'running',
-  'paused',
-  'stopped',
-  'creating',
-  'starting',
-  'stopping',
-  'pausing',
-  'deleting',
-  'failed',
-  'unknown',
-];
 
 const HOST_TONE = { ready: 'ok', unreachable: 'warn', lost: 'err' } as const;
 
@@ -43,7 +30,7 @@ export function DashboardPage() {
           <ErrorBox error={vms.error} />
           {vms.data ? (
             <div className="state-tiles" data-testid="vm-counts">
-              {STATE_ORDER.filter((s) => counts.get(s) || ['running', 'stopped'].includes(s)).map((s) => (
+              {VM_STATES.filter((s) => counts.get(s) || ['running', 'stopped'].includes(s)).map((s) => (
                 <Link key={s} to={`/vms?state=${s}`} className={`state-tile tile-${stateTone(s)}`}>
                   <strong>{counts.get(s) ?? 0}</strong>
                   <span>{s}</span>

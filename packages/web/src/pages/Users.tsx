@@ -1,11 +1,10 @@
 import { type FormEvent, useState } from 'react';
 import { api } from '../api';
-import { formatTime, timeAgo, useNow } from '../format';
+import { formatTime, ROLES, timeAgo, useNow } from '../format';
 import { useUsers } from '../queries';
 import type { Me, Role, User } from '../types';
 import { Badge, ConfirmDialog, Empty, ErrorBox, Field, Loading, Modal, toast, toastError } from '../ui';
 
-const ROLES: Role[] = ['viewer', 'operator', 'admin'];
 const USERNAME_RE = /^[a-zA-Z0-9][a-zA-Z0-9_.@-]{0,63}$/;
 
 export function UsersPage({ me }: { me: Me }) {

@@ -1,23 +1,9 @@
 import { useState } from 'react';
-import { formatMib, formatTime, timeAgo, useNow } from '../format';
+import { formatMib, formatTime, timeAgo, useNow, VM_STATES } from '../format';
 import { useCan, useHosts, useVms } from '../queries';
 import { Link, navigate, useLocation, withSearch } from '../router';
-import type { VmState } from '../types';
 import { Empty, ErrorBox, Loading, StateBadge } from '../ui';
 import { VmWizard } from './VmWizard';
-
-export const VM_STATES: VmState[] = [
-  'running',
-  'paused',
-  'stopped',
-  'creating',
-  'starting',
-  'stopping',
-  'pausing',
-  'deleting',
-  'failed',
-  'unknown',
-];
 
 export function VmListPage() {
   const vms = useVms();
