@@ -37,7 +37,7 @@ export interface Manager {
   close(): Promise<void>;
 }
 
-export interface ManagerOptions extends Omit<BuildOptions, 'https'> {
+export interface ManagerOptions extends Omit<BuildOptions, 'https' | 'logger'> {
   store?: Datastore;
   /** Background loop period (tests shorten it). */
   loopIntervalMs?: number;
@@ -59,12 +59,8 @@ export async function createManager(config: ManagerConfig, opts: ManagerOptions 
   const managerKey = loadOrCreateManagerKey(config.dataDir);
   const scheduler = new Scheduler(store, config.vcpuOvercommit);
   const agents = new AgentClient(managerKey);
-  const log = pino({
-    level:
-      typeof opts.logger === 'object' && opts.logger && 'level' in opts.logger
-        ? String(opts.logger.level)
-        : 'silent',
-  });
+  // One logger for the HTTP layer and the background loops, at NQVM_LOG_LEVEL.
+  const log = pino({ level: config.logLevel });
   const services: Services = {
     config,
     store,
@@ -82,7 +78,7 @@ export async function createManager(config: ManagerConfig, opts: ManagerOptions 
     version: VERSION,
   };
   const firstAdmin = await services.users.ensureFirstAdmin(config.adminPassword);
-  const { app, routes } = await buildApp(services, { ...opts, https });
+  const { app, routes } = await buildApp(services, { ...opts, https, logger: log });
 
   const interval = opts.loopIntervalMs ?? 1000;
   let stopped = false;

@@ -11,7 +11,7 @@ export function serverCommand(): Command {
     )
     .action(async () => {
       const config = loadConfigOrExit();
-      const manager = await createManager(config, { logger: { level: config.logLevel } });
+      const manager = await createManager(config);
       const url = await manager.listen();
       printFirstAdmin(manager.firstAdmin);
       process.stdout.write(

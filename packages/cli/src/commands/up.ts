@@ -71,7 +71,7 @@ export function upCommand(): Command {
       const env = { ...process.env };
       delete env.DATABASE_URL; // `up` is the embedded, one-host setup
       const config = loadConfigOrExit(env);
-      const manager = await createManager(config, { logger: { level: config.logLevel } });
+      const manager = await createManager(config);
       const url = await manager.listen();
       printFirstAdmin(manager.firstAdmin);
       const say = (m: string) => process.stdout.write(`${m}\n`);

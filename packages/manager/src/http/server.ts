@@ -6,7 +6,7 @@ import cookie from '@fastify/cookie';
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import { InputError } from '@nqvm/api';
-import Fastify, { type FastifyServerOptions } from 'fastify';
+import Fastify, { type FastifyBaseLogger } from 'fastify';
 import {
   jsonSchemaTransform,
   serializerCompiler,
@@ -37,7 +37,8 @@ export interface RegisteredRoute {
 }
 
 export interface BuildOptions {
-  logger?: FastifyServerOptions['logger'];
+  /** The process's logger (pino); without one the API logs nothing. */
+  logger?: FastifyBaseLogger;
   https?: { cert: Buffer; key: Buffer };
   /** Extra routes (agent-facing work, web UI) registered by later layers. */
   extend?: (app: App, s: Services) => void | Promise<void>;
@@ -73,7 +74,7 @@ export async function buildApp(
   opts: BuildOptions = {},
 ): Promise<{ app: App; routes: RegisteredRoute[] }> {
   const app = Fastify({
-    logger: opts.logger ?? false,
+    ...(opts.logger ? { loggerInstance: opts.logger } : { logger: false }),
     bodyLimit: BODY_LIMIT,
     ...(opts.https ? { https: opts.https } : {}),
     ajv: { customOptions: { coerceTypes: false } },
