@@ -195,4 +195,73 @@ describe('hosts, adoption and crashes through the whole stack', () => {
     );
     expect(qemuPids(tooBigForSmall.id)).toEqual(pids);
   }, 300_000);
+  it('brings VMs back after a host reboot as their restart policy says', async () => {
+    const a = await startAgent(t, 'reboot-host');
+    agents.push(a);
+    const hostId = await a.hostId();
+    await onlyHosts([hostId]);
+    const always = await create('reboot-always', { restart_policy: 'always' });
+    const never = await create('reboot-never', { restart_policy: 'never' });
+    expect((await settle(always.op)).status).toBe('succeeded');
+    expect((await settle(never.op)).status).toBe('succeeded');
+    const [alwaysPid] = qemuPids(always.id);
+
+    // A host reboot: the agent and every VMM die at once; then the agent starts again.
+    await stopAgent(a, 'SIGKILL');
+    for (const id of [always.id, never.id]) for (const pid of qemuPids(id)) process.kill(pid, 'SIGKILL');
+    const again = spawnAgent(t, 'reboot-host', a.stateDir, a.bind, undefined);
+    agents.push(again);
+    await waitFor(
+      async () => qemuPids(always.id).length === 1 && qemuPids(always.id)[0] !== alwaysPid,
+      30_000,
+      () => 'the always VM did not come back',
+    );
+    await waitFor(
+      async () => (await vm(always.id)).state === 'running',
+      30_000,
+      () => 'always VM not running',
+    );
+    await waitFor(
+      async () => (await vm(never.id)).state === 'stopped',
+      30_000,
+      () => 'never VM not stopped',
+    );
+    expect(qemuPids(never.id)).toHaveLength(0);
+    await stopAgent(again);
+  }, 300_000);
+
+  it('drains a host in release mode: its VMs stop, leave the host and start elsewhere', async () => {
+    const from = await startAgent(t, 'drain-from');
+    agents.push(from);
+    const fromId = await from.hostId();
+    await onlyHosts([fromId]);
+    const v = await create('drained');
+    expect((await settle(v.op)).status).toBe('succeeded');
+    expect((await vm(v.id)).host_id).toBe(fromId);
+    const to = await startAgent(t, 'drain-to');
+    agents.push(to);
+    const toId = await to.hostId();
+
+    const drain = await api.post(`/api/v1/hosts/${fromId}/drain`, { mode: 'release', timeout_s: 5 });
+    expect(drain.status).toBe(200);
+    expect(drain.body.host.schedulable).toBe(false);
+    expect(drain.body.operations).toHaveLength(1);
+    const stopped = await settle(drain.body.operations[0].id);
+    expect(stopped.status).toBe('succeeded');
+    const released = await vm(v.id);
+    expect(released.state).toBe('stopped');
+    expect(released.host_id).toBeNull();
+    expect(qemuPids(v.id)).toHaveLength(0);
+    await waitFor(
+      async () => !fs.existsSync(`${from.stateDir}/vms/${v.id}`),
+      15_000,
+      () => 'VM files left on the drained host',
+    );
+    expect((await api.get(`/api/v1/hosts/${fromId}`)).body.allocated.mem_mib).toBe(0);
+
+    const start = await api.post(`/api/v1/vms/${v.id}/start`);
+    expect((await settle(start.body.operation.id)).status).toBe('succeeded');
+    expect((await vm(v.id)).host_id).toBe(toId);
+    expect(qemuPids(v.id)).toHaveLength(1);
+  }, 300_000);
 });

@@ -298,7 +298,12 @@ export class Reconciler {
       const target = OP_TARGET[op.kind];
       if (!target) continue;
       if (state === target) {
-        await this.ops.succeed(op.id, `VM is ${state}`);
+        const { release } = JSON.parse(op.params) as { release?: boolean };
+        if (release) await this.release(vmId);
+        await this.ops.succeed(
+          op.id,
+          release ? 'VM is stopped and released from its host' : `VM is ${state}`,
+        );
       } else if (state === 'failed') {
         await this.ops.fail(op.id, 'VM_FAILED', error ?? 'the VM failed');
       } else if (SETTLED.has(state) && op.kind !== 'vm.stop') {
@@ -314,6 +319,32 @@ export class Reconciler {
     if (op.status === 'queued' || op.progress_message !== `VM is ${state}`) {
       await this.ops.update(op.id, { status: 'running', percent, message: `VM is ${state}` });
     }
+  }
+
+  /**
+   * Hands a stopped VM back to the scheduler: its reservation returns to the host, the host
+   * deletes the VM's files (a failed request is repaired by the orphan cleanup on the next
+   * heartbeat), and the next start places it anew with a fresh disk.
+   */
+  async release(vmId: string): Promise<void> {
+    const vm = await this.vms.findRow(vmId);
+    if (!vm?.host_id) return;
+    const host = await this.store.db
+      .selectFrom('hosts')
+      .select('address')
+      .where('id', '=', vm.host_id)
+      .executeTakeFirst();
+    await this.scheduler.release(vm);
+    await this.store.db
+      .updateTable('vms')
+      .set({ observed_generation: 0, commanded_at: null, pid: null })
+      .where('id', '=', vmId)
+      .execute();
+    await this.vms.write(vmId, { state: 'stopped' });
+    if (host)
+      this.agents
+        .deleteVm(host.address, vmId)
+        .catch((err) => this.log.warn({ err, vmId }, 'release cleanup failed'));
   }
 
   private async finishDelete(vm: VmRow): Promise<void> {

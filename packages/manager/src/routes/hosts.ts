@@ -93,29 +93,47 @@ export function hostRoutes(
       config: { access: 'admin', audit: 'host.drain' },
       schema: {
         tags,
-        summary: 'Cordon the host and stop its VMs (graceful, then forced after timeout_s)',
+        summary: 'Cordon the host and stop its VMs; mode=release also hands them back to the scheduler',
+        description:
+          'mode=stop (default) stops every VM (graceful, then forced after timeout_s) and keeps it on the host. ' +
+          'mode=release also removes each stopped VM from the host (its disk there is deleted) and returns its ' +
+          'capacity: its next start places it on any host, with a fresh disk from its images.',
         params: IdParams,
-        body: z.strictObject({ timeout_s: z.number().int().min(1).max(3600).default(30) }).nullish(),
-        response: { 200: z.object({ host: Host, operations: z.array(Operation) }) },
+        body: z
+          .strictObject({
+            timeout_s: z.number().int().min(1).max(3600).default(30),
+            mode: z.enum(['stop', 'release']).default('stop'),
+          })
+          .nullish(),
+        response: {
+          200: z.object({ host: Host, operations: z.array(Operation), released: z.array(z.string()) }),
+        },
       },
     },
     async (req) => {
       const host = await s.hosts.setSchedulable(req.params.id, false);
+      const release = req.body?.mode === 'release';
       const operations = [];
+      const released: string[] = [];
       for (const vm of await s.store.db
         .selectFrom('vms')
         .select(['id', 'state'])
         .where('host_id', '=', req.params.id)
         .execute()) {
-        if (!canTransition('stop', vm.state as VmState) || vm.state === 'stopped') continue;
-        const out = await s.vms.act(vm.id, 'stop', actorName(req.principal), {
-          force: false,
-          timeout_s: req.body?.timeout_s ?? 30,
-        });
-        operations.push(out.operation);
-        void s.reconciler.reconcile(vm.id);
+        if (canTransition('stop', vm.state as VmState) && vm.state !== 'failed') {
+          const out = await s.vms.act(vm.id, 'stop', actorName(req.principal), {
+            force: false,
+            timeout_s: req.body?.timeout_s ?? 30,
+            release,
+          });
+          operations.push(out.operation);
+          void s.reconciler.reconcile(vm.id);
+        } else if (release && (vm.state === 'stopped' || vm.state === 'failed')) {
+          await s.reconciler.release(vm.id);
+          released.push(vm.id);
+        }
       }
-      return { host, operations };
+      return { host: await s.hosts.get(req.params.id), operations, released };
     },
   );
 
