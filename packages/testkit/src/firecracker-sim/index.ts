@@ -1,5 +1,6 @@
 export { type SimulatorBinaryOptions, writeJailerBinary, writeSimulatorBinary } from './binary';
 export { type FcResponse, fcRequest } from './client';
+export { independentSpecValidator } from './independent-validator';
 export {
   appendJournal,
   type JournalEntry,

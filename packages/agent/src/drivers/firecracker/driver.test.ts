@@ -6,67 +6,21 @@ import {
   FIRECRACKER_SIM_VERSIONS,
   type FirecrackerSimVersion,
   fcRequest,
-  firecrackerSpecPath,
   type JournalRequest,
   journalRequests,
   readJournal,
+  independentSpecValidator as specValidator,
   writeJailerBinary,
   writeSimulatorBinary,
   writeTinyElfKernel,
 } from '@nqvm/testkit/firecracker-sim/index';
-import Ajv from 'ajv-draft-04';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parse } from 'yaml';
 import { BootStepError, type VmSpec } from '../types';
 import { FirecrackerFeatureUnavailableError } from './capabilities';
 import { openFirecrackerConsole } from './console';
 import { FirecrackerDriver, type FirecrackerVmHandle } from './driver';
 import { readFirecrackerMetrics } from './metrics';
 import { isSameProcess } from './process';
-
-/**
- * Validates request bodies against a version's official spec, independently of the simulator:
- * its own reading of the YAML, Draft-4, unknown fields refused (serde deny_unknown_fields).
- */
-function specValidator(version: FirecrackerSimVersion) {
-  const doc = parse(readFileSync(firecrackerSpecPath(version), 'utf8')) as {
-    paths: Record<string, Record<string, { parameters?: { in: string; schema?: { $ref?: string } }[] }>>;
-    definitions: Record<string, Record<string, unknown>>;
-  };
-  const close = (s: unknown): unknown => {
-    if (Array.isArray(s)) return s.map(close);
-    if (!s || typeof s !== 'object') return s;
-    const o: Record<string, unknown> = {};
-    for (const [k, v] of Object.entries(s)) {
-      o[k] =
-        k === 'properties'
-          ? Object.fromEntries(Object.entries(v as object).map(([n, p]) => [n, close(p)]))
-          : close(v);
-    }
-    if (o.properties && o.additionalProperties === undefined) o.additionalProperties = false;
-    return o;
-  };
-  const ajv = new Ajv({ strict: false });
-  ajv.addFormat('int64', true);
-  ajv.addFormat('int32', true);
-  ajv.addFormat(
-    (doc.definitions.MmdsConfig!.properties as { ipv4_address: { format: string } }).ipv4_address.format,
-    /^169\.254\.\d{1,3}\.\d{1,3}$/,
-  );
-  ajv.addSchema({ id: 'spec.json', definitions: close(doc.definitions) }, 'spec.json');
-  return (req: JournalRequest): string | null => {
-    for (const [tpl, ops] of Object.entries(doc.paths)) {
-      const re = new RegExp(`^${tpl.replace(/\{[^}]+\}/g, '[^/]+')}$`);
-      const op = ops[req.method.toLowerCase()];
-      if (!re.test(req.path) || !op) continue;
-      const ref = op.parameters?.find((p) => p.in === 'body')?.schema?.$ref;
-      if (!ref) return req.body === null ? null : `${req.method} ${req.path} takes no body`;
-      const validate = ajv.getSchema(`spec.json${ref}`)!;
-      return validate(req.body) ? null : `${req.method} ${req.path}: ${ajv.errorsText(validate.errors)}`;
-    }
-    return `${req.method} ${req.path} is not in the ${version} spec`;
-  };
-}
 
 let root: string;
 const handles: FirecrackerVmHandle[] = [];
