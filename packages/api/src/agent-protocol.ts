@@ -53,6 +53,14 @@ export type AgentVmCommand = z.infer<typeof AgentVmCommand>;
 
 export { AgentVmReport as AgentVmStatus } from './schemas';
 
+/** GET /v1/vms/{id}/metrics (agent) and /api/v1/vms/{id}/metrics (manager). */
+export const VmMetrics = z.object({
+  vmm: Vmm.nullable(),
+  /** Firecracker: its last metrics line (JSON, written every 60 s and on flush); null when none yet or another VMM. */
+  metrics: z.record(z.string(), z.unknown()).nullable(),
+});
+export type VmMetrics = z.infer<typeof VmMetrics>;
+
 export const AgentVmList = z.object({ items: z.array(AgentVmReport) });
 
 /**

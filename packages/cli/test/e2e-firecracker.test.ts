@@ -94,6 +94,11 @@ describe.each(FIRECRACKER_SIM_VERSIONS)('Firecracker %s through the manager API'
       () => 'no boot on the console',
     );
 
+    const metrics = await api.get(`/api/v1/vms/${id}/metrics`);
+    expect(metrics.status).toBe(200);
+    expect(metrics.body.vmm).toBe('firecracker');
+    expect(metrics.body.metrics).toEqual(expect.objectContaining({ utc_timestamp_ms: expect.any(Number) }));
+
     for (const [action, state] of [
       ['pause', 'paused'],
       ['resume', 'running'],

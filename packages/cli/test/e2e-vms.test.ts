@@ -100,6 +100,7 @@ describe('VM lifecycle through the whole stack', () => {
     await waitConsole(id, new RegExp(BOOT_MARKER));
     await waitConsole(id, /TICK=5/);
     expect(qemuPids(id)).toHaveLength(1);
+    expect((await api.get(`/api/v1/vms/${id}/metrics`)).body).toEqual({ vmm: 'qemu', metrics: null });
 
     const pause = await api.post(`/api/v1/vms/${id}/pause`);
     expect((await settle(pause.body.operation.id)).status).toBe('succeeded');

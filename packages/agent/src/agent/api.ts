@@ -14,6 +14,7 @@ import {
   NqvmError,
   SIGNATURE_HEADER,
   TIMESTAMP_HEADER,
+  VmMetrics,
   verifyManagerSignature,
 } from '@nqvm/api';
 import Fastify, {
@@ -189,6 +190,16 @@ export async function buildAgentApi(deps: AgentApiDeps): Promise<FastifyInstance
       const tail = await deps.vms.consoleTail(req.params.id, req.query.tail);
       if (!tail) throw new NotFoundError('VM_NOT_FOUND', 'VM', req.params.id);
       return reply.type('application/octet-stream').send(tail);
+    },
+  );
+
+  app.get(
+    '/v1/vms/:id/metrics',
+    { schema: { params: VmIdParams, response: { 200: VmMetrics } } },
+    async (req) => {
+      const metrics = await deps.vms.metrics(req.params.id);
+      if (!metrics) throw new NotFoundError('VM_NOT_FOUND', 'VM', req.params.id);
+      return metrics;
     },
   );
 

@@ -3,7 +3,7 @@
  * found in the state directory, and the reports heartbeats carry. A deleted VM is reported as
  * `deleted` until a heartbeat carrying that report succeeds, then forgotten.
  */
-import { type AgentVmCommand, type AgentVmReport, SIGNATURE_MAX_SKEW_MS } from '@nqvm/api';
+import { type AgentVmCommand, type AgentVmReport, SIGNATURE_MAX_SKEW_MS, type VmMetrics } from '@nqvm/api';
 import { type AgentLogger, errorMessage } from './logger';
 import { listVmIds } from './state-files';
 import { truncateError, VmRuntime, type VmRuntimeDeps } from './vm-runtime';
@@ -59,6 +59,12 @@ export class VmRegistry {
   async consoleTail(id: string, bytes: number): Promise<Buffer | null> {
     const vm = this.vms.get(id);
     return vm ? vm.consoleTail(bytes) : null;
+  }
+
+  /** The VMM's metrics; null for an unknown VM. */
+  async metrics(id: string): Promise<VmMetrics | null> {
+    const vm = this.vms.get(id);
+    return vm ? vm.metrics() : null;
   }
 
   /**

@@ -6,7 +6,8 @@
 import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { AgentVmCommand, type AgentVmReport, type AgentVmState } from '@nqvm/api';
+import { AgentVmCommand, type AgentVmReport, type AgentVmState, type VmMetrics } from '@nqvm/api';
+import { readFirecrackerMetrics } from '../drivers/firecracker/metrics';
 import type { RunRecord, ShutdownOptions, VmExit, VmHandle, VmmDriver, VmmKind } from '../drivers/types';
 import { isSameProcessRunning } from '../host/proc';
 import type { DriverSet } from './driver-set';
@@ -92,6 +93,18 @@ export class VmRuntime {
       vmm: this.vmm,
       pid: this.handle?.record.pid ?? null,
     };
+  }
+
+  /** The VMM's own metrics while it runs (Firecracker's metrics file); null otherwise. */
+  async metrics(): Promise<VmMetrics> {
+    const handle = this.handle;
+    if (!handle || handle.record.kind !== 'firecracker') return { vmm: this.vmm, metrics: null };
+    // Firecracker writes a metrics line every 60 s; a flush makes the answer current.
+    const driver = this.deps.drivers.get('firecracker') as
+      | { flushMetrics?: (h: VmHandle) => Promise<void> }
+      | undefined;
+    await driver?.flushMetrics?.(handle).catch(() => {});
+    return { vmm: 'firecracker', metrics: await readFirecrackerMetrics(handle.record) };
   }
 
   /** Recent console output (of the last run when the VM is down); empty when there is none. */

@@ -8,6 +8,7 @@ import {
   NqvmError,
   ServiceUnavailableError,
   signManagerRequest,
+  VmMetrics,
 } from '@nqvm/api';
 import type { ManagerKey } from './manager-key';
 
@@ -56,6 +57,11 @@ export class AgentClient {
 
   async deleteVm(address: string, vmId: string): Promise<void> {
     await this.expectOk(await this.request(address, 'DELETE', `/v1/vms/${vmId}`), 'VM delete');
+  }
+
+  async metrics(address: string, vmId: string): Promise<VmMetrics> {
+    const res = await this.expectOk(await this.request(address, 'GET', `/v1/vms/${vmId}/metrics`), 'metrics');
+    return VmMetrics.parse(await res.json());
   }
 
   async consoleTail(address: string, vmId: string, bytes: number): Promise<Buffer> {

@@ -7,6 +7,7 @@ import {
   VmActionResponse,
   VmCreate,
   VmListQuery,
+  VmMetrics,
   VmPatch,
   VmStop,
 } from '@nqvm/api';
@@ -150,6 +151,28 @@ export function vmConsoleRoutes(app: App, s: Services): void {
       const host = await s.hosts.getRow(vm.host_id);
       const bytes = await s.agents.consoleTail(host.address, vm.id, req.query.tail);
       return reply.type('application/octet-stream').send(bytes);
+    },
+  );
+
+  app.get(
+    '/api/v1/vms/:id/metrics',
+    {
+      config: { access: 'viewer' },
+      schema: {
+        tags: ['vms'],
+        summary: "The VMM's own metrics for a running VM (Firecracker's metrics; null for QEMU)",
+        params: IdParams,
+        response: { 200: VmMetrics },
+      },
+    },
+    async (req) => {
+      const vm = await s.vms.getRow(req.params.id);
+      if (!vm.host_id)
+        throw new ConflictError('VM_INVALID_STATE', 'the VM has not been placed on a host yet', {
+          state: vm.state,
+        });
+      const host = await s.hosts.getRow(vm.host_id);
+      return s.agents.metrics(host.address, vm.id);
     },
   );
 }
