@@ -196,12 +196,25 @@ describe('ConsoleHub', () => {
   });
 
   it('does not deliver twice what arrived live while the log was being read', async () => {
+    // A re-attach (the log holds earlier output): the hub lets the log settle, and output that
+    // arrives meanwhile reaches it both live and through the log.
+    fake.output('before the agent restarted\n');
     const hub = newHub({ attachSettleMs: 100 });
     const attaching = hub.attach();
     await until(() => fake.client !== null);
     fake.output('during attach\n');
     await attaching;
-    expect(hub.tail().toString()).toBe('during attach\n');
+    expect(hub.tail().toString()).toBe('before the agent restarted\nduring attach\n');
+  });
+
+  it('does not wait for the log to settle when attaching to a VMM started just now', async () => {
+    fake.output('the previous run of this VM\n');
+    const hub = newHub({ attachSettleMs: 2_000 });
+    const started = Date.now();
+    await hub.attach({ freshVmm: true });
+    expect(Date.now() - started).toBeLessThan(1_000);
+    fake.output('first words\n');
+    await until(() => hub.tail().toString() === 'the previous run of this VM\nfirst words\n');
   });
 
   it('reconnects after the connection drops and catches up from the log', async () => {

@@ -94,17 +94,17 @@ export class ConsoleHub {
    * await hub.attach();
    * hub.subscribe({ onData: (c) => ws.send(c), pendingBytes: () => ws.bufferedAmount }, { replayBytes: 64 * 1024 });
    */
-  async attach(opts: { timeoutMs?: number } = {}): Promise<void> {
+  async attach(opts: { timeoutMs?: number; freshVmm?: boolean } = {}): Promise<void> {
     const deadline = Date.now() + (opts.timeoutMs ?? 5_000);
     let lastError: unknown;
     while (!this.isClosed) {
       try {
-        await this.connectOnce();
+        await this.connectOnce(!opts.freshVmm);
         return;
       } catch (err) {
         lastError = err;
         if (Date.now() >= deadline) break;
-        await sleep(50);
+        await sleep(5);
       }
     }
     if (this.isClosed) throw new Error('console hub closed while attaching');
@@ -209,7 +209,8 @@ export class ConsoleHub {
     await this.rotating?.catch(() => {});
   }
 
-  private async connectOnce(): Promise<void> {
+  /** `settle`: a VMM that ran before this attach may have output the log has not caught up with. */
+  private async connectOnce(settle = true): Promise<void> {
     const socket = createConnection({ path: this.opts.socketPath });
     await new Promise<void>((resolve, reject) => {
       socket.once('connect', resolve);
@@ -233,7 +234,9 @@ export class ConsoleHub {
     this.isConnected = true;
     try {
       if (this.opts.logPath) {
-        await sleep(this.opts.attachSettleMs);
+        // On a re-attach, let the log catch up with what the socket sent; a VMM started just now
+        // has written nothing before this connection, and its boot must not wait.
+        if (settle) await sleep(this.opts.attachSettleMs);
         await this.rotateNow().catch((err: unknown) => {
           this.opts.logger?.warn({ err, log: this.opts.logPath }, 'console log rotation failed');
         });

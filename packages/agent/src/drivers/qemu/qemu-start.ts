@@ -161,7 +161,7 @@ class QemuStart {
       if (spawnError) throw new Error(`cannot run ${this.binary}: ${(spawnError as Error).message}`);
       if (this.exited()) throw await this.vmmFailure('QEMU exited at start');
       if (Date.now() > deadline) throw await this.vmmFailure(`QEMU not up within ${startTimeoutMs} ms`);
-      await sleep(10);
+      await sleep(2);
     }
     const started = proc.pid !== undefined ? await readProcStartTime(proc.pid) : null;
     if (started === null) throw await this.vmmFailure('QEMU exited at start');
@@ -175,11 +175,22 @@ class QemuStart {
   }
 
   private async connectQmp(): Promise<void> {
+    const deadline = Date.now() + this.o.startTimeoutMs;
     try {
-      this.qmp = await QmpClient.connect(this.paths.qmpSocket, {
-        timeoutMs: this.o.startTimeoutMs,
-        commandTimeoutMs: this.o.qmpCommandTimeoutMs,
-      });
+      for (;;) {
+        try {
+          this.qmp = await QmpClient.connect(this.paths.qmpSocket, {
+            timeoutMs: this.o.startTimeoutMs,
+            commandTimeoutMs: this.o.qmpCommandTimeoutMs,
+          });
+          break;
+        } catch (err) {
+          // The socket file exists from bind(); QEMU may not listen on it yet, on a busy host.
+          if (!/ECONNREFUSED|ENOENT/.test((err as Error).message) || Date.now() > deadline || this.exited())
+            throw err;
+          await sleep(2);
+        }
+      }
       await this.qmp.execute('query-status');
     } catch (err) {
       // QEMU creates the socket before it loads the kernel; a kernel it rejects ends it here.
@@ -196,7 +207,7 @@ class QemuStart {
 
   private async attachConsole(): Promise<void> {
     this.hub = this.o.newConsoleHub(this.paths.consoleSocket, this.paths.consoleLog);
-    await this.hub.attach({ timeoutMs: this.o.startTimeoutMs });
+    await this.hub.attach({ timeoutMs: this.o.startTimeoutMs, freshVmm: true });
   }
 
   private async resumeVm(): Promise<void> {
