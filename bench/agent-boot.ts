@@ -303,6 +303,48 @@ async function handBoot(cmdline: string[], vmDirOfNqvm: string, rootfs: string):
   }
 }
 
+/** The same QEMU argv by hand: spawn -> first QMP greeting (QEMU's own start, no guest boot). */
+async function handQmpReady(cmdline: string[], vmDirOfNqvm: string, rootfs: string): Promise<number> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nqvm-bench-qmp-'));
+  tempDirs.push(dir);
+  const args = cmdline.slice(1).map((a) => a.split(vmDirOfNqvm).join(dir));
+  execFileSync('qemu-img', [
+    'create',
+    '-q',
+    '-f',
+    'qcow2',
+    '-F',
+    'raw',
+    '-b',
+    rootfs,
+    path.join(dir, 'root.qcow2'),
+  ]);
+  const qmp = path.join(dir, 'qmp.sock');
+  const start = now();
+  const q = spawn(cmdline[0]!, args, { stdio: 'ignore' });
+  handQemus.add(q);
+  try {
+    return await waitFor(
+      () =>
+        new Promise<number | null>((resolve) => {
+          const c = net.connect(qmp);
+          c.once('data', () => {
+            resolve(now() - start);
+            c.destroy();
+          });
+          c.once('error', () => resolve(null));
+        }),
+      10_000,
+      'hand-run QMP greeting',
+    );
+  } finally {
+    const gone = new Promise((r) => q.once('exit', r));
+    q.kill('SIGKILL');
+    await gone;
+    handQemus.delete(q);
+  }
+}
+
 // ---- P7: per running VM -------------------------------------------------------------------
 
 async function sampleRss(pid: number, n = 10): Promise<number> {
@@ -369,6 +411,10 @@ async function main(): Promise<void> {
     hand.push(await handBoot(cmdline, cmdlineDir, guest.rootfs));
     process.stderr.write(`E2E ${i + 1}/${E2E}: nqvm ${ms(nq[i]!)}, hand ${ms(hand[i]!)}\n`);
   }
+
+  const qemuAlone: number[] = [];
+  if (cmdline.length)
+    for (let i = 0; i < 10; i++) qemuAlone.push(await handQmpReady(cmdline, cmdlineDir, guest.rootfs));
 
   // P7: agent with 0 VMs, then with N VMs booted (at most 2 booting at once).
   await sleep(1500);
@@ -465,6 +511,15 @@ async function main(): Promise<void> {
   out.push(
     `    Goal p50 <= ${GOAL_P50} ms, p99 <= ${GOAL_P99} ms:  own span p50 ${ms(ownP50)} (${(ownP50 / GOAL_P50).toFixed(2)}x goal), p99 ${ms(ownP99)} (${(ownP99 / GOAL_P99).toFixed(2)}x goal)`,
   );
+  if (qemuAlone.length) {
+    const alone = pct(qemuAlone, 50);
+    out.push(
+      `    QEMU alone, same argv by hand, spawn -> QMP greeting: p50 ${ms(alone)} (${qemuAlone.length} runs).`,
+    );
+    out.push(
+      `    nqvm's share (own span minus QEMU alone): p50 ${ms(ownP50 - alone)}, p99 ${ms(ownP99 - alone)}`,
+    );
+  }
   out.push(
     `    As the API reports it (operation created -> succeeded): p50 ${ms(serverP50)} (${(serverP50 / GOAL_P50).toFixed(2)}x), p99 ${ms(serverP99)} (${(serverP99 / GOAL_P99).toFixed(2)}x)`,
   );
