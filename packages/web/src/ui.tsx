@@ -341,3 +341,39 @@ export function Toasts() {
     </div>
   );
 }
+
+/** A secret shown once after it was created (API token, join token), with a copy button. */
+export function SecretOnceModal({
+  title,
+  label,
+  secret,
+  onClose,
+  children,
+}: {
+  title: string;
+  label: string;
+  secret: string | null;
+  onClose: () => void;
+  children?: ReactNode;
+}) {
+  return (
+    <Modal
+      open={secret !== null}
+      title={title}
+      onClose={onClose}
+      footer={
+        <button type="button" className="btn btn-primary" onClick={onClose}>
+          Done
+        </button>
+      }
+    >
+      {secret !== null ? (
+        <div className="stack" data-testid="secret-once">
+          <div className="alert alert-warn">Copy it now: it is not shown again.</div>
+          <CopyField label={label} value={secret} />
+          {children}
+        </div>
+      ) : null}
+    </Modal>
+  );
+}

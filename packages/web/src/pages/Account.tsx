@@ -5,7 +5,7 @@ import { formatTime, ROLES, timeAgo, useNow } from '../format';
 import { keys, roleAtLeast, useTokens, useUsers } from '../queries';
 import { navigate } from '../router';
 import type { ApiToken, ApiTokenCreated, Me, Role } from '../types';
-import { Badge, ConfirmDialog, CopyField, Empty, ErrorBox, Field, Loading, Modal, toast } from '../ui';
+import { Badge, ConfirmDialog, Empty, ErrorBox, Field, Loading, Modal, SecretOnceModal, toast } from '../ui';
 
 const NAME_RE = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/;
 
@@ -201,27 +201,19 @@ function Tokens({ me }: { me: Me }) {
       ) : null}
 
       <CreateToken me={me} open={creating} onClose={() => setCreating(false)} onCreated={setCreated} />
-      <Modal
-        open={created !== null}
+      <SecretOnceModal
         title="API token created"
+        label="API token"
+        secret={created?.token ?? null}
         onClose={() => setCreated(null)}
-        footer={
-          <button type="button" className="btn btn-primary" onClick={() => setCreated(null)}>
-            Done
-          </button>
-        }
       >
         {created ? (
-          <div className="stack" data-testid="secret-once">
-            <div className="alert alert-warn">Copy it now: it is not shown again.</div>
-            <CopyField label="API token" value={created.token} />
-            <p className="small muted">
-              Role {created.role}
-              {created.expires_at ? `, expires ${formatTime(created.expires_at)}` : ', never expires'}.
-            </p>
-          </div>
+          <p className="small muted">
+            Role {created.role}
+            {created.expires_at ? `, expires ${formatTime(created.expires_at)}` : ', never expires'}.
+          </p>
         ) : null}
-      </Modal>
+      </SecretOnceModal>
       <ConfirmDialog
         open={revoking !== null}
         title={`Revoke token ${revoking?.name ?? ''}`}

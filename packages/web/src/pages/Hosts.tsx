@@ -14,6 +14,7 @@ import {
   Field,
   Loading,
   Modal,
+  SecretOnceModal,
   toast,
   toastError,
 } from '../ui';
@@ -298,28 +299,22 @@ function JoinTokens() {
         </form>
       </Modal>
 
-      <Modal
-        open={created !== null}
+      <SecretOnceModal
         title="Join token created"
+        label="Join token"
+        secret={created?.token ?? null}
         onClose={() => setCreated(null)}
-        footer={
-          <button type="button" className="btn btn-primary" onClick={() => setCreated(null)}>
-            Done
-          </button>
-        }
       >
         {created ? (
-          <div className="stack" data-testid="secret-once">
-            <div className="alert alert-warn">Copy it now: it is not shown again.</div>
-            <CopyField label="Join token" value={created.token} />
+          <>
             <p className="small muted">On the new host, as root:</p>
             <CopyField
               label="Agent command"
               value={`nqvm agent --manager ${location.origin} --join-token ${created.token}`}
             />
-          </div>
+          </>
         ) : null}
-      </Modal>
+      </SecretOnceModal>
 
       <ConfirmDialog
         open={revoke !== null}
