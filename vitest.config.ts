@@ -5,6 +5,11 @@ const heavy = [
   'packages/testkit/src/guest/boot.test.ts',
   'packages/agent/src/drivers/qemu/qemu-driver.test.ts',
   'packages/agent/src/agent/qemu.test.ts',
+  'packages/agent/src/agent/qemu-snapshots.test.ts',
+  'packages/agent/src/agent/qemu-containers.test.ts',
+  // Root, network namespaces, nft and dnsmasq; the guests file boots real VMs on TAPs.
+  'packages/agent/src/network/host-network.netns.test.ts',
+  'packages/agent/src/network/host-network.guests.test.ts',
   'packages/cli/test/**/*.test.ts',
   'packages/web/test/web-ui.test.ts',
 ];

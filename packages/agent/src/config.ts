@@ -8,6 +8,7 @@ import path from 'node:path';
 import {
   ConfigError,
   defaultDataDir,
+  envBool,
   envHostPort,
   envLogLevel,
   envPositiveInt,
@@ -44,10 +45,16 @@ const AgentEnv = z.object({
     .string()
     .regex(/^[a-z0-9]{1,4}$/, '1-4 of [a-z0-9]')
     .default('nq'),
+  NQVM_AGENT_NETNS: z
+    .string()
+    .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/, 'a network namespace name under /run/netns')
+    .optional(),
   QEMU_BIN: z.string().min(1).optional(),
   FIRECRACKER_BIN: z.string().min(1).optional(),
   JAILER_BIN: z.string().min(1).optional(),
+  NQVM_FC_TRACK_DIRTY_PAGES: envBool.default(false),
   NQVM_HEARTBEAT_INTERVAL_S: envPositiveInt.default(5),
+  NQVM_AGENT_IMAGE_CACHE_MAX_MIB: envPositiveInt.default(20_480),
   NQVM_LOG_LEVEL: envLogLevel,
 });
 
@@ -70,11 +77,17 @@ export interface AgentConfig {
   caps: { vcpu: number | null; memMib: number | null; diskMib: number | null };
   /** Host-unique prefix of every name the agent creates on the host (TAPs, nft tables). */
   hostPrefix: string;
+  /** A network namespace (under /run/netns) VM networks and QEMU live in; null: the agent's own. */
+  netns: string | null;
   qemuBin: string | null;
   firecrackerBin: string | null;
   jailerBin: string | null;
+  /** Firecracker VMs boot with dirty page tracking: Diff snapshots on every version (1.13+ has them anyway). */
+  fcTrackDirtyPages: boolean;
   /** Heartbeat period until the manager says otherwise. */
   heartbeatIntervalS: number;
+  /** Bound of the images fetched from the manager (`<stateDir>/images`); unused ones go first. */
+  imageCacheMaxMib: number;
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 }
 
@@ -106,10 +119,13 @@ export function loadAgentConfig(env: NodeJS.ProcessEnv = process.env): AgentConf
       diskMib: e.NQVM_AGENT_MAX_DISK_MIB ?? null,
     },
     hostPrefix: e.NQVM_HOST_PREFIX,
+    netns: e.NQVM_AGENT_NETNS ?? null,
     qemuBin: e.QEMU_BIN ?? null,
     firecrackerBin: e.FIRECRACKER_BIN ?? null,
     jailerBin: e.JAILER_BIN ?? null,
+    fcTrackDirtyPages: e.NQVM_FC_TRACK_DIRTY_PAGES,
     heartbeatIntervalS: e.NQVM_HEARTBEAT_INTERVAL_S,
+    imageCacheMaxMib: e.NQVM_AGENT_IMAGE_CACHE_MAX_MIB,
     logLevel: e.NQVM_LOG_LEVEL,
   };
 }
@@ -117,7 +133,11 @@ export function loadAgentConfig(env: NodeJS.ProcessEnv = process.env): AgentConf
 /** Rows for the README's configuration table. */
 export const agentConfigDoc: Array<[string, string, string]> = [
   ['AGENT_BIND', '127.0.0.1:9090', 'address and port of the agent API (the manager calls it)'],
-  ['FC_RUN_DIR', '$NQVM_DATA_DIR/agent', 'agent state: identity.json and one folder per VM'],
+  [
+    'FC_RUN_DIR',
+    '$NQVM_DATA_DIR/agent',
+    'agent state: identity.json, one folder per VM, the image cache (images/) and volumes (volumes/)',
+  ],
   ['FC_BRIDGE', 'fcbr0', 'bridge VM NICs attach to'],
   ['MANAGER_BASE', '(from identity.json)', 'manager URL; required for the first registration'],
   ['NQVM_JOIN_TOKEN', '(none)', 'join token from `POST /api/v1/join-tokens`; needed once, to register'],
@@ -130,6 +150,16 @@ export const agentConfigDoc: Array<[string, string, string]> = [
   ],
   ['NQVM_HOST_PREFIX', 'nq', 'host-unique prefix (1-4 of [a-z0-9]) of TAPs and other host names'],
   ['QEMU_BIN / FIRECRACKER_BIN / JAILER_BIN', '(from PATH)', 'VMM binaries'],
+  [
+    'NQVM_FC_TRACK_DIRTY_PAGES',
+    'false',
+    'boot Firecracker VMs with dirty page tracking: small Diff snapshots on every version (a little slower guest memory writes)',
+  ],
   ['NQVM_HEARTBEAT_INTERVAL_S', '5', 'heartbeat period until the manager answers its own'],
+  [
+    'NQVM_AGENT_IMAGE_CACHE_MAX_MIB',
+    '20480',
+    'size limit of the images fetched from the manager; least recently used images no VM uses are evicted',
+  ],
   ['NQVM_LOG_LEVEL', 'info', 'fatal, error, warn, info, debug, trace or silent'],
 ];

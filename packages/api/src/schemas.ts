@@ -91,6 +91,9 @@ export const GuestConfig = z.object({
   has_user_data: z.boolean(),
 });
 
+/** Data disks one VM takes at most. */
+export const MAX_VM_VOLUMES = 16;
+
 export const VmNetworkInput = z.strictObject({ network_id: Uuid, ip: z.ipv4().optional() });
 
 export const VmCreate = z.strictObject({
@@ -103,7 +106,17 @@ export const VmCreate = z.strictObject({
   disk_size_mib: z.number().int().min(16).max(4_194_304).optional(),
   boot_args: z.string().max(2048).optional(),
   vmm: Vmm.optional(),
-  networks: z.array(VmNetworkInput).max(8).default([]),
+  networks: z
+    .array(VmNetworkInput)
+    .max(8)
+    .optional()
+    .describe('one NIC per entry; omitted: one NIC on the default network, if there is one; []: none'),
+  volumes: z
+    .array(z.strictObject({ volume_id: Uuid }))
+    .max(MAX_VM_VOLUMES)
+    .refine((v) => new Set(v.map((x) => x.volume_id)).size === v.length, 'each volume at most once')
+    .default([])
+    .describe('available volumes to attach (by id)'),
   guest_config: GuestConfigInput.optional(),
   restart_policy: RestartPolicy.default('never'),
   labels: Labels.default({}),
@@ -140,6 +153,7 @@ export const Vm = z.object({
   boot_args: z.string().nullable(),
   vmm: Vmm.nullable(),
   networks: z.array(z.object({ network_id: Uuid, ip: z.string().nullable(), mac: z.string().nullable() })),
+  volumes: z.array(z.object({ id: Uuid, name: z.string(), size_mib: z.number().int() })),
   guest_config: GuestConfig,
   restart_policy: RestartPolicy,
   labels: z.record(z.string(), z.string()),
@@ -160,7 +174,13 @@ export const VmListQuery = ListQuery.extend({
     .optional(),
 });
 
-export const DeleteVmQuery = z.object({ force: z.enum(['true', 'false']).optional() });
+export const DeleteVmQuery = z.object({
+  force: z.enum(['true', 'false']).optional(),
+  delete_volumes: z
+    .enum(['true', 'false'])
+    .optional()
+    .describe('delete the attached volumes too (otherwise only those with delete_with_vm)'),
+});
 
 // ---- operations -------------------------------------------------------------------------
 
@@ -288,6 +308,25 @@ export const AgentVmReport = z.object({
   error: z.string().max(2000).nullable().default(null),
   vmm: Vmm.nullable().default(null),
   pid: z.number().int().nullable().default(null),
+  /** Addresses the agent found for NICs the manager gave none (bridged networks). */
+  nics: z
+    .array(z.object({ nic_index: z.number().int().min(0).max(31), ip: z.ipv4().nullable() }))
+    .max(32)
+    .optional(),
+  /** Container VMs: the process the init runs, as the guest agent reported it. */
+  container: z
+    .object({
+      /** Whether the process has started in the VM's current run (and not exited). */
+      running: z.boolean(),
+      exit: z
+        .object({ kind: z.enum(['exited', 'signal', 'unstartable']), value: z.number().int() })
+        .nullable(),
+      started_at: Timestamp.nullable(),
+      finished_at: Timestamp.nullable(),
+      /** Starts by the restart policy since the container was created. */
+      restarts: z.number().int().min(0),
+    })
+    .optional(),
 });
 export type AgentVmReport = z.infer<typeof AgentVmReport>;
 

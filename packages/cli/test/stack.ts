@@ -7,11 +7,45 @@ import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { registerPathImage } from '@nqvm/manager/images/images';
-import { ensureTestGuest, qemuPidsOf } from '@nqvm/testkit';
+import { ensureContainerInit, ensureTestGuest, qemuPidsOf } from '@nqvm/testkit';
 import { client, startManager, type TestManager } from '../../manager/test/harness';
 
-const NQVM = path.resolve(__dirname, '..', 'bin', 'nqvm.mjs');
+export const NQVM = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', 'bin', 'nqvm.mjs');
+
+export interface CliRun {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/**
+ * Runs the built `nqvm` as a separate process against `t` as its admin (NQVM_URL, NQVM_TOKEN, no
+ * colour); `input` is its whole standard input (a pipe, so never a terminal).
+ */
+export function cli(t: TestManager) {
+  return (args: string[], opts: { input?: string } = {}): Promise<CliRun> =>
+    new Promise((resolve, reject) => {
+      const p = spawn(process.execPath, [NQVM, ...args], {
+        env: {
+          ...process.env,
+          NQVM_CONFIG: path.join(t.dataDir, 'cli-config.json'),
+          NQVM_URL: t.url,
+          NQVM_TOKEN: t.adminToken,
+          NO_COLOR: '1',
+        },
+        stdio: ['pipe', 'pipe', 'pipe'],
+      });
+      let stdout = '';
+      let stderr = '';
+      p.stdout.on('data', (d) => (stdout += d));
+      p.stderr.on('data', (d) => (stderr += d));
+      p.on('error', reject);
+      p.on('close', (code) => resolve({ code: code ?? -1, stdout, stderr }));
+      p.stdin.end(opts.input ?? '');
+    });
+}
 
 export interface AgentProcess {
   name: string;
@@ -22,13 +56,24 @@ export interface AgentProcess {
   hostId: () => Promise<string>;
 }
 
-export async function startStack(env: Record<string, string> = {}) {
+/** The initrd image containers boot with (nqvm's container init), by the name the manager looks for. */
+export const CONTAINER_INIT_IMAGE = 'builtin-container-init';
+
+/**
+ * A manager with the test guest's images as the defaults; with `containers`, also the container
+ * init (as `builtin-container-init`), so OCI images run as containers.
+ */
+export async function startStack(env: Record<string, string> = {}, opts: { containers?: boolean } = {}) {
   const t = await startManager('sqlite', { NQVM_HEARTBEAT_INTERVAL_S: '1', ...env });
   const guest = await ensureTestGuest();
   const store = t.manager.services.store;
   await registerPathImage(store, { name: 'kernel', kind: 'kernel', path: guest.kernel, isDefault: true });
   await registerPathImage(store, { name: 'initrd', kind: 'initrd', path: guest.initrd, isDefault: true });
   await registerPathImage(store, { name: 'rootfs', kind: 'rootfs', path: guest.rootfs, isDefault: true });
+  if (opts.containers) {
+    const init = await ensureContainerInit();
+    await registerPathImage(store, { name: CONTAINER_INIT_IMAGE, kind: 'initrd', path: init.initrd });
+  }
   return { t, api: client(t.url, t.adminToken), guest };
 }
 

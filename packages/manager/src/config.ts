@@ -24,6 +24,7 @@ const ManagerEnv = z.object({
   MANAGER_BIND: envHostPort.default('127.0.0.1:8080'),
   MANAGER_IMAGE_ROOT: z.string().min(1).optional(),
   MANAGER_ALLOW_IMAGE_PATHS: envBool.default(false),
+  MANAGER_IMAGE_MAX_BYTES: envPositiveInt.default(64 * 1024 ** 3),
   NQVM_DATA_DIR: z.string().min(1).optional(),
   NQVM_ADMIN_PASSWORD: z.string().min(8, 'at least 8 characters').optional(),
   NQVM_TLS_CERT: z.string().min(1).optional(),
@@ -41,6 +42,8 @@ export interface ManagerConfig {
   bind: { host: string; port: number };
   imageRoot: string;
   allowImagePaths: boolean;
+  /** Largest image an upload or URL import may bring. */
+  imageMaxBytes: number;
   dataDir: string;
   adminPassword?: string;
   tls?: { certFile: string; keyFile: string };
@@ -69,6 +72,7 @@ export function loadManagerConfig(env: NodeJS.ProcessEnv = process.env): Manager
     bind: splitHostPort(e.MANAGER_BIND),
     imageRoot: path.resolve(e.MANAGER_IMAGE_ROOT ?? path.join(dataDir, 'images')),
     allowImagePaths: e.MANAGER_ALLOW_IMAGE_PATHS,
+    imageMaxBytes: e.MANAGER_IMAGE_MAX_BYTES,
     dataDir,
     adminPassword: e.NQVM_ADMIN_PASSWORD,
     tls:
@@ -96,6 +100,7 @@ export const managerConfigDoc: Array<[string, string, string]> = [
     'false',
     'allow registering images by host path (under MANAGER_IMAGE_ROOT only)',
   ],
+  ['MANAGER_IMAGE_MAX_BYTES', '68719476736 (64 GiB)', 'largest image an upload or URL import may bring'],
   ['NQVM_DATA_DIR', '/var/lib/nqvm (root) or ~/.local/share/nqvm', 'embedded store, keys and local state'],
   [
     'NQVM_ADMIN_PASSWORD',

@@ -11,6 +11,7 @@ import { LoginThrottle } from './auth/throttle';
 import { Users } from './auth/users';
 import { isoAfter } from './clock';
 import type { ManagerConfig } from './config';
+import { Containers } from './containers/containers';
 import { type Datastore, openDatastore } from './db/datastore';
 import { EventBus } from './events/bus';
 import { AgentClient } from './hosts/agent-client';
@@ -18,11 +19,18 @@ import { Hosts } from './hosts/hosts';
 import { loadOrCreateManagerKey } from './hosts/manager-key';
 import type { App } from './http/app-type';
 import { type BuildOptions, buildApp, type RegisteredRoute } from './http/server';
+import { ImageService } from './images/image-service';
+import { Networks } from './networks/networks';
+import { PortForwards } from './networks/port-forwards';
 import { Operations } from './operations/operations';
 import { Reconciler } from './reconciler/reconciler';
 import { Scheduler } from './scheduler/scheduler';
 import type { Services } from './services';
+import { Snapshots } from './snapshots/snapshots';
+import { Templates } from './templates/templates';
 import { Vms } from './vms/vms';
+import { publishVolumes } from './volumes/vm-volumes';
+import { Volumes } from './volumes/volumes';
 
 export const VERSION = '0.1.0';
 const EVENT_RETENTION_MS = 60 * 60_000;
@@ -57,27 +65,52 @@ export async function createManager(config: ManagerConfig, opts: ManagerOptions 
   }
   const vms = new Vms(store, bus, ops);
   const managerKey = loadOrCreateManagerKey(config.dataDir);
-  const scheduler = new Scheduler(store, config.vcpuOvercommit);
+  const scheduler = new Scheduler(store, config.vcpuOvercommit, {
+    onVolumesPinned: (ids) => publishVolumes(store.db, bus, ids),
+  });
   const agents = new AgentClient(managerKey);
   // One logger for the HTTP layer and the background loops, at NQVM_LOG_LEVEL.
   const log = pino({ level: config.logLevel });
+  const images = new ImageService(store, bus, ops, config, log);
+  const portForwards = new PortForwards(store, vms);
+  const reconciler = new Reconciler(store, vms, ops, scheduler, agents, log);
+  const hosts = new Hosts(store, bus, config.heartbeatIntervalS, fingerprint);
   const services: Services = {
     config,
     store,
     bus,
     ops,
     vms,
+    images,
+    volumes: new Volumes(store, bus, agents, vms, log),
+    templates: new Templates(store, bus, vms),
+    snapshots: new Snapshots(store, bus, ops, agents, vms, log),
+    containers: new Containers({
+      store,
+      bus,
+      ops,
+      vms,
+      images,
+      portForwards,
+      hosts,
+      agents,
+      reconciler,
+      log,
+    }),
+    networks: new Networks(store, bus),
+    portForwards,
     scheduler,
     agents,
-    reconciler: new Reconciler(store, vms, ops, scheduler, agents, log),
+    reconciler,
     users: new Users(store, bus, config.sessionTtlHours),
-    hosts: new Hosts(store, bus, config.heartbeatIntervalS, fingerprint),
+    hosts,
     audit: new AuditLog(store),
     throttle: new LoginThrottle(),
     managerKey,
     version: VERSION,
   };
   const firstAdmin = await services.users.ensureFirstAdmin(config.adminPassword);
+  services.images.start();
   const { app, routes } = await buildApp(services, { ...opts, https, logger: log });
 
   const interval = opts.loopIntervalMs ?? 1000;
@@ -87,19 +120,25 @@ export async function createManager(config: ManagerConfig, opts: ManagerOptions 
   const loop = async () => {
     try {
       await store.withSingletonLock('nqvm:reconciler', () => services.reconciler.pass());
+      await store.withSingletonLock('nqvm:volume-sweep', () => services.volumes.sweep());
+      await store.withSingletonLock('nqvm:snapshot-sweep', () => services.snapshots.sweep());
+      await store.withSingletonLock('nqvm:container-sweep', () => services.containers.sweep());
       await store.withSingletonLock('nqvm:health-sweep', async () => {
         for (const host of await services.hosts.sweep()) {
           if (host.status === 'ready') continue;
           for (const vm of await store.db
             .selectFrom('vms')
-            .select(['id', 'state'])
+            .select(['id', 'state', 'generation'])
             .where('host_id', '=', host.id)
             .execute()) {
-            if (vm.state !== 'unknown')
-              await services.vms.write(vm.id, {
-                state: 'unknown',
-                last_error: `host ${host.name} is ${host.status}`,
-              });
+            // A VM being deleted stays so: `deleting` is the delete's intent, which the host
+            // carries out when it is back.
+            if (vm.state === 'unknown' || vm.state === 'deleting') continue;
+            await services.vms.writeIf(
+              vm.id,
+              { state: vm.state, generation: vm.generation },
+              { state: 'unknown', last_error: `host ${host.name} is ${host.status}` },
+            );
           }
         }
       });
@@ -134,6 +173,8 @@ export async function createManager(config: ManagerConfig, opts: ManagerOptions 
     async close() {
       stopped = true;
       if (timer) clearTimeout(timer);
+      await services.containers.stop();
+      await services.images.stop();
       bus.stop();
       await app.close();
       if (!opts.store) await store.close();

@@ -338,3 +338,21 @@ export async function registerHost(
   const out = (await reg.json()) as { host_id: string; credential: string };
   return { hostId: out.host_id, credential: out.credential, joinToken: token, joinTokenId: id };
 }
+
+/**
+ * Polls `probe` until it answers something truthy. The bound is generous (60 s): these tests
+ * run against both datastores at once, in parallel with others, on 2-core machines.
+ */
+export async function until<T>(
+  what: string,
+  probe: () => Promise<T | undefined | null | false>,
+  ms = 60_000,
+): Promise<T> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const v = await probe();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}

@@ -1,3 +1,5 @@
 export * from './firecracker-sim';
 export * from './guest';
+export * from './netns';
+export * from './oci-registry';
 export * from './processes';

@@ -5,9 +5,15 @@ import { api, setCsrfToken, setUnauthorizedHandler } from './api';
 import { type LiveStatus, startLiveEvents } from './events';
 import { AccountPage } from './pages/Account';
 import { AuditPage } from './pages/Audit';
+import { ContainerDetailPage } from './pages/ContainerDetail';
+import { ContainersPage } from './pages/Containers';
 import { DashboardPage } from './pages/Dashboard';
 import { HostsPage } from './pages/Hosts';
+import { ImagesPage } from './pages/Images';
 import { LoginPage } from './pages/Login';
+import { NetworksPage } from './pages/Networks';
+import { SnapshotsPage } from './pages/Snapshots';
+import { TemplatesPage } from './pages/Templates';
 import { UsersPage } from './pages/Users';
 import { VmDetailPage } from './pages/VmDetail';
 import { VmListPage } from './pages/VmList';
@@ -62,6 +68,11 @@ interface NavItem {
 const NAV: NavItem[] = [
   { to: '/', label: 'Dashboard', role: 'viewer' },
   { to: '/vms', label: 'Virtual machines', role: 'viewer' },
+  { to: '/containers', label: 'Containers', role: 'viewer' },
+  { to: '/templates', label: 'Templates', role: 'viewer' },
+  { to: '/snapshots', label: 'Snapshots', role: 'viewer' },
+  { to: '/images', label: 'Images', role: 'viewer' },
+  { to: '/networks', label: 'Networks', role: 'viewer' },
   { to: '/hosts', label: 'Hosts', role: 'viewer' },
   { to: '/users', label: 'Users', role: 'admin' },
   { to: '/audit', label: 'Audit log', role: 'admin' },
@@ -147,6 +158,13 @@ function Page({ me, pathname }: { me: Me; pathname: string }) {
   if (pathname === '/vms') return <VmListPage />;
   const vm = match('/vms/:id/:tab?', pathname);
   if (vm) return <VmDetailPage id={vm.id!} tab={vm.tab ?? 'summary'} />;
+  if (pathname === '/containers') return <ContainersPage />;
+  const container = match('/containers/:id/:tab?', pathname);
+  if (container) return <ContainerDetailPage id={container.id!} tab={container.tab ?? 'overview'} />;
+  if (pathname === '/templates') return <TemplatesPage />;
+  if (pathname === '/snapshots') return <SnapshotsPage />;
+  if (pathname === '/images') return <ImagesPage />;
+  if (pathname === '/networks') return <NetworksPage />;
   if (pathname === '/hosts') return <HostsPage />;
   if (pathname === '/account') return <AccountPage me={me} />;
   if (pathname === '/users' && roleAtLeast(role, 'admin')) return <UsersPage me={me} />;

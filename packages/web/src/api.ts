@@ -83,6 +83,53 @@ export async function api<T>(method: string, path: string, body?: unknown, signa
   return (text ? JSON.parse(text) : undefined) as T;
 }
 
+/**
+ * Sends a file as the raw body of a POST with XMLHttpRequest, which (unlike fetch) reports
+ * upload progress; answers the JSON response or throws an ApiError with the API's message.
+ */
+export function uploadFile<T>(
+  path: string,
+  file: Blob,
+  onProgress: (sent: number, total: number) => void,
+  signal?: AbortSignal,
+): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open('POST', path);
+    xhr.withCredentials = true;
+    xhr.setRequestHeader('accept', 'application/json');
+    xhr.setRequestHeader('content-type', 'application/octet-stream');
+    const token = csrfToken();
+    if (token) xhr.setRequestHeader('x-csrf-token', token);
+    xhr.upload.onprogress = (e) => onProgress(e.loaded, e.lengthComputable ? e.total : file.size);
+    xhr.onerror = () =>
+      reject(new ApiError(0, 'NETWORK', 'the upload was interrupted; check your connection'));
+    xhr.onabort = () => reject(new DOMException('the upload was cancelled', 'AbortError'));
+    xhr.onload = () => {
+      let body: { error?: { code: string; message: string; details?: Record<string, unknown> } } | null =
+        null;
+      try {
+        body = xhr.responseText ? JSON.parse(xhr.responseText) : null;
+      } catch {
+        // not JSON: the status text stands
+      }
+      if (xhr.status >= 200 && xhr.status < 300) return resolve(body as T);
+      if (xhr.status === 401) onUnauthorized?.();
+      const e = body?.error;
+      reject(
+        new ApiError(
+          xhr.status,
+          e?.code ?? `HTTP_${xhr.status}`,
+          e?.message ?? (xhr.statusText || `the manager answered ${xhr.status}`),
+          e?.details,
+        ),
+      );
+    };
+    signal?.addEventListener('abort', () => xhr.abort(), { once: true });
+    xhr.send(file);
+  });
+}
+
 export const get = <T>(path: string, signal?: AbortSignal) => api<T>('GET', path, undefined, signal);
 
 export function withQuery(path: string, q: Record<string, string | number | undefined | null>): string {
@@ -135,4 +182,22 @@ export function errorMessage(err: unknown): string {
   }
   if (err instanceof Error) return err.message;
   return String(err);
+}
+
+/**
+ * The failing fields of a 400 under `prefix`, keyed by the rest of their path; the first message
+ * of each field wins.
+ * @example fieldErrors(err, 'body.overrides') // { vcpu: 'Too big: expected number to be <=32' }
+ */
+export function fieldErrors(err: unknown, prefix: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  const fields = err instanceof ApiError ? err.details?.fields : undefined;
+  if (!Array.isArray(fields)) return out;
+  for (const f of fields as { path?: string; message?: string }[]) {
+    const path = f.path ?? '';
+    if (!path.startsWith(`${prefix}.`)) continue;
+    const rest = path.slice(prefix.length + 1);
+    out[rest] ??= f.message ?? 'invalid';
+  }
+  return out;
 }

@@ -6,13 +6,34 @@
  */
 import type { QueryClient, QueryKey } from '@tanstack/react-query';
 import { keys, RECENT_OPS } from './queries';
-import type { ApiToken, Host, Operation, User, Vm } from './types';
+import type {
+  ApiToken,
+  Container,
+  Host,
+  Image,
+  Network,
+  Operation,
+  Snapshot,
+  Template,
+  User,
+  Vm,
+} from './types';
 
 export type LiveStatus = 'connecting' | 'live' | 'reconnecting';
 
-const EVENT_TYPES = ['vm', 'operation', 'host', 'user', 'token', 'image', 'network', 'join_token'].flatMap(
-  (r) => [`${r}.created`, `${r}.updated`, `${r}.deleted`],
-);
+const EVENT_TYPES = [
+  'vm',
+  'operation',
+  'host',
+  'user',
+  'token',
+  'image',
+  'network',
+  'join_token',
+  'template',
+  'snapshot',
+  'container',
+].flatMap((r) => [`${r}.created`, `${r}.updated`, `${r}.deleted`]);
 
 interface Identified {
   id: string;
@@ -66,6 +87,9 @@ export function applyEvent(qc: QueryClient, type: string, data: unknown): void {
       // refresh the hosts when a VM is placed, moved, or removed from a host.
       const before = qc.getQueryData<Vm[]>(keys.vms)?.find((v) => v.id === vm.id);
       if (vm.host_id !== (before?.host_id ?? null) || (removed && vm.host_id)) refreshSoon(qc, keys.hosts);
+      // A network's NIC count changes with its VMs, without a network event.
+      if (verb !== 'updated' || before?.networks.length !== vm.networks.length)
+        refreshSoon(qc, keys.networks);
       upsertLists(qc, keys.vms, vm, { remove: removed });
       if (removed) qc.setQueryData(keys.vm(vm.id), null);
       else if (qc.getQueryData(keys.vm(vm.id)) !== undefined) {
@@ -79,6 +103,46 @@ export function applyEvent(qc: QueryClient, type: string, data: unknown): void {
       const op = data as Operation;
       upsertLists(qc, keys.recentOps, op, { keep: RECENT_OPS });
       upsertLists(qc, keys.targetOps(op.target.id), op);
+      if (qc.getQueryData(keys.operation(op.id)) !== undefined)
+        qc.setQueryData<Operation>(keys.operation(op.id), (old) =>
+          old && old.updated_at > op.updated_at ? old : op,
+        );
+      break;
+    }
+    case 'image':
+      upsertLists(qc, keys.images, data as Image, { remove: removed });
+      // Making one image the default of its kind clears the flag on another without its own event.
+      if ((data as Image).is_default) refreshSoon(qc, keys.images);
+      break;
+    case 'network': {
+      const network = data as Network;
+      upsertLists(qc, keys.networks, network, { remove: removed });
+      if (network.is_default) refreshSoon(qc, keys.networks);
+      break;
+    }
+    case 'template':
+      upsertLists(qc, keys.templates, data as Template, { remove: removed });
+      break;
+    case 'snapshot': {
+      const snap = data as Snapshot;
+      upsertLists(qc, ['snapshots'], snap, {
+        remove: removed,
+        accept: (key) => key[1] === 'all' || key[1] === snap.vm_id,
+      });
+      if (qc.getQueryData(keys.snapshot(snap.id)) !== undefined)
+        qc.setQueryData<Snapshot | null>(keys.snapshot(snap.id), (old) =>
+          removed ? null : old && old.updated_at > snap.updated_at ? old : snap,
+        );
+      break;
+    }
+    case 'container': {
+      const c = data as Container;
+      upsertLists(qc, keys.containers, c, { remove: removed });
+      if (removed) qc.setQueryData(keys.container(c.id), null);
+      else if (qc.getQueryData(keys.container(c.id)) !== undefined)
+        qc.setQueryData<Container | null>(keys.container(c.id), (old) =>
+          old && old.updated_at > c.updated_at ? old : c,
+        );
       break;
     }
     case 'host':

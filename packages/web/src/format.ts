@@ -24,6 +24,19 @@ export function formatMib(mib: number): string {
   return `${mib} MiB`;
 }
 
+/** Bytes in binary units: "512 B", "1.5 MiB", "20 GiB"; "—" when unknown. */
+export function formatBytes(n: number | null | undefined): string {
+  if (n === null || n === undefined) return '—';
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let v = n;
+  let u = 0;
+  while (v >= 1024 && u < units.length - 1) {
+    v /= 1024;
+    u++;
+  }
+  return u === 0 ? `${v} B` : `${trim(v)} ${units[u]}`;
+}
+
 function trim(n: number): string {
   return n >= 100 ? n.toFixed(0) : n.toFixed(1).replace(/\.0$/, '');
 }
@@ -81,4 +94,14 @@ export function shortId(id: string): string {
 export function percent(used: number, total: number): number {
   if (total <= 0) return used > 0 ? 100 : 0;
   return Math.min(100, Math.round((used / total) * 100));
+}
+
+/** Seconds as "45 s", "12 min", "3 h 20 min", "2 d 4 h"; "—" when unknown. */
+export function formatDuration(seconds: number | null | undefined): string {
+  if (seconds === null || seconds === undefined || !Number.isFinite(seconds)) return '—';
+  const s = Math.max(0, Math.floor(seconds));
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min`;
+  if (s < 86_400) return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+  return `${Math.floor(s / 86_400)} d ${Math.floor((s % 86_400) / 3600)} h`;
 }

@@ -7,13 +7,17 @@ import { ApiError, get, listAll, listTail, withQuery } from './api';
 import type {
   ApiToken,
   AuditEvent,
+  Container,
+  ContainerStats,
   Host,
-  ImageSummary,
+  Image,
   JoinToken,
   Me,
+  Network,
   Operation,
-  Page,
   Role,
+  Snapshot,
+  Template,
   User,
   Vm,
 } from './types';
@@ -32,6 +36,15 @@ export const keys = {
   tokens: (scope: string) => ['tokens', scope] as const,
   audit: (action: string) => ['audit', action] as const,
   images: ['images'] as const,
+  networks: ['networks'] as const,
+  operation: (id: string) => ['operation', id] as const,
+  templates: ['templates'] as const,
+  /** scope: a VM id (that VM's snapshots) or "all". */
+  snapshots: (scope: string) => ['snapshots', scope] as const,
+  snapshot: (id: string) => ['snapshot', id] as const,
+  containers: ['containers'] as const,
+  container: (id: string) => ['container', id] as const,
+  containerStats: (id: string) => ['container-stats', id] as const,
 };
 
 export function createQueryClient(): QueryClient {
@@ -141,10 +154,82 @@ export const useAudit = (action: string) =>
     refetchInterval: 15_000,
   });
 
-/** Images: absent until the images API exists; the wizard hides its fields while this fails. */
+/** Images; the wizard hides its image fields while this fails. */
 export const useImages = () =>
   useQuery({
     queryKey: keys.images,
-    queryFn: async ({ signal }) => (await get<Page<ImageSummary>>('/api/v1/images?limit=500', signal)).items,
+    queryFn: ({ signal }) => listAll<Image>('/api/v1/images', signal),
     retry: false,
+  });
+
+/** Networks; the wizard hides its network field while this fails. */
+export const useNetworks = () =>
+  useQuery({
+    queryKey: keys.networks,
+    queryFn: ({ signal }) => listAll<Network>('/api/v1/networks', signal),
+    retry: false,
+  });
+
+export const useTemplates = () =>
+  useQuery({
+    queryKey: keys.templates,
+    queryFn: ({ signal }) => listAll<Template>('/api/v1/templates', signal),
+  });
+
+/** Snapshots of one VM, or of all VMs (scope "all"). */
+export const useSnapshots = (scope: string) =>
+  useQuery({
+    queryKey: keys.snapshots(scope),
+    queryFn: ({ signal }) =>
+      listAll<Snapshot>(
+        withQuery('/api/v1/snapshots', { vm_id: scope === 'all' ? undefined : scope }),
+        signal,
+      ),
+  });
+
+/** One snapshot, kept current by snapshot events (a dialog follows it while it is taken). */
+export const useSnapshot = (id: string | null) =>
+  useQuery<Snapshot | null>({
+    queryKey: keys.snapshot(id ?? ''),
+    enabled: id !== null,
+    queryFn: ({ signal }) => get<Snapshot>(`/api/v1/snapshots/${encodeURIComponent(id ?? '')}`, signal),
+  });
+
+export const useContainers = () =>
+  useQuery({
+    queryKey: keys.containers,
+    queryFn: ({ signal }) => listAll<Container>('/api/v1/containers', signal),
+  });
+
+/** One container, kept current by container events (null once it was deleted). */
+export function useContainer(id: string) {
+  const qc = useQueryClient();
+  return useQuery<Container | null>({
+    queryKey: keys.container(id),
+    queryFn: ({ signal }) => get<Container>(`/api/v1/containers/${encodeURIComponent(id)}`, signal),
+    placeholderData: () => qc.getQueryData<Container[]>(keys.containers)?.find((c) => c.id === id),
+  });
+}
+
+/** Stats are not on the event stream: polled while a component shows them (the stats tab). */
+export const useContainerStats = (id: string) =>
+  useQuery({
+    queryKey: keys.containerStats(id),
+    queryFn: ({ signal }) =>
+      get<ContainerStats>(`/api/v1/containers/${encodeURIComponent(id)}/stats`, signal),
+    staleTime: 0,
+    refetchInterval: 3000,
+    retry: false,
+  });
+
+const DONE: Operation['status'][] = ['succeeded', 'failed', 'cancelled'];
+export const opDone = (op: Operation | undefined | null) => !!op && DONE.includes(op.status);
+
+/** One operation, kept current by operation.updated events and, as a fallback, a long poll. */
+export const useOperation = (id: string | null) =>
+  useQuery({
+    queryKey: keys.operation(id ?? ''),
+    enabled: id !== null,
+    queryFn: ({ signal }) => get<Operation>(`/api/v1/operations/${encodeURIComponent(id ?? '')}`, signal),
+    refetchInterval: (q) => (opDone(q.state.data) ? false : 3000),
   });

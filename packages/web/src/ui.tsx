@@ -86,6 +86,39 @@ export function Bar({
   );
 }
 
+/** A determinate progress bar with a caption (upload bytes, an operation's percent). */
+export function ProgressBar({
+  label,
+  percent,
+  message,
+}: {
+  label: string;
+  percent: number;
+  message?: string;
+}) {
+  const p = Math.max(0, Math.min(100, Math.round(percent)));
+  return (
+    <div className="bar">
+      <div className="bar-head">
+        <span>{message || label}</span>
+        <span className="muted" data-testid="progress-percent">
+          {p}%
+        </span>
+      </div>
+      <div
+        className="bar-track"
+        role="progressbar"
+        aria-label={label}
+        aria-valuenow={p}
+        aria-valuemin={0}
+        aria-valuemax={100}
+      >
+        <div className="bar-fill bar-ok" style={{ width: `${p}%` }} />
+      </div>
+    </div>
+  );
+}
+
 export function ErrorBox({ error, title }: { error: unknown; title?: string }) {
   if (!error) return null;
   return (
@@ -120,6 +153,32 @@ export function Field({
       <label htmlFor={htmlFor}>{label}</label>
       {children}
       {hint ? <small className="muted">{hint}</small> : null}
+    </div>
+  );
+}
+
+/** A labelled field that shows its check's message in place of the hint. */
+export function ValidatedField({
+  label,
+  error,
+  hint,
+  render,
+}: {
+  label: string;
+  error?: string;
+  hint?: ReactNode;
+  render: (id: string) => ReactNode;
+}) {
+  const id = useId();
+  return (
+    <div className={`field${error ? ' invalid' : ''}`}>
+      <label htmlFor={id}>{label}</label>
+      {render(id)}
+      {error ? (
+        <small className="error-text">{error}</small>
+      ) : hint ? (
+        <small className="muted">{hint}</small>
+      ) : null}
     </div>
   );
 }

@@ -4,14 +4,20 @@
  * host's capacity and every VM's state. Stopping the agent never stops a VM.
  */
 import { createPublicKey, type KeyObject } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import os from 'node:os';
+import path from 'node:path';
 import type { AgentVmReport } from '@nqvm/api';
 import type { FastifyBaseLogger } from 'fastify';
 import { pino } from 'pino';
 import type { AgentConfig } from '../config';
 import type { VmmDriver } from '../drivers/types';
+import { type BlobSource, ImageCache } from '../images/image-cache';
+import { HostNetwork } from '../network';
+import { SnapshotStore } from '../snapshots/snapshot-store';
+import { VolumeStore } from '../volumes/volume-store';
 import { buildAgentApi } from './api';
 import { measureCapacity } from './capacity';
 import { defaultDrivers } from './default-drivers';
@@ -43,6 +49,8 @@ export interface AgentOptions {
   restartBackoff?: Partial<RestartBackoff>;
   /** Delay between a VM change and its heartbeat. Default 50 ms. */
   heartbeatDebounceMs?: number;
+  /** The host's networking; default one over the agent's state directory and host prefix. */
+  network?: HostNetwork;
   /** How long `close()` waits for VM work in flight before letting go. Default 10 s. */
   closeWaitMs?: number;
   version?: string;
@@ -94,10 +102,34 @@ export async function createAgent(config: AgentConfig, options: AgentOptions = {
   void drivers.all();
 
   let heartbeater: Heartbeater | null = null;
+  // Set once the manager client and credential are known; boots before that use shared paths only.
+  let blobSource: BlobSource | null = null;
+  const images = new ImageCache({
+    stateDir: config.stateDir,
+    maxBytes: config.imageCacheMaxMib * 1024 * 1024,
+    source: () => blobSource,
+    log,
+  });
+  const volumes = new VolumeStore(config.stateDir);
+  const snapshots = new SnapshotStore(config.stateDir);
+  for (const id of await snapshots.removeUnfinished())
+    log.warn({ snapshotId: id }, 'removed a snapshot the agent stopped in the middle of');
+  const network =
+    options.network ??
+    new HostNetwork({
+      stateDir: config.stateDir,
+      hostPrefix: config.hostPrefix,
+      ...(config.netns ? { netns: config.netns } : {}),
+    });
+  await restoreNetworking(network, config.stateDir, log);
   const registry = new VmRegistry(
     {
       stateDir: config.stateDir,
       drivers,
+      images,
+      volumes,
+      snapshots,
+      network,
       log,
       openConsole: options.openConsole ?? openVmConsole,
       backoff: { ...DEFAULT_RESTART_BACKOFF, ...options.restartBackoff },
@@ -110,7 +142,12 @@ export async function createAgent(config: AgentConfig, options: AgentOptions = {
   let identity: AgentIdentity | null = await loadIdentity(config.stateDir);
   const pinnedKey = options.managerPublicKey ?? identity?.manager_public_key;
   let managerKey: KeyObject | null = pinnedKey ? createPublicKey(pinnedKey) : null;
-  const app = await buildAgentApi({ vms: registry, managerKey: () => managerKey, logger: log });
+  const app = await buildAgentApi({
+    vms: registry,
+    volumes,
+    managerKey: () => managerKey,
+    logger: log,
+  });
   await app.listen({ host: config.bind.host, port: config.bind.port });
   const port = (app.server.address() as AddressInfo).port;
   const url = `http://${urlHost(config.bind.host)}:${port}`;
@@ -138,11 +175,12 @@ export async function createAgent(config: AgentConfig, options: AgentOptions = {
   let registered = false;
 
   const capacity = async () => measureCapacity(config.stateDir, config.caps, await drivers.all());
-  const collect = async (): Promise<HeartbeatBody> => ({
-    capacity: await capacity(),
-    agent_version: version,
-    vms: registry.reports(),
-  });
+  const collect = async (): Promise<HeartbeatBody> => {
+    await registry
+      .refreshAddresses()
+      .catch((err: unknown) => log.warn({ err: errorMessage(err) }, 'address lookup failed'));
+    return { capacity: await capacity(), agent_version: version, vms: registry.reports() };
+  };
 
   const register = async (managerBase: string, token: JoinToken): Promise<AgentIdentity> => {
     const c = new ManagerClient({ base: managerBase, tlsFingerprint: token.tlsFingerprint });
@@ -212,6 +250,7 @@ export async function createAgent(config: AgentConfig, options: AgentOptions = {
   }
 
   if (client && identity) {
+    blobSource = { open: (sha256) => client!.openImageBlob(identity!.credential, sha256) };
     const hb = new Heartbeater({
       client: () => client!,
       credential: () => identity!.credential,
@@ -254,4 +293,29 @@ export async function createAgent(config: AgentConfig, options: AgentOptions = {
     },
     close: () => shutdown({ reason: 'closed' }),
   };
+}
+
+/**
+ * Re-applies the networks, TAPs and port forwards this host held (after an agent restart or a
+ * host reboot): whatever is missing is made again. What cannot be applied is logged, and the
+ * VMs still start (a boot converges its own NICs again).
+ */
+async function restoreNetworking(
+  network: HostNetwork,
+  stateDir: string,
+  log: FastifyBaseLogger,
+): Promise<void> {
+  // A host that never had a VM NIC is left alone: no nftables table, no sysctl.
+  if (!existsSync(path.join(stateDir, 'network', 'state.json'))) return;
+  try {
+    const report = await network.reconcile();
+    if (report.actions.length) log.info({ actions: report.actions }, 'host networking restored');
+    for (const f of report.failures) log.warn(f, 'host network object not restored');
+    for (const w of report.warnings) log.warn(w, 'another firewall may drop VM traffic');
+    // A VMM still running on a TAP made anew holds the old, deleted device.
+    for (const t of report.createdTaps)
+      log.warn(t, 'a TAP was made anew: its VM has no network until it is restarted');
+  } catch (err) {
+    log.error({ err: errorMessage(err) }, 'cannot restore host networking');
+  }
 }

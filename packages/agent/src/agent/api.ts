@@ -4,11 +4,20 @@
  * and reported through heartbeats (and `GET /v1/vms`).
  */
 import type { KeyObject } from 'node:crypto';
+import { PassThrough } from 'node:stream';
 import {
+  AgentExec,
+  AgentExecResult,
+  AgentLogsQuery,
+  AgentSnapshot,
+  AgentSnapshotCreate,
+  AgentSnapshotList,
   AgentVmCommand,
   AgentVmList,
   AgentVmReport,
+  AgentVmStats,
   AuthenticationError,
+  ConflictError,
   checkSignatureHeaders,
   NotFoundError,
   NqvmError,
@@ -31,6 +40,10 @@ import {
   type ZodTypeProvider,
 } from 'fastify-type-provider-zod';
 import { z } from 'zod';
+import { formatLogLine } from '../containers/container-run';
+import type { VolumeStore } from '../volumes/volume-store';
+import { consoleWsRoutes, registerConsoleWebSocket } from './console-ws';
+import { execWsRoutes } from './exec-ws';
 import { isVmId } from './state-files';
 import type { VmRegistry } from './vm-registry';
 
@@ -40,12 +53,20 @@ export const CONSOLE_TAIL_MAX = 1024 * 1024;
 
 /** Lowercase only: the id names the VM's folder, so one VM has exactly one spelling. */
 const VmIdParams = z.object({ id: z.string().refine(isVmId, 'a lowercase UUID') });
+/** Volume and snapshot ids name files too: validated the same way before any path is built. */
+const VolumeIdParams = z.object({ id: z.string().refine(isVmId, 'a lowercase UUID') });
+const SnapshotIdParams = VolumeIdParams;
+const VmSnapshotParams = z.object({
+  id: z.string().refine(isVmId, 'a lowercase UUID'),
+  snapshot_id: z.string().refine(isVmId, 'a lowercase UUID'),
+});
 const ConsoleQuery = z.object({
   tail: z.coerce.number().int().min(0).max(CONSOLE_TAIL_MAX).default(CONSOLE_TAIL_DEFAULT),
 });
 
 export interface AgentApiDeps {
   vms: VmRegistry;
+  volumes: VolumeStore;
   /** The manager's public key; null before registration (then every signed route answers 401). */
   managerKey: () => KeyObject | null;
   logger: FastifyBaseLogger;
@@ -115,6 +136,7 @@ export async function buildAgentApi(deps: AgentApiDeps): Promise<FastifyInstance
   }).withTypeProvider<ZodTypeProvider>();
   app.setValidatorCompiler(validatorCompiler);
   app.setSerializerCompiler(serializerCompiler);
+  const consoleSessions = await registerConsoleWebSocket(app);
 
   // Bodies are kept as bytes: the signature covers them exactly as sent. JSON is parsed once
   // the signature holds, so an unsigned caller learns nothing from parse or validation errors.
@@ -202,6 +224,88 @@ export async function buildAgentApi(deps: AgentApiDeps): Promise<FastifyInstance
       return metrics;
     },
   );
+
+  // Removes a volume's file from this host (204 also when there is none: deletes are retried).
+  app.delete('/v1/volumes/:id', { schema: { params: VolumeIdParams } }, async (req, reply) => {
+    const user = deps.vms.volumeUser(req.params.id);
+    if (user) {
+      const message = `volume ${req.params.id} is attached to VM ${user}, which runs`;
+      throw new ConflictError('VOLUME_IN_USE', message, { vm_id: user });
+    }
+    await deps.volumes.remove(req.params.id);
+    return reply.status(204).send();
+  });
+
+  // A container's output as text lines; `follow` keeps the response open until the VM is down.
+  app.get(
+    '/v1/vms/:id/logs',
+    { schema: { params: VmIdParams, querystring: AgentLogsQuery } },
+    async (req, reply) => {
+      const vm = deps.vms.runtime(req.params.id);
+      if (!vm) throw new NotFoundError('VM_NOT_FOUND', 'VM', req.params.id);
+      const q = req.query;
+      const timestamps = q.timestamps === '1' || q.timestamps === 'true';
+      const wanted = (l: { stream: string }) => q.stream === 'all' || l.stream === q.stream;
+      const lines = await vm.containerLines(q.tail);
+      if (lines === null)
+        throw new ConflictError('VM_INVALID_STATE', 'this VM runs no container: it has no logs');
+      const out = new PassThrough();
+      reply.type('text/plain; charset=utf-8').header('cache-control', 'no-store');
+      for (const l of lines) if (wanted(l)) out.write(formatLogLine(l, timestamps));
+      if (q.follow !== '1' && q.follow !== 'true') {
+        out.end();
+        return reply.send(out);
+      }
+      const stop = vm.followContainer(
+        (l) => wanted(l) && out.write(formatLogLine(l, timestamps)),
+        () => out.end(),
+      );
+      out.once('close', stop);
+      req.raw.once('close', () => {
+        stop();
+        out.destroy();
+      });
+      return reply.send(out);
+    },
+  );
+
+  app.get(
+    '/v1/vms/:id/stats',
+    { schema: { params: VmIdParams, response: { 200: AgentVmStats } } },
+    async (req) => {
+      const vm = deps.vms.runtime(req.params.id);
+      if (!vm) throw new NotFoundError('VM_NOT_FOUND', 'VM', req.params.id);
+      return vm.stats();
+    },
+  );
+
+  app.post(
+    '/v1/vms/:id/exec',
+    { schema: { params: VmIdParams, body: AgentExec, response: { 200: AgentExecResult } } },
+    async (req) => deps.vms.exec(req.params.id, req.body),
+  );
+
+  // Takes a snapshot and answers once its files are written (seconds, minutes for big guests).
+  app.put(
+    '/v1/vms/:id/snapshots/:snapshot_id',
+    {
+      schema: { params: VmSnapshotParams, body: AgentSnapshotCreate, response: { 200: AgentSnapshot } },
+    },
+    async (req) => deps.vms.snapshot(req.params.id, req.params.snapshot_id, req.body.type),
+  );
+
+  app.get('/v1/snapshots', { schema: { response: { 200: AgentSnapshotList } } }, async () => ({
+    items: await deps.vms.snapshots(),
+  }));
+
+  // 204 also when there is none: deletes are retried.
+  app.delete('/v1/snapshots/:id', { schema: { params: SnapshotIdParams } }, async (req, reply) => {
+    await deps.vms.deleteSnapshot(req.params.id);
+    return reply.status(204).send();
+  });
+
+  consoleWsRoutes(app, consoleSessions, deps.vms);
+  execWsRoutes(app, deps.vms);
 
   return app;
 }

@@ -11,12 +11,17 @@ import type { AgentLogger } from './logger';
  * still be unable to run a guest (nested, paravirtualised KVM).
  */
 export function defaultDrivers(config: AgentConfig, log: AgentLogger): VmmDriver[] {
-  const qemu = new QemuDriver({ qemuBinary: config.qemuBin ?? undefined, logger: log });
+  const qemu = new QemuDriver({
+    qemuBinary: config.qemuBin ?? undefined,
+    logger: log,
+    ...(config.netns ? { netns: config.netns } : {}),
+  });
   const firecracker = new FirecrackerDriver({
     firecrackerBin: config.firecrackerBin ?? 'firecracker',
     jailerBin: config.jailerBin ?? undefined,
     // On the VM disks' file system, so the jailer can hard-link them into each chroot.
     chrootBaseDir: path.join(config.stateDir, 'jailer'),
+    trackDirtyPages: config.fcTrackDirtyPages,
     probeKvm: async () => (await qemu.probe()).kvm,
     logger: log,
   });

@@ -3,7 +3,7 @@
  * any one agent (so adoption can be tested), and tests make VMs crash or power off at will.
  */
 import { rmSync } from 'node:fs';
-import { writeFile } from 'node:fs/promises';
+import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type {
   DriverInfo,
@@ -20,6 +20,7 @@ import type {
 class FakeVm implements VmHandle {
   readonly exited: Promise<VmExit>;
   paused = false;
+  lastSnapshot: SnapshotFiles | null = null;
   private resolveExit!: (exit: VmExit) => void;
 
   constructor(
@@ -50,8 +51,13 @@ export class FakeDriver implements VmmDriver {
   /** When set, boot fails with it (after `bootDelayMs`). */
   failBoot: Error | null = null;
   bootDelayMs = 0;
+  /** When set, snapshots fail with it. */
+  failSnapshot: Error | null = null;
+  snapshots: Array<{ vmId: string; dir: string; type: 'Full' | 'Diff' }> = [];
+  restores: Array<{ spec: VmSpec; snap: SnapshotFiles }> = [];
   available = true;
   kvm = false;
+  features: string[] = [];
   /** "Processes" alive by pid; they survive agents, as VMMs do. */
   readonly alive = new Map<number, FakeVm>();
   private nextPid = 10_000;
@@ -65,7 +71,7 @@ export class FakeDriver implements VmmDriver {
       version: '0.0.1',
       binary: '/fake/vmm',
       kvm: this.kvm,
-      features: [],
+      features: this.features,
       ...(this.available ? {} : { reason: 'fake VMM switched off' }),
     };
   }
@@ -115,12 +121,31 @@ export class FakeDriver implements VmmDriver {
     return { graceful: opts.graceful };
   }
 
-  async snapshot(): Promise<SnapshotFiles> {
-    throw new Error('the fake driver takes no snapshots');
+  /** Writes a state file naming the VM and its pid; `failSnapshot` makes it fail instead. */
+  /**
+   * Writes a state file naming the VM and its pid; `failSnapshot` makes it fail instead. A Diff
+   * builds on the previous snapshot of the same "process", as Firecracker's dirty tracking does.
+   */
+  async snapshot(h: VmHandle, dir: string, type: 'Full' | 'Diff'): Promise<SnapshotFiles> {
+    const vm = this.vm(h);
+    if (this.failSnapshot) throw this.failSnapshot;
+    const statePath = path.join(dir, 'vmstate');
+    await mkdir(dir, { recursive: true });
+    await writeFile(statePath, JSON.stringify({ vmId: h.record.vmId, pid: h.record.pid, type }));
+    this.snapshots.push({ vmId: h.record.vmId, dir, type });
+    const files: SnapshotFiles = {
+      statePath,
+      type,
+      ...(type === 'Diff' && vm.lastSnapshot ? { base: vm.lastSnapshot } : {}),
+    };
+    vm.lastSnapshot = files;
+    return files;
   }
 
-  async restore(): Promise<VmHandle> {
-    throw new Error('the fake driver restores no snapshots');
+  /** Boots like `boot`, recording the snapshot it restores. */
+  async restore(spec: VmSpec, snap: SnapshotFiles): Promise<VmHandle> {
+    this.restores.push({ spec, snap });
+    return this.boot(spec);
   }
 
   async adopt(record: RunRecord): Promise<VmHandle | null> {

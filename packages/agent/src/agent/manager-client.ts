@@ -1,14 +1,12 @@
 /**
- * The agent's calls to the manager (register, heartbeat, rotate-credential): JSON over HTTP(S)
- * with a Bearer token. When the join token carried the manager's certificate fingerprint, the
+ * The agent's calls to the manager (register, heartbeat, rotate-credential, image blobs): JSON
+ * (or a streamed blob) over HTTP(S) with a Bearer token. When the join token carried the manager's certificate fingerprint, the
  * TLS connection is checked against that pin before a single byte of the request is sent.
  */
-import { createHash } from 'node:crypto';
 import http from 'node:http';
 import https from 'node:https';
-import { isIP } from 'node:net';
-import tls from 'node:tls';
 import { type AgentHeartbeat, AgentHeartbeatResponse, type AgentRegister, AgentRegistered } from '@nqvm/api';
+import { connectPinned, normalizeFingerprint, TlsPinMismatchError } from '@nqvm/api/tls-pin';
 import { z } from 'zod';
 
 export type HeartbeatBody = z.infer<typeof AgentHeartbeat>;
@@ -38,9 +36,8 @@ export function parseJoinToken(token: string): JoinToken {
   const at = token.indexOf('~');
   if (at < 0) return { secret: token, tlsFingerprint: null };
   const pin = token.slice(at + 1);
-  const m = /^sha256:([0-9a-fA-F:]+)$/.exec(pin);
-  const hex = m?.[1]?.replaceAll(':', '').toLowerCase();
-  if (hex?.length !== 64) throw new Error('the join token carries a malformed certificate pin');
+  const hex = /^sha256:/.test(pin) ? normalizeFingerprint(pin) : null;
+  if (!hex) throw new Error('the join token carries a malformed certificate pin');
   return { secret: token.slice(0, at), tlsFingerprint: hex };
 }
 
@@ -105,12 +102,7 @@ export class ManagerClient {
         !(err instanceof TlsPinMismatchError),
       );
     }
-    let json: unknown;
-    try {
-      json = res.text ? JSON.parse(res.text) : undefined;
-    } catch {
-      json = undefined;
-    }
+    const json = safeJson(res.text);
     if (res.status >= 400) {
       const e = ErrorBody.safeParse(json);
       throw new ManagerRequestError(
@@ -130,12 +122,59 @@ export class ManagerClient {
     return parsed.data;
   }
 
-  private send(
+  /**
+   * Streams an image blob (`GET /api/v1/agent/images/{sha256}`): resolves with the response
+   * once its headers arrived; the caller reads (and verifies) the body.
+   *
+   * @example
+   * const blob = await client.openImageBlob(credential, sha256);
+   * for await (const chunk of blob.body) hash.update(chunk);
+   */
+  async openImageBlob(credential: string, sha256: string): Promise<ImageBlob> {
+    if (!/^[a-f0-9]{64}$/.test(sha256)) throw new Error(`not a sha256 digest: ${JSON.stringify(sha256)}`);
+    const pathname = `/api/v1/agent/images/${sha256}`;
+    const url = new URL(pathname, `${this.endpoint.base}/`);
+    let res: http.IncomingMessage;
+    try {
+      res = await this.open(url, 'GET', { authorization: `Bearer ${credential}` }, undefined);
+    } catch (err) {
+      throw new ManagerRequestError(
+        null,
+        null,
+        `cannot reach the manager at ${this.endpoint.base}: ${(err as Error).message}`,
+        !(err instanceof TlsPinMismatchError),
+      );
+    }
+    const status = res.statusCode ?? 0;
+    if (status >= 400) {
+      const text = await readText(res).catch(() => '');
+      const e = ErrorBody.safeParse(safeJson(text));
+      throw new ManagerRequestError(
+        status,
+        e.success ? e.data.error.code : null,
+        `manager answered ${status} to ${pathname}: ${e.success ? e.data.error.message : text.slice(0, 200)}`,
+      );
+    }
+    const length = Number(res.headers['content-length']);
+    return { size: Number.isSafeInteger(length) && length >= 0 ? length : null, body: res };
+  }
+
+  private async send(
     url: URL,
     method: string,
     headers: Record<string, string>,
     payload: Buffer | undefined,
   ): Promise<{ status: number; text: string }> {
+    const res = await this.open(url, method, headers, payload);
+    return { status: res.statusCode ?? 0, text: await readText(res) };
+  }
+
+  private open(
+    url: URL,
+    method: string,
+    headers: Record<string, string>,
+    payload: Buffer | undefined,
+  ): Promise<http.IncomingMessage> {
     const pin = this.endpoint.tlsFingerprint;
     const isHttps = url.protocol === 'https:';
     return new Promise((resolve, reject) => {
@@ -166,51 +205,30 @@ export class ManagerClient {
       }
       req.on('timeout', () => req.destroy(new Error(`no answer within ${REQUEST_TIMEOUT_MS} ms`)));
       req.on('error', reject);
-      req.on('response', (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('error', reject);
-        res.on('end', () =>
-          resolve({ status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString('utf8') }),
-        );
-      });
+      req.on('response', resolve);
       req.end(payload);
     });
   }
 }
 
-const RotateResponse = z.object({ credential: z.string().min(1) });
-
-/** The manager presented another certificate than the pinned one: retrying will not help. */
-class TlsPinMismatchError extends Error {}
-
-/** A TLS connection to the manager whose certificate is exactly the pinned one. */
-function connectPinned(url: URL, fingerprint: string): Promise<tls.TLSSocket> {
-  const host = url.hostname.replace(/^\[|\]$/g, '');
-  return new Promise((resolve, reject) => {
-    const socket = tls.connect({
-      host,
-      port: Number(url.port || 443),
-      servername: isIP(host) ? undefined : host,
-      // The pin replaces CA and host name checks: a self-signed certificate is the usual case.
-      rejectUnauthorized: false,
-      ALPNProtocols: ['http/1.1'],
-    });
-    socket.once('error', reject);
-    socket.once('secureConnect', () => {
-      const raw = socket.getPeerCertificate().raw;
-      const actual = raw ? createHash('sha256').update(raw).digest('hex') : '(none)';
-      if (actual !== fingerprint) {
-        socket.destroy();
-        reject(
-          new TlsPinMismatchError(
-            `the manager's TLS certificate (sha256:${actual}) is not the one pinned by the join token (sha256:${fingerprint})`,
-          ),
-        );
-        return;
-      }
-      socket.off('error', reject);
-      resolve(socket);
-    });
-  });
+/** An image blob being received: `size` from Content-Length (null when the manager sent none). */
+export interface ImageBlob {
+  size: number | null;
+  body: http.IncomingMessage;
 }
+
+async function readText(res: http.IncomingMessage): Promise<string> {
+  const chunks: Buffer[] = [];
+  for await (const c of res) chunks.push(c as Buffer);
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+function safeJson(text: string): unknown {
+  try {
+    return text ? JSON.parse(text) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+const RotateResponse = z.object({ credential: z.string().min(1) });

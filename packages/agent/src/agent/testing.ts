@@ -23,7 +23,15 @@ export function managerKeys(): { privateKey: KeyObject; publicKeyPem: string } {
 }
 
 export function imageRef(file: string): AgentImageRef {
-  return { id: randomUUID(), sha256: null, size_bytes: null, path: file };
+  return {
+    id: randomUUID(),
+    sha256: null,
+    size_bytes: null,
+    path: file,
+    format: null,
+    vmlinux: null,
+    has_cloud_init: null,
+  };
 }
 
 /** Small stand-in image files (a fake driver never reads them). */
@@ -53,6 +61,7 @@ export function vmCommand(
     desired,
     reboot: over.reboot ?? false,
     stop: over.stop ?? { force: false, timeout_s: 5 },
+    restore: over.restore ?? null,
     spec: {
       name: 'vm1',
       vcpu: 1,
@@ -64,6 +73,11 @@ export function vmCommand(
       disk_size_mib: null,
       boot_args: null,
       restart_policy: 'never',
+      guest_config: null,
+      volumes: [],
+      nics: [],
+      port_forwards: [],
+      container: null,
       ...over.spec,
     },
   };
@@ -94,6 +108,20 @@ export class SignedAgentClient {
       json = undefined;
     }
     return { status: res.status, json, bytes, headers: res.headers };
+  }
+
+  /** A signed GET whose body is handed over chunk by chunk until it ends. */
+  async stream(pathAndQuery: string, onChunk: (text: string) => void): Promise<number> {
+    const headers = signManagerRequest(this.key, 'GET', pathAndQuery, '', Date.now());
+    const res = await fetch(`${this.baseUrl}${pathAndQuery}`, { headers });
+    const decoder = new TextDecoder();
+    const reader = res.body?.getReader();
+    for (;;) {
+      const next = await reader?.read();
+      if (!next || next.done) break;
+      onChunk(decoder.decode(next.value, { stream: true }));
+    }
+    return res.status;
   }
 
   put(id: string, cmd: AgentVmCommand) {

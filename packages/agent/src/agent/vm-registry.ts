@@ -3,10 +3,22 @@
  * found in the state directory, and the reports heartbeats carry. A deleted VM is reported as
  * `deleted` until a heartbeat carrying that report succeeds, then forgotten.
  */
-import { type AgentVmCommand, type AgentVmReport, SIGNATURE_MAX_SKEW_MS, type VmMetrics } from '@nqvm/api';
+import {
+  type AgentExec,
+  type AgentExecResult,
+  type AgentSnapshot,
+  type AgentVmCommand,
+  type AgentVmReport,
+  ConflictError,
+  NotFoundError,
+  SIGNATURE_MAX_SKEW_MS,
+  type SnapshotType,
+  type VmMetrics,
+} from '@nqvm/api';
+import type { ConsoleRoom } from '../console/console-room';
 import { type AgentLogger, errorMessage } from './logger';
 import { listVmIds } from './state-files';
-import { truncateError, VmRuntime, type VmRuntimeDeps } from './vm-runtime';
+import { publicSnapshot, truncateError, VmRuntime, type VmRuntimeDeps } from './vm-runtime';
 
 /**
  * A deleted VM, remembered so that a command signed before the delete (delayed in transit, or
@@ -29,6 +41,8 @@ export class VmRegistry {
   private readonly tombstones = new Map<string, Tombstone>();
   /** `deleted` reports not yet acknowledged by a successful heartbeat. */
   private readonly deletedReports = new Map<string, AgentVmReport>();
+  /** Snapshots being taken, by id. */
+  private readonly snapshotting = new Map<string, Promise<AgentSnapshot>>();
 
   constructor(
     private readonly deps: VmRuntimeDeps,
@@ -49,16 +63,81 @@ export class VmRegistry {
     return [...live, ...this.deletedReports.values()];
   }
 
+  /** Looks up the addresses of the VMs' bridged NICs, for the next reports. */
+  async refreshAddresses(): Promise<void> {
+    for (const vm of this.vms.values()) await vm.refreshAddresses();
+  }
+
   report(id: string): AgentVmReport | null {
     const vm = this.vms.get(id);
     if (vm) return this.reportOf(vm);
     return this.deletedReports.get(id) ?? null;
   }
 
+  /** The id of a VM of this host whose VMM runs (or starts) with the volume attached; null when none. */
+  volumeUser(volumeId: string): string | null {
+    for (const vm of this.vms.values()) if (vm.usesVolume(volumeId)) return vm.id;
+    return null;
+  }
+
+  /**
+   * Takes a snapshot of a VM of this host (a retry of one in progress waits for that one).
+   * Unknown VM: 404.
+   */
+  snapshot(vmId: string, snapshotId: string, type: SnapshotType): Promise<AgentSnapshot> {
+    const inflight = this.snapshotting.get(snapshotId);
+    if (inflight) return inflight;
+    const vm = this.vms.get(vmId);
+    if (!vm) return Promise.reject(new NotFoundError('VM_NOT_FOUND', 'VM', vmId));
+    const work = vm.snapshot(snapshotId, type).finally(() => this.snapshotting.delete(snapshotId));
+    this.snapshotting.set(snapshotId, work);
+    return work;
+  }
+
+  /** The VM's runtime, for a container's logs; null for an unknown VM. */
+  runtime(id: string): VmRuntime | null {
+    return this.vms.get(id) ?? null;
+  }
+
+  /** Runs a command in a VM's guest; unknown VM: 404. */
+  exec(vmId: string, req: AgentExec): Promise<AgentExecResult> {
+    const vm = this.vms.get(vmId);
+    if (!vm) return Promise.reject(new NotFoundError('VM_NOT_FOUND', 'VM', vmId));
+    return vm.exec(req);
+  }
+
+  async snapshots(): Promise<AgentSnapshot[]> {
+    return (await this.deps.snapshots.list()).map(publicSnapshot);
+  }
+
+  /** Removes a snapshot's files; 409 while a Diff builds on it or a VM is being restored from it. */
+  async deleteSnapshot(id: string): Promise<void> {
+    if (this.snapshotting.has(id))
+      throw new ConflictError('SNAPSHOT_IN_USE', `snapshot ${id} is still being taken`, { snapshot_id: id });
+    const children = await this.deps.snapshots.childrenOf(id);
+    if (children.length)
+      throw new ConflictError('SNAPSHOT_IN_USE', `Diff snapshot ${children[0]} builds on snapshot ${id}`, {
+        snapshot_id: children[0],
+      });
+    for (const vm of this.vms.values()) {
+      if (vm.restoresFrom(id))
+        throw new ConflictError('SNAPSHOT_IN_USE', `VM ${vm.id} is being restored from snapshot ${id}`, {
+          vm_id: vm.id,
+        });
+    }
+    await this.deps.snapshots.remove(id);
+    this.log.info({ snapshotId: id }, 'snapshot deleted');
+  }
+
   /** Recent console output of a VM; null for an unknown VM. */
   async consoleTail(id: string, bytes: number): Promise<Buffer | null> {
     const vm = this.vms.get(id);
     return vm ? vm.consoleTail(bytes) : null;
+  }
+
+  /** The console WebSocket sessions of a VM; null for an unknown VM. */
+  consoleRoom(id: string): ConsoleRoom | null {
+    return this.vms.get(id)?.consoleRoom ?? null;
   }
 
   /** The VMM's metrics; null for an unknown VM. */

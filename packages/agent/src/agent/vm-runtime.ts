@@ -3,18 +3,47 @@
  * time, watches the VMM for exits it did not ask for, restarts per the restart policy (with
  * backoff), and re-attaches to its VMM after an agent restart.
  */
-import { rm } from 'node:fs/promises';
+import { mkdir, readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { AgentVmCommand, type AgentVmReport, type AgentVmState, type VmMetrics } from '@nqvm/api';
+import {
+  type AgentExec,
+  type AgentExecResult,
+  type AgentSnapshot,
+  AgentVmCommand,
+  type AgentVmReport,
+  type AgentVmState,
+  type AgentVmStats,
+  ConflictError,
+  InputError,
+  NqvmError,
+  type SnapshotType,
+  type VmMetrics,
+} from '@nqvm/api';
+import type { ExecSession, SpawnOptions } from '@nqvm/guest-agent';
+import { ConsoleRoom } from '../console/console-room';
+import { ContainerRun, type LogLine } from '../containers/container-run';
 import { readFirecrackerMetrics } from '../drivers/firecracker/metrics';
 import type { RunRecord, ShutdownOptions, VmExit, VmHandle, VmmDriver, VmmKind } from '../drivers/types';
-import { isSameProcessRunning } from '../host/proc';
+import { isSameProcessRunning, processUsage } from '../host/proc';
+import type { ImageCache } from '../images/image-cache';
+import type { HostNetwork } from '../network';
+import {
+  allocatedBytes,
+  SNAPSHOT_RECORD,
+  type SnapshotRecord,
+  type SnapshotStore,
+} from '../snapshots/snapshot-store';
+import type { VolumeStore } from '../volumes/volume-store';
 import type { DriverSet } from './driver-set';
+import { guestAgentToken } from './guest-channel';
+import { GuestLink } from './guest-link';
 import { type AgentLogger, errorMessage } from './logger';
 import { DESIRED_FILE, RUN_FILE, readJsonFile, vmDirOf, writeJsonAtomic } from './state-files';
-import { bootVm } from './vm-boot';
+import { bootVm, type RestoreSource } from './vm-boot';
 import type { ConsoleOpener, VmConsole } from './vm-console';
+import { readRootDisk } from './vm-disk';
+import { foundAddresses, removeVmNetwork, syncPortForwards } from './vm-network';
 
 export interface RestartBackoff {
   /** First delay before a restart. */
@@ -30,6 +59,11 @@ export const DEFAULT_RESTART_BACKOFF: RestartBackoff = { minMs: 1_000, maxMs: 30
 export interface VmRuntimeDeps {
   stateDir: string;
   drivers: DriverSet;
+  images: ImageCache;
+  volumes: VolumeStore;
+  snapshots: SnapshotStore;
+  /** The host's networking (bridges, TAPs, port forwards). */
+  network?: HostNetwork;
   log: AgentLogger;
   openConsole: ConsoleOpener;
   backoff: RestartBackoff;
@@ -46,12 +80,26 @@ export function truncateError(message: string): string {
 
 /** Forced stops (reboot, delete) wait this long for the VMM to go. */
 const FORCED_STOP_TIMEOUT_MS = 10_000;
+/** How long a snapshot waits for the guest agent to answer (it tells whether a clone can be re-addressed). */
+const GUEST_PROBE_TIMEOUT_MS = 2_000;
+/** How long an exec waits for the guest agent to answer. */
+const GUEST_CONNECT_TIMEOUT_MS = 5_000;
+/** A container's VM gets this long past the stop timeout to end once its process was signalled. */
+const CONTAINER_STOP_GRACE_MS = 5_000;
+/** Console bytes searched for the container init's exit line. */
+const EXIT_MARKER_SCAN_BYTES = 64 * 1024;
+/** `restored.json`: the generation whose restore is done; a later boot of it is a cold one. */
+const RESTORED_FILE = 'restored.json';
 
 export class VmRuntime {
   readonly vmDir: string;
+  /** The console WebSocket sessions of this VM. */
+  readonly consoleRoom = new ConsoleRoom();
   private command: AgentVmCommand | null = null;
   /** The highest generation whose command was acted on. */
   private applied = 0;
+  /** The command last acted on (restored at agent start): what the host was made to hold. */
+  private enacted: AgentVmCommand | null = null;
   private state: AgentVmState = 'stopped';
   private error: string | null = null;
   private vmm: VmmKind | null = null;
@@ -71,6 +119,18 @@ export class VmRuntime {
   private startedAt = 0;
   private deleting = false;
   private closing = false;
+  /** The addresses found for NICs the manager gave none (bridged), as last looked up. */
+  private found: Array<{ nic_index: number; ip: string | null }> = [];
+  /** The connection to the guest agent of the running VMM. */
+  private readonly guest = new GuestLink(
+    () => this.handle?.record ?? null,
+    () => guestAgentToken(this.vmDir),
+    (client) => this.container?.watch(client),
+  );
+  /** Container VMs: the process the init runs, its output and exit. */
+  private container: ContainerRun | null = null;
+  /** Log followers told when the VMM is down. */
+  private readonly followers = new Set<() => void>();
 
   constructor(
     readonly id: string,
@@ -92,7 +152,39 @@ export class VmRuntime {
       error: this.error,
       vmm: this.vmm,
       pid: this.handle?.record.pid ?? null,
+      ...(this.found.length ? { nics: this.found } : {}),
+      ...(this.container ? { container: this.container.report() } : {}),
     };
+  }
+
+  /** A container's output: the last `tail` lines, and with `follow` each new one until it stops. */
+  async containerLines(tail: number | undefined): Promise<LogLine[] | null> {
+    return this.container ? this.container.lines(tail) : null;
+  }
+
+  /** Calls `onLine` for each new line of the container's output; `onEnd` once its VMM is down. */
+  followContainer(onLine: (l: LogLine) => void, onEnd: () => void): () => void {
+    const run = this.container;
+    if (!run || (!this.handle && this.bootAbort === null)) {
+      onEnd();
+      return () => {};
+    }
+    run.on('line', onLine);
+    this.followers.add(onEnd);
+    return () => {
+      run.off('line', onLine);
+      this.followers.delete(onEnd);
+    };
+  }
+
+  /** Looks up the addresses of the VM's bridged NICs on the host; answers whether they changed. */
+  async refreshAddresses(): Promise<boolean> {
+    const spec = this.command?.spec;
+    if (!this.deps.network || !spec?.nics.some((n) => n.ip === null)) return false;
+    const found = this.handle ? await foundAddresses(this.deps.network, this.id, spec) : [];
+    const changed = JSON.stringify(found) !== JSON.stringify(this.found);
+    this.found = found;
+    return changed;
   }
 
   /** The VMM's own metrics while it runs (Firecracker's metrics file); null otherwise. */
@@ -107,6 +199,16 @@ export class VmRuntime {
     return { vmm: 'firecracker', metrics: await readFirecrackerMetrics(handle.record) };
   }
 
+  /**
+   * Whether volume `volumeId` is attached to a VMM of this VM that runs or is being started or
+   * stopped (the volumes of the latest command: they are fixed at the VM's creation).
+   */
+  usesVolume(volumeId: string): boolean {
+    const down = this.handle === null && this.orphan === null && this.bootAbort === null;
+    if (down && (this.state === 'stopped' || this.state === 'failed')) return false;
+    return this.command?.spec.volumes.some((v) => v.id === volumeId) ?? false;
+  }
+
   /** Recent console output (of the last run when the VM is down); empty when there is none. */
   async consoleTail(bytes: number): Promise<Buffer> {
     return (await this.console?.tail(bytes)) ?? Buffer.alloc(0);
@@ -119,6 +221,7 @@ export class VmRuntime {
   async apply(cmd: AgentVmCommand): Promise<boolean> {
     if (this.deleting || this.closing || cmd.generation <= this.generation) return false;
     this.command = cmd;
+    await this.ensureContainerRun(cmd);
     this.cancelRestart();
     if (cmd.desired === 'stopped')
       this.bootAbort?.abort(new Error(`superseded by generation ${cmd.generation}`));
@@ -147,6 +250,8 @@ export class VmRuntime {
     const cmd = parsed.data;
     this.command = cmd;
     this.applied = cmd.generation;
+    this.enacted = cmd;
+    await this.ensureContainerRun(cmd);
     const record = (await readJsonFile(path.join(this.vmDir, RUN_FILE))) as RunRecord | null;
     let handle: VmHandle | null = null;
     if (record) {
@@ -187,7 +292,9 @@ export class VmRuntime {
   async destroy(): Promise<void> {
     this.deleting = true;
     this.cancelRestart();
+    this.consoleRoom.end('vm-deleted', 'the VM is being deleted');
     this.bootAbort?.abort(new Error('VM deleted'));
+    this.guest.reset();
     await this.enqueue(async () => {
       if (this.handle && !(await this.stopVmm({ graceful: false, timeoutMs: FORCED_STOP_TIMEOUT_MS }))) {
         throw new Error(this.error ?? 'cannot stop the VMM');
@@ -195,6 +302,8 @@ export class VmRuntime {
       if (!(await this.killOrphan())) throw new Error(this.error ?? 'cannot stop the VMM');
       await this.console?.close();
       await this.persisting;
+      if (this.deps.network && this.command)
+        await removeVmNetwork(this.deps.network, this.id, this.command.spec);
       await rm(this.vmDir, { recursive: true, force: true });
     });
   }
@@ -203,20 +312,26 @@ export class VmRuntime {
   async release(waitMs: number): Promise<void> {
     this.closing = true;
     this.cancelRestart();
+    this.consoleRoom.end('agent-restart', 'the host agent is restarting; reconnect');
     const timeout = new AbortController();
     await Promise.race([this.work, sleep(waitMs, undefined, { signal: timeout.signal }).catch(() => {})]);
     timeout.abort();
+    this.guest.reset();
     const h = this.handle;
     this.handle = null;
     if (h) await this.releaseHandle(h);
     await this.console?.close();
   }
 
-  private enqueue(fn: () => Promise<void>): Promise<void> {
+  private enqueue<T>(fn: () => Promise<T>): Promise<T> {
     const next = this.work.then(fn);
-    this.work = next.catch((err: unknown) => {
-      this.deps.log.error({ vmId: this.id, err }, 'VM work failed');
-    });
+    this.work = next.then(
+      () => {},
+      (err: unknown) => {
+        // A refused request (a snapshot of a stopped VM) is the caller's answer, not a failure here.
+        if (!(err instanceof NqvmError)) this.deps.log.error({ vmId: this.id, err }, 'VM work failed');
+      },
+    );
     return next;
   }
 
@@ -225,6 +340,7 @@ export class VmRuntime {
     if (this.state === state && this.error === message) return;
     this.state = state;
     this.error = message;
+    if (state === 'stopped' || state === 'failed') for (const ended of this.followers) ended();
     this.deps.onChange();
   }
 
@@ -238,6 +354,250 @@ export class VmRuntime {
     // A resume shows a transition too, so an acknowledgement never reads as the old state.
     else if (cmd.desired === 'running' && this.state === 'paused') next = 'starting';
     this.setState(next, null);
+    // Console clients that come meanwhile wait for the boot instead of being told the VM is down.
+    if (!live && cmd.desired !== 'stopped') this.consoleRoom.starting();
+  }
+
+  /**
+   * Takes snapshot `snapshotId` of the running or paused VMM (between the VM's other work),
+   * into the host's snapshot store. A snapshot already taken is answered as it is. A failed
+   * one leaves nothing behind and is answered with status failed.
+   */
+  snapshot(snapshotId: string, type: SnapshotType): Promise<AgentSnapshot> {
+    return this.enqueue(async () => {
+      const store = this.deps.snapshots;
+      const existing = await store.get(snapshotId);
+      if (existing) return publicSnapshot(existing);
+      const handle = this.handle;
+      const spec = (this.enacted ?? this.command)?.spec;
+      if (!handle || !spec || (this.state !== 'running' && this.state !== 'paused')) {
+        throw new ConflictError(
+          'VM_INVALID_STATE',
+          `the VM is ${this.state} on this host: only a running or paused VM can be snapshotted`,
+          { state: this.state },
+        );
+      }
+      const driver = this.driverOf(handle);
+      if (type === 'Diff' && !(await driver.probe()).features.includes('diff-snapshot')) {
+        throw new InputError(
+          `the ${driver.kind} driver of this host takes no Diff snapshots`,
+          { snapshot_type: type },
+          'SNAPSHOT_TYPE_UNSUPPORTED',
+        );
+      }
+      let parent: string | null = null;
+      const token = await guestAgentToken(this.vmDir);
+      const guestAgent = await this.guestAgentAnswers();
+      const dir = store.dirOf(snapshotId);
+      const createdAt = new Date().toISOString();
+      await rm(dir, { recursive: true, force: true });
+      await mkdir(dir, { recursive: true, mode: 0o700 });
+      try {
+        const files = await driver.snapshot(handle, dir, type);
+        // A Diff builds on what the driver says: the run's previous snapshot, or the one it was restored from.
+        parent = files.base ? store.idOf(files.base.statePath) : null;
+        if (files.base && !parent)
+          throw new Error(`the Diff builds on ${files.base.statePath}, outside the snapshot store`);
+        const memory = files.memPath ?? files.statePath;
+        const sizes = {
+          state_bytes: files.memPath ? await allocatedBytes(files.statePath) : 0,
+          memory_bytes: await allocatedBytes(memory),
+          disk_bytes: 0,
+        };
+        for (const name of await readdir(dir)) {
+          const file = path.join(dir, name);
+          if (file !== files.statePath && file !== files.memPath && name !== SNAPSHOT_RECORD)
+            sizes.disk_bytes += await allocatedBytes(file);
+        }
+        const record: SnapshotRecord = {
+          id: snapshotId,
+          vm_id: this.id,
+          status: 'ready',
+          type,
+          parent_id: parent,
+          vmm: driver.kind,
+          vcpu: spec.vcpu,
+          mem_mib: spec.mem_mib,
+          size_bytes: sizes.state_bytes + sizes.memory_bytes + sizes.disk_bytes,
+          sizes,
+          guest_agent: guestAgent,
+          error: null,
+          created_at: createdAt,
+          files: {
+            state: path.relative(dir, files.statePath),
+            memory: files.memPath ? path.relative(dir, files.memPath) : null,
+          },
+          nics: spec.nics.map((n) => ({
+            nic_index: n.nic_index,
+            mac: n.mac,
+            ip: n.ip,
+            prefix_len: n.prefix_len,
+            gateway: n.gateway,
+          })),
+          hostname: spec.guest_config?.hostname ?? null,
+          root_disk_format: (await readRootDisk(this.vmDir))?.format ?? null,
+          guest_agent_token: guestAgent ? token : null,
+          image_digests: imageDigests(spec),
+        };
+        await store.save(record);
+        this.deps.log.info({ vmId: this.id, snapshotId, type, bytes: record.size_bytes }, 'snapshot taken');
+        return publicSnapshot(record);
+      } catch (err) {
+        await store.remove(snapshotId);
+        this.deps.log.warn({ vmId: this.id, snapshotId, err: errorMessage(err) }, 'snapshot failed');
+        return {
+          id: snapshotId,
+          vm_id: this.id,
+          status: 'failed',
+          type,
+          parent_id: parent,
+          vmm: driver.kind,
+          vcpu: spec.vcpu,
+          mem_mib: spec.mem_mib,
+          size_bytes: 0,
+          sizes: { state_bytes: 0, memory_bytes: 0, disk_bytes: 0 },
+          guest_agent: guestAgent,
+          error: truncateError(errorMessage(err)),
+          created_at: createdAt,
+        };
+      }
+    });
+  }
+
+  /** Whether a restore from snapshot `id` is under way or waiting here. */
+  restoresFrom(id: string): boolean {
+    return (
+      this.command?.restore?.snapshot_id === id && (this.bootAbort !== null || this.applied < this.generation)
+    );
+  }
+
+  /**
+   * Runs a command in the guest through its guest agent. 409 when the VM does not run or its
+   * guest has no agent that answers; 400 EXEC_FAILED when the command cannot start.
+   */
+  async exec(req: AgentExec): Promise<AgentExecResult> {
+    if (!this.handle || this.state !== 'running') {
+      throw new ConflictError(
+        'VM_INVALID_STATE',
+        `the VM is ${this.state}: commands run in running VMs only`,
+        {
+          state: this.state,
+        },
+      );
+    }
+    let guest: Awaited<ReturnType<GuestLink['get']>>;
+    try {
+      guest = await this.guest.get(GUEST_CONNECT_TIMEOUT_MS);
+    } catch (err) {
+      throw new ConflictError(
+        'GUEST_AGENT_UNAVAILABLE',
+        `the VM's guest agent does not answer (${errorMessage(err)}); it runs in nqvm's built-in guest and containers`,
+      );
+    }
+    const started = performance.now();
+    try {
+      const r = await guest.exec(req.argv, {
+        env: req.env,
+        ...(req.cwd ? { cwd: req.cwd } : {}),
+        ...(req.user ? { user: req.user } : {}),
+        ...(req.stdin_b64 !== null ? { stdin: Buffer.from(req.stdin_b64, 'base64') } : {}),
+        timeoutMs: req.timeout_s * 1000,
+      });
+      return {
+        exit_code: r.exitCode,
+        signal: r.signal,
+        stdout_b64: r.stdout.toString('base64'),
+        stderr_b64: r.stderr.toString('base64'),
+        truncated: r.truncated,
+        timed_out: false,
+        duration_ms: r.durationMs,
+      };
+    } catch (err) {
+      const code = (err as { code?: string }).code;
+      if (code === 'TIMEOUT')
+        return {
+          exit_code: null,
+          signal: 9,
+          stdout_b64: '',
+          stderr_b64: '',
+          truncated: false,
+          timed_out: true,
+          duration_ms: performance.now() - started,
+        };
+      if (code === 'EXEC_FAILED' || code === 'BAD_REQUEST')
+        throw new InputError(
+          `the command cannot start in the guest: ${errorMessage(err)}`,
+          {},
+          'EXEC_FAILED',
+        );
+      throw new ConflictError('GUEST_AGENT_UNAVAILABLE', `the guest agent failed: ${errorMessage(err)}`);
+    }
+  }
+
+  /** An interactive command in the guest (the exec WebSocket); 409 as for `exec`. */
+  async spawn(argv: string[], opts: SpawnOptions): Promise<ExecSession> {
+    if (!this.handle || this.state !== 'running') {
+      throw new ConflictError(
+        'VM_INVALID_STATE',
+        `the VM is ${this.state}: commands run in running VMs only`,
+        {
+          state: this.state,
+        },
+      );
+    }
+    try {
+      return (await this.guest.get(GUEST_CONNECT_TIMEOUT_MS)).spawn(argv, opts);
+    } catch (err) {
+      throw new ConflictError(
+        'GUEST_AGENT_UNAVAILABLE',
+        `the VM's guest agent does not answer (${errorMessage(err)})`,
+      );
+    }
+  }
+
+  /** The VMM process's CPU and memory on the host, and the guest's own view when its agent answers. */
+  async stats(): Promise<AgentVmStats> {
+    const handle = this.handle;
+    if (!handle) return { host: null, guest: null };
+    const usage = await processUsage(handle.record.pid);
+    const host = usage
+      ? { pid: handle.record.pid, rss_bytes: usage.rssBytes, cpu_seconds: usage.cpuSeconds }
+      : null;
+    // A container image may hold no shell: the init put busybox at /.nqvm.
+    const shell = this.container ? ['/.nqvm/busybox', 'sh'] : ['/bin/sh'];
+    const script = 'cat /proc/meminfo /proc/loadavg /proc/uptime; ls -d /proc/[0-9]* | wc -l';
+    try {
+      const guest = await this.guest.get(2_000);
+      const r = await guest.exec([...shell, '-c', script], { timeoutMs: 5_000 });
+      return { host, guest: parseGuestProc(r.stdout.toString('utf8')) };
+    } catch {
+      return { host, guest: null };
+    }
+  }
+
+  private async guestAgentAnswers(): Promise<boolean> {
+    try {
+      await this.guest.get(GUEST_PROBE_TIMEOUT_MS);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  /** What a command that restores boots from; null when it boots cold. */
+  private async restoreSource(cmd: AgentVmCommand): Promise<RestoreSource | null> {
+    if (!cmd.restore || (await this.restoredAlready(cmd.generation))) return null;
+    const record = await this.deps.snapshots.get(cmd.restore.snapshot_id);
+    if (record?.status !== 'ready')
+      throw new Error(`snapshot ${cmd.restore.snapshot_id} is not on this host`);
+    return { record, files: await this.deps.snapshots.filesOf(record) };
+  }
+
+  private async restoredAlready(generation: number): Promise<boolean> {
+    const done = (await readJsonFile(path.join(this.vmDir, RESTORED_FILE)).catch(() => null)) as {
+      generation?: number;
+    } | null;
+    return done?.generation === generation;
   }
 
   persistDesired(): Promise<void> {
@@ -251,16 +611,31 @@ export class VmRuntime {
 
   private async converge(): Promise<void> {
     while (!this.deleting && !this.closing && this.command && this.command.generation > this.applied) {
+      const before = this.enacted;
       const cmd = this.command;
       this.applied = cmd.generation;
+      this.enacted = cmd;
       await this.enact(cmd, cmd.reboot);
+      if (before && this.handle) await this.syncForwards(before, cmd);
+    }
+  }
+
+  /** Port forwards added or removed while the VM runs; a refused one shows as the VM's error. */
+  private async syncForwards(before: AgentVmCommand, cmd: AgentVmCommand): Promise<void> {
+    if (!this.deps.network) return;
+    try {
+      await syncPortForwards(this.deps.network, before.spec.port_forwards, cmd.spec.port_forwards);
+    } catch (err) {
+      this.deps.log.warn({ vmId: this.id, err: errorMessage(err) }, 'port forward not applied');
+      this.setState(this.state, `port forward not applied: ${errorMessage(err)}`);
     }
   }
 
   private async enact(cmd: AgentVmCommand, reboot: boolean): Promise<void> {
     if (!(await this.killOrphan())) return;
+    const restoring = cmd.restore !== null && !(await this.restoredAlready(cmd.generation));
     if (
-      reboot &&
+      (reboot || restoring) &&
       this.handle &&
       !(await this.stopVmm({ graceful: false, timeoutMs: FORCED_STOP_TIMEOUT_MS }))
     ) {
@@ -285,67 +660,143 @@ export class VmRuntime {
     }
   }
 
-  private async boot(cmd: AgentVmCommand): Promise<void> {
+  private async boot(cmd: AgentVmCommand, byRestartPolicy = false): Promise<void> {
     if (this.deleting || this.closing) return;
+    await this.container?.booting(byRestartPolicy);
     const abort = new AbortController();
     this.bootAbort = abort;
     this.setState('starting', null);
+    this.consoleRoom.starting();
     try {
-      const { handle } = await bootVm({
+      const restore = await this.restoreSource(cmd);
+      const { handle, notes } = await bootVm({
         id: this.id,
         vmDir: this.vmDir,
         command: cmd,
         drivers: this.deps.drivers,
+        images: this.deps.images,
+        volumes: this.deps.volumes,
+        network: this.deps.network,
         persistDesired: () => this.persistDesired(),
         signal: abort.signal,
+        ...(restore ? { restore } : {}),
       });
+      if (restore)
+        await writeJsonAtomic(path.join(this.vmDir, RESTORED_FILE), { generation: cmd.generation });
       await this.attach(handle, 'running');
+      if (notes.length) this.setState(this.state, notes.join('; '));
     } catch (err) {
       if (abort.signal.aborted) {
         if (!this.deleting) this.setState('stopped', null);
+        this.consoleRoom.end('vm-stopped', 'the start was cancelled');
         return;
       }
       this.deps.log.warn({ vmId: this.id, err: errorMessage(err) }, 'boot failed');
       this.setState('failed', errorMessage(err));
+      this.consoleRoom.end('vm-stopped', `the VM failed to start: ${errorMessage(err)}`);
     } finally {
       this.bootAbort = null;
     }
   }
 
   private async attach(handle: VmHandle, state: 'running' | 'paused'): Promise<void> {
+    this.guest.reset();
     this.handle = handle;
     this.vmmPaused = state === 'paused';
     this.vmm = handle.record.kind;
     this.startedAt = Date.now();
     void handle.exited.then((exit) => this.onExit(handle, exit));
+    this.consoleRoom.starting();
     this.setState(state, null);
     await this.console?.close();
     this.console = await this.deps.openConsole(handle).catch((err: unknown) => {
       this.deps.log.warn({ vmId: this.id, err }, 'cannot open the console');
       return null;
     });
+    if (this.handle === handle) {
+      if (this.console) this.consoleRoom.attach(this.console);
+      else this.consoleRoom.end('internal-error', 'the console of this VM cannot be opened');
+    }
     if (this.closing && this.handle === handle) {
       this.handle = null;
       await this.releaseHandle(handle);
     }
+    if (this.container && this.handle === handle) void this.keepLinked(handle);
+  }
+
+  /** A container's VM stays connected to its guest agent: its output and exit come that way. */
+  private async keepLinked(handle: VmHandle): Promise<void> {
+    while (this.handle === handle && !this.closing && !this.deleting) {
+      if (!this.guest.connected) await this.guest.get(10_000).catch(() => sleep(500));
+      else await sleep(250);
+    }
+  }
+
+  private async ensureContainerRun(cmd: AgentVmCommand): Promise<void> {
+    if (!cmd.spec.container || this.container) return;
+    this.container = new ContainerRun(this.vmDir);
+    await this.container.load();
   }
 
   /** An exit the manager did not ask for: report it at once, then apply the restart policy. */
   private onExit(handle: VmHandle, exit: VmExit): void {
-    if (this.handle !== handle || this.stopRequested.has(handle)) return;
+    if (this.handle !== handle || this.stopRequested.has(handle)) {
+      if (this.container) void this.containerEnded();
+      return;
+    }
     this.handle = null;
+    this.guest.reset();
+    if (this.container) {
+      void this.onContainerVmExit(exit);
+      return;
+    }
     const crashed = exit.reason !== 'shutdown';
     const detail =
       exit.message ??
       `VMM exited with ${exit.signal ? `signal ${exit.signal}` : `code ${exit.code ?? 'unknown'}`}`;
     this.deps.log.info({ vmId: this.id, exit }, crashed ? 'VM crashed' : 'VM powered off');
     this.setState(crashed ? 'failed' : 'stopped', crashed ? detail : null);
+    this.consoleRoom.end('vm-stopped', crashed ? `the VM crashed: ${detail}` : 'the VM powered off');
     void this.enqueue(() => this.forgetRun());
     const cmd = this.command;
     const policy = cmd?.spec.restart_policy ?? 'never';
     const restart = policy === 'always' || (policy === 'on-failure' && crashed);
     if (cmd && cmd.desired !== 'stopped' && restart && !this.deleting && !this.closing)
       this.scheduleRestart();
+  }
+
+  /**
+   * A container's VM ended by itself: its process exited (the init powers the VM off) or the VMM
+   * died. A non-zero exit, a process that could not start and a dead VMM are failures for
+   * `on-failure`; the VM itself just stopped unless its VMM crashed.
+   */
+  private async onContainerVmExit(exit: VmExit): Promise<void> {
+    const ended = await this.containerEnded();
+    const vmmCrashed = exit.reason !== 'shutdown';
+    const failed = vmmCrashed || ended?.kind !== 'exited' || ended.value !== 0;
+    const detail = vmmCrashed
+      ? (exit.message ??
+        `VMM exited with ${exit.signal ? `signal ${exit.signal}` : `code ${exit.code ?? 'unknown'}`}`)
+      : null;
+    this.deps.log.info({ vmId: this.id, exit, process: ended }, 'container VM ended');
+    this.setState(vmmCrashed ? 'failed' : 'stopped', detail);
+    this.consoleRoom.end(
+      'vm-stopped',
+      ended ? `the container's process ended (${ended.kind} ${ended.value})` : 'the VM ended',
+    );
+    void this.enqueue(() => this.forgetRun());
+    const cmd = this.command;
+    const policy = cmd?.spec.restart_policy ?? 'never';
+    const restart = policy === 'always' || (policy === 'on-failure' && failed);
+    if (cmd && cmd.desired !== 'stopped' && restart && !this.deleting && !this.closing)
+      this.scheduleRestart();
+  }
+
+  private async containerEnded() {
+    const tail = (await this.console?.tail(EXIT_MARKER_SCAN_BYTES).catch(() => null)) ?? Buffer.alloc(0);
+    const ended = (await this.container?.vmmEnded(tail.toString('latin1'))) ?? null;
+    this.deps.onChange();
+    return ended;
   }
 
   private scheduleRestart(): void {
@@ -369,7 +820,7 @@ export class VmRuntime {
   private async restart(): Promise<void> {
     const cmd = this.command;
     if (!cmd || cmd.desired === 'stopped' || this.handle || this.deleting || this.closing) return;
-    await this.boot(cmd);
+    await this.boot(cmd, true);
     if (cmd.desired === 'paused' && this.handle) await this.pause();
   }
 
@@ -380,7 +831,10 @@ export class VmRuntime {
     this.stopRequested.add(handle);
     this.setState('stopping', null);
     try {
-      const { graceful } = await this.driverOf(handle).shutdown(handle, opts);
+      const { graceful } =
+        this.container && opts.graceful && (await this.stopContainerProcess(handle, opts.timeoutMs))
+          ? { graceful: true }
+          : await this.driverOf(handle).shutdown(handle, opts);
       this.deps.log.info({ vmId: this.id, graceful }, 'VM stopped');
     } catch (err) {
       this.stopRequested.delete(handle);
@@ -388,9 +842,31 @@ export class VmRuntime {
       return false;
     }
     if (this.handle === handle) this.handle = null;
+    if (!this.deleting) this.consoleRoom.end('vm-stopped', 'the VM was stopped');
     await this.forgetRun();
     this.setState('stopped', null);
     return true;
+  }
+
+  /**
+   * Asks the container's process to stop (SIGTERM, SIGKILL after the timeout) through the guest
+   * agent; the init powers the VM off once it has exited. False when the guest agent cannot be
+   * reached or the VM does not end in time (then the driver stops it).
+   */
+  private async stopContainerProcess(handle: VmHandle, timeoutMs: number): Promise<boolean> {
+    try {
+      const guest = await this.guest.get(2_000);
+      guest.stopWorkload(15, Math.max(1, Math.ceil(timeoutMs / 1000)));
+    } catch {
+      return false;
+    }
+    const timeout = new AbortController();
+    const ended = await Promise.race([
+      handle.exited.then(() => true),
+      sleep(timeoutMs + CONTAINER_STOP_GRACE_MS, false, { signal: timeout.signal }).catch(() => false),
+    ]);
+    timeout.abort();
+    return ended;
   }
 
   private async pause(): Promise<void> {
@@ -463,4 +939,50 @@ export class VmRuntime {
   private forgetRun(): Promise<void> {
     return rm(path.join(this.vmDir, RUN_FILE), { force: true });
   }
+}
+
+/** The protocol's view of a snapshot record (without the agent's own fields). */
+export function publicSnapshot(r: SnapshotRecord): AgentSnapshot {
+  return {
+    id: r.id,
+    vm_id: r.vm_id,
+    status: r.status,
+    type: r.type,
+    parent_id: r.parent_id,
+    vmm: r.vmm,
+    vcpu: r.vcpu,
+    mem_mib: r.mem_mib,
+    size_bytes: r.size_bytes,
+    sizes: r.sizes,
+    guest_agent: r.guest_agent,
+    error: r.error,
+    created_at: r.created_at,
+  };
+}
+
+function imageDigests(spec: AgentVmCommand['spec']): string[] {
+  const digests = new Set<string>();
+  for (const ref of [spec.kernel, spec.initrd, spec.rootfs]) {
+    if (ref?.sha256) digests.add(ref.sha256);
+    if (ref?.vmlinux) digests.add(ref.vmlinux.sha256);
+  }
+  return [...digests];
+}
+
+/** The guest's /proc/meminfo, /proc/loadavg, /proc/uptime and process count, as `stats()` prints them. */
+export function parseGuestProc(text: string): AgentVmStats['guest'] {
+  const kib = (key: string) =>
+    Number(new RegExp(`^${key}:\\s+(\\d+)`, 'm').exec(text)?.[1] ?? Number.NaN) * 1024;
+  const lines = text.trim().split('\n');
+  const load = lines.find((l) => /^\d+\.\d+ \d+\.\d+ \d+\.\d+ \d+\/\d+/.test(l));
+  const uptime = lines.find((l) => /^\d+\.\d+ \d+\.\d+$/.test(l));
+  const processes = Number(lines.at(-1)?.trim());
+  const stats = {
+    mem_total_bytes: kib('MemTotal'),
+    mem_available_bytes: kib('MemAvailable'),
+    load_1m: Number(load?.split(' ')[0]),
+    uptime_s: Number(uptime?.split(' ')[0]),
+    processes,
+  };
+  return Object.values(stats).every(Number.isFinite) ? stats : null;
 }

@@ -1,6 +1,5 @@
 import { appendFileSync } from 'node:fs';
 import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
-import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -12,49 +11,7 @@ import {
   suffixPrefixOverlap,
 } from './console-hub';
 import { rotatedLogPath } from './console-log';
-
-/**
- * Plays QEMU's part: a chardev socket server holding one client at a time, logging every byte
- * of output to an O_APPEND file whether or not a client is connected.
- */
-class FakeConsole {
-  client: Socket | null = null;
-  readonly input: Buffer[] = [];
-  private server!: Server;
-
-  constructor(
-    readonly socketPath: string,
-    readonly logPath: string,
-  ) {}
-
-  async listen(): Promise<void> {
-    this.server = createServer((s) => {
-      this.client = s;
-      s.on('data', (d: Buffer) => this.input.push(d));
-      s.on('close', () => {
-        if (this.client === s) this.client = null;
-      });
-      s.on('error', () => {});
-    });
-    await new Promise<void>((resolve) => this.server.listen(this.socketPath, resolve));
-  }
-
-  output(text: string | Buffer): void {
-    this.client?.write(text);
-    appendFileSync(this.logPath, text);
-  }
-
-  /** Drops the current client, as QEMU does when the peer goes away. */
-  kick(): void {
-    this.client?.destroy();
-    this.client = null;
-  }
-
-  async close(): Promise<void> {
-    this.kick();
-    await new Promise<void>((resolve) => this.server.close(() => resolve()));
-  }
-}
+import { FakeVmmConsole } from './testing';
 
 async function until(check: () => boolean, timeoutMs = 3_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
@@ -66,7 +23,7 @@ async function until(check: () => boolean, timeoutMs = 3_000): Promise<void> {
 
 describe('ConsoleHub', () => {
   let dir: string;
-  let fake: FakeConsole;
+  let fake: FakeVmmConsole;
   const hubs: ConsoleHub[] = [];
 
   const newHub = (opts: Partial<ConstructorParameters<typeof ConsoleHub>[0]> = {}) => {
@@ -83,7 +40,7 @@ describe('ConsoleHub', () => {
 
   beforeEach(async () => {
     dir = await mkdtemp(join(tmpdir(), 'nqvm-console-hub-'));
-    fake = new FakeConsole(join(dir, 'console.sock'), join(dir, 'console.log'));
+    fake = new FakeVmmConsole(join(dir, 'console.sock'), join(dir, 'console.log'));
     await fake.listen();
   });
 

@@ -52,6 +52,8 @@ export interface ConsoleSubscribeOptions {
 }
 
 const MiB = 1024 * 1024;
+/** A viewer with more output than this waiting to be sent is dropped (`maxViewerPendingBytes`). */
+export const DEFAULT_MAX_VIEWER_PENDING_BYTES = MiB;
 /** How much of the in-memory tail must reappear in the log to find where the hub left off. */
 const ANCHOR_BYTES = 256;
 /** Check the log size for rotation after this much output. */
@@ -74,7 +76,7 @@ export class ConsoleHub {
     this.opts = {
       bufferBytes: MiB,
       maxLogBytes: MiB,
-      maxViewerPendingBytes: MiB,
+      maxViewerPendingBytes: DEFAULT_MAX_VIEWER_PENDING_BYTES,
       maxInputPendingBytes: 64 * 1024,
       attachSettleMs: 50,
       reconnectMinMs: 100,

@@ -31,11 +31,13 @@ export interface DiskSpec {
   isRoot: boolean;
 }
 
+/** A VM NIC on a TAP made by the network module (`HostNetwork.ensureTap`, see `nicSpec()`). */
 export interface NicSpec {
   id: string; // "eth0"
   /** Host TAP device name, derived and validated by the agent (<= 15 chars). */
   tap: string;
-  mac: string; // "02:xx:xx:xx:xx:xx"
+  /** `macFor(vmId, nicIndex)` unless the manager chose one: "02:xx:xx:xx:xx:xx". */
+  mac: string;
 }
 
 export interface VmSpec {
@@ -95,6 +97,12 @@ export interface SnapshotFiles {
   /** Guest memory file (Firecracker); QEMU may keep memory in statePath and leave this undefined. */
   memPath?: string;
   type: 'Full' | 'Diff';
+  /**
+   * Diff: the snapshot its memory builds on (the previous one of the same VMM run), down to a
+   * Full one or a Diff without a base (which holds every page the run wrote). Restore merges
+   * the chain.
+   */
+  base?: SnapshotFiles;
 }
 
 export interface ShutdownOptions {

@@ -56,3 +56,23 @@ export async function isSameProcessRunning(pid: number, startTime: number): Prom
   const stat = await readProcStat(pid);
   return stat !== null && stat.state !== 'Z' && stat.startTime === startTime;
 }
+
+/** CPU time (user + system, field 14 and 15) in seconds and resident memory of a process; null when gone. */
+export async function processUsage(pid: number): Promise<{ cpuSeconds: number; rssBytes: number } | null> {
+  try {
+    const [stat, status] = await Promise.all([
+      readFile(`/proc/${pid}/stat`, 'utf8'),
+      readFile(`/proc/${pid}/status`, 'utf8'),
+    ]);
+    const rest = stat
+      .slice(stat.lastIndexOf(')') + 1)
+      .trim()
+      .split(/\s+/);
+    // Clock ticks: 100 per second on every Linux that nqvm runs on (USER_HZ).
+    const cpuSeconds = (Number(rest[11]) + Number(rest[12])) / 100;
+    const rssKib = Number(/^VmRSS:\s+(\d+)/m.exec(status)?.[1] ?? 0);
+    return { cpuSeconds, rssBytes: rssKib * 1024 };
+  } catch {
+    return null;
+  }
+}

@@ -4,9 +4,9 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { createAgent, loadAgentConfig } from '@nqvm/agent';
 import { createManager, type Manager } from '@nqvm/manager';
-import { registerPathImage } from '@nqvm/manager/images/images';
-import { ensureTestGuest } from '@nqvm/testkit';
+import { ensureContainerInit, ensureTestGuest } from '@nqvm/testkit';
 import { Command } from 'commander';
+import { ensureDefaultNetwork } from './default-network';
 import { printFirstAdmin, waitForSignal } from './run';
 import { loadConfigOrExit } from './server';
 
@@ -18,38 +18,38 @@ const run = promisify(execFile);
  */
 export async function registerBuiltinGuest(manager: Manager, log: (m: string) => void): Promise<void> {
   const guest = await ensureTestGuest({ onProgress: (m) => log(`  guest: ${m}`) });
-  const dir = path.join(manager.services.config.imageRoot, 'builtin', path.basename(guest.dir));
-  if (!fs.existsSync(dir)) {
-    const tmp = `${dir}.tmp-${process.pid}`;
-    fs.mkdirSync(tmp, { recursive: true });
-    for (const f of [guest.kernel, guest.initrd, guest.rootfs]) {
-      await run('cp', ['--sparse=always', '--reflink=auto', f, path.join(tmp, path.basename(f))]);
-    }
-    fs.renameSync(tmp, dir);
-  }
-  const at = (f: string) => path.join(dir, path.basename(f));
-  const store = manager.services.store;
-  await registerPathImage(store, {
-    name: 'builtin-kernel',
-    kind: 'kernel',
-    path: at(guest.kernel),
-    isDefault: true,
-    format: 'bzimage',
-  });
-  await registerPathImage(store, {
-    name: 'builtin-initrd',
+  const init = await ensureContainerInit();
+  const root = path.join(manager.services.config.imageRoot, 'builtin');
+  const guestDir = await copyOnce(path.join(root, path.basename(guest.dir)), [
+    guest.kernel,
+    guest.initrd,
+    guest.rootfs,
+  ]);
+  const initDir = await copyOnce(path.join(root, `container-init-${path.basename(init.dir)}`), [init.initrd]);
+  const at = (dir: string, f: string) => path.join(dir, path.basename(f));
+  // Inspected like an import: the bzImage kernel also gets the vmlinux Firecracker loads.
+  const images = manager.services.images;
+  await images.registerBuiltin({ name: 'builtin-kernel', kind: 'kernel', path: at(guestDir, guest.kernel) });
+  await images.registerBuiltin({ name: 'builtin-initrd', kind: 'initrd', path: at(guestDir, guest.initrd) });
+  await images.registerBuiltin({ name: 'builtin-rootfs', kind: 'rootfs', path: at(guestDir, guest.rootfs) });
+  // What containers boot (POST /api/v1/containers finds it by this name); not a default initrd.
+  await images.registerBuiltin({
+    name: 'builtin-container-init',
     kind: 'initrd',
-    path: at(guest.initrd),
-    isDefault: true,
-    format: 'cpio.gz',
+    path: at(initDir, init.initrd),
+    isDefault: false,
   });
-  await registerPathImage(store, {
-    name: 'builtin-rootfs',
-    kind: 'rootfs',
-    path: at(guest.rootfs),
-    isDefault: true,
-    format: 'ext4',
-  });
+}
+
+/** Copies `files` into `dir` (made once, atomically; the image root then owns them). */
+async function copyOnce(dir: string, files: string[]): Promise<string> {
+  if (fs.existsSync(dir)) return dir;
+  const tmp = `${dir}.tmp-${process.pid}`;
+  fs.mkdirSync(tmp, { recursive: true });
+  for (const f of files)
+    await run('cp', ['--sparse=always', '--reflink=auto', f, path.join(tmp, path.basename(f))]);
+  fs.renameSync(tmp, dir);
+  return dir;
 }
 
 export function upCommand(): Command {
@@ -63,11 +63,15 @@ export function upCommand(): Command {
       process.env.AGENT_BIND ?? '127.0.0.1:9090',
     )
     .option('--no-builtin-images', 'do not build and register the built-in guest as default images')
+    .option(
+      '--no-default-network',
+      'do not create the default NAT network (VMs created without `networks` get a NIC on it)',
+    )
     .addHelpText(
       'after',
       '\nExample:\n  $ nqvm up            # then open http://127.0.0.1:8080/ and create a VM',
     )
-    .action(async (opts: { agentBind: string; builtinImages: boolean }) => {
+    .action(async (opts: { agentBind: string; builtinImages: boolean; defaultNetwork: boolean }) => {
       const env = { ...process.env };
       delete env.DATABASE_URL; // `up` is the embedded, one-host setup
       const config = loadConfigOrExit(env);
@@ -79,6 +83,7 @@ export function upCommand(): Command {
         say('preparing the built-in guest images (first run downloads the Debian cloud kernel package)...');
         await registerBuiltinGuest(manager, say);
       }
+      if (opts.defaultNetwork) say(await ensureDefaultNetwork(manager));
       const stateDir = env.FC_RUN_DIR ?? path.join(config.dataDir, 'agent');
       const firstStart = !fs.existsSync(path.join(stateDir, 'identity.json'));
       const join = firstStart

@@ -246,6 +246,165 @@ const steps2: Record<string, Step> = {
 };
 Object.assign(steps, steps2);
 
+const steps3: Record<string, Step> = {
+  async '0003_images_volumes'(db, dialect) {
+    const big = dialect === 'postgres' ? 'bigint' : 'integer';
+    // An image's import error, who made it, and the digest of the blob the store keeps.
+    await db.schema.alterTable('images').addColumn('error', 'text').execute();
+    await db.schema.alterTable('images').addColumn('created_by', 'text').execute();
+    await db.schema.createIndex('images_sha256').on('images').column('sha256').execute();
+
+    // Data disks: made on one host at first use, attached to at most one VM.
+    await db.schema
+      .createTable('volumes')
+      .addColumn('id', 'text', (c) => c.primaryKey())
+      .addColumn('name', 'text', (c) => c.notNull().unique())
+      .addColumn('size_mib', big, (c) => c.notNull())
+      .addColumn('filesystem', 'text', (c) => c.notNull().defaultTo('none'))
+      .addColumn('host_id', 'text', (c) => c.references('hosts.id'))
+      .addColumn('vm_id', 'text', (c) => c.references('vms.id').onDelete('set null'))
+      .addColumn('delete_with_vm', 'integer', (c) => c.notNull().defaultTo(0))
+      .addColumn('status', 'text', (c) => c.notNull())
+      .addColumn('created_by', 'text')
+      .addColumn('created_at', 'text', (c) => c.notNull())
+      .addColumn('updated_at', 'text', (c) => c.notNull())
+      .execute();
+    await db.schema.createIndex('volumes_page').on('volumes').columns(['created_at', 'id']).execute();
+    await db.schema.createIndex('volumes_vm').on('volumes').column('vm_id').execute();
+  },
+};
+Object.assign(steps, steps3);
+
+const steps4: Record<string, Step> = {
+  async '0004_networking'(db) {
+    // One row per VM NIC: its address from IPAM (nat, isolated) or as the agent found it (bridged).
+    await db.schema
+      .createTable('vm_nics')
+      .addColumn('vm_id', 'text', (c) => c.notNull().references('vms.id').onDelete('cascade'))
+      .addColumn('nic_index', 'integer', (c) => c.notNull())
+      .addColumn('network_id', 'text', (c) => c.notNull().references('networks.id'))
+      .addColumn('mac', 'text', (c) => c.notNull())
+      .addColumn('ip', 'text')
+      .addColumn('ip_source', 'text', (c) => c.notNull().defaultTo('ipam'))
+      .addPrimaryKeyConstraint('vm_nics_pk', ['vm_id', 'nic_index'])
+      .execute();
+    // Bridged addresses are reported, not assigned: only IPAM addresses are unique.
+    await db.schema
+      .createIndex('vm_nics_address')
+      .on('vm_nics')
+      .columns(['network_id', 'ip'])
+      .unique()
+      .where(sql.ref('ip_source'), '=', 'ipam')
+      .execute();
+    await db.schema.createIndex('vm_nics_network').on('vm_nics').column('network_id').execute();
+
+    await db.schema
+      .createTable('port_forwards')
+      .addColumn('id', 'text', (c) => c.primaryKey())
+      .addColumn('vm_id', 'text', (c) => c.notNull().references('vms.id').onDelete('cascade'))
+      .addColumn('nic_index', 'integer', (c) => c.notNull())
+      .addColumn('proto', 'text', (c) => c.notNull())
+      .addColumn('host_port', 'integer', (c) => c.notNull())
+      .addColumn('guest_port', 'integer', (c) => c.notNull())
+      .addColumn('created_at', 'text', (c) => c.notNull())
+      .execute();
+    await db.schema
+      .createIndex('port_forwards_port')
+      .on('port_forwards')
+      .columns(['proto', 'host_port'])
+      .execute();
+    await db.schema.createIndex('port_forwards_vm').on('port_forwards').column('vm_id').execute();
+  },
+};
+Object.assign(steps, steps4);
+
+const steps5: Record<string, Step> = {
+  async '0005_snapshots'(db, dialect) {
+    const big = dialect === 'postgres' ? 'bigint' : 'integer';
+    // What the Snapshot resource shows; the VM's shape is copied so the snapshot outlives its VM.
+    await db.schema.alterTable('snapshots').addColumn('description', 'text').execute();
+    await db.schema
+      .alterTable('snapshots')
+      .addColumn('vm_name', 'text', (c) => c.notNull().defaultTo(''))
+      .execute();
+    await db.schema.alterTable('snapshots').addColumn('parent_id', 'text').execute();
+    await db.schema
+      .alterTable('snapshots')
+      .addColumn('vmm', 'text', (c) => c.notNull().defaultTo('qemu'))
+      .execute();
+    await db.schema
+      .alterTable('snapshots')
+      .addColumn('vcpu', 'integer', (c) => c.notNull().defaultTo(0))
+      .execute();
+    await db.schema
+      .alterTable('snapshots')
+      .addColumn('mem_mib', big, (c) => c.notNull().defaultTo(0))
+      .execute();
+    await db.schema.alterTable('snapshots').addColumn('sizes', 'text').execute();
+    await db.schema
+      .alterTable('snapshots')
+      .addColumn('guest_agent', 'integer', (c) => c.notNull().defaultTo(0))
+      .execute();
+    await db.schema.alterTable('snapshots').addColumn('error', 'text').execute();
+    await db.schema.alterTable('snapshots').addColumn('created_by', 'text').execute();
+    // While a manager works on a snapshot with its agent (taking or deleting it), it holds this
+    // claim; a claim left to expire (that manager stopped) lets another one ask the agent again.
+    await db.schema.alterTable('snapshots').addColumn('claimed_until', 'text').execute();
+    // Names are global, so the CLI can name snapshots.
+    await db.schema.createIndex('snapshots_name').on('snapshots').column('name').unique().execute();
+    await db.schema.createIndex('snapshots_page').on('snapshots').columns(['created_at', 'id']).execute();
+    await db.schema
+      .createIndex('snapshots_vm')
+      .on('snapshots')
+      .columns(['vm_id', 'created_at', 'id'])
+      .execute();
+    await db.schema.createIndex('snapshots_parent').on('snapshots').column('parent_id').execute();
+  },
+};
+Object.assign(steps, steps5);
+
+const steps6: Record<string, Step> = {
+  async '0006_containers'(db, dialect) {
+    const big = dialect === 'postgres' ? 'bigint' : 'integer';
+    // A container and the microVM it runs in share their id. The row outlives a failed create
+    // (phase failed, no VM) so its reason stays visible; otherwise it goes with its VM.
+    await db.schema
+      .createTable('containers')
+      .addColumn('id', 'text', (c) => c.primaryKey())
+      .addColumn('name', 'text', (c) => c.notNull().unique())
+      .addColumn('image', 'text', (c) => c.notNull())
+      .addColumn('image_id', 'text')
+      .addColumn('image_digest', 'text')
+      .addColumn('request', 'text', (c) => c.notNull())
+      .addColumn('process', 'text')
+      .addColumn('ports', 'text', (c) => c.notNull())
+      .addColumn('vcpu', 'integer', (c) => c.notNull())
+      .addColumn('mem_mib', big, (c) => c.notNull())
+      .addColumn('restart_policy', 'text', (c) => c.notNull())
+      .addColumn('network_id', 'text')
+      .addColumn('labels', 'text', (c) => c.notNull())
+      .addColumn('start', 'integer', (c) => c.notNull())
+      .addColumn('phase', 'text', (c) => c.notNull())
+      .addColumn('status', 'text', (c) => c.notNull())
+      .addColumn('running', 'integer', (c) => c.notNull().defaultTo(0))
+      .addColumn('exit_kind', 'text')
+      .addColumn('exit_value', 'integer')
+      .addColumn('started_at', 'text')
+      .addColumn('finished_at', 'text')
+      .addColumn('restart_count', 'integer', (c) => c.notNull().defaultTo(0))
+      .addColumn('last_error', 'text')
+      .addColumn('created_by', 'text')
+      // While `creating`: until when the manager running the create holds it (renewed).
+      .addColumn('claimed_until', 'text')
+      .addColumn('created_at', 'text', (c) => c.notNull())
+      .addColumn('updated_at', 'text', (c) => c.notNull())
+      .execute();
+    await db.schema.createIndex('containers_page').on('containers').columns(['created_at', 'id']).execute();
+    await db.schema.createIndex('containers_status').on('containers').column('status').execute();
+  },
+};
+Object.assign(steps, steps6);
+
 class StaticProvider implements MigrationProvider {
   constructor(private readonly dialect: DialectName) {}
   async getMigrations(): Promise<Record<string, Migration>> {
@@ -270,9 +429,13 @@ export async function dropAll(db: Kysely<Database>): Promise<void> {
     'events',
     'audit_events',
     'operations',
+    'containers',
     'snapshots',
     'templates',
+    'port_forwards',
+    'vm_nics',
     'networks',
+    'volumes',
     'images',
     'vm_labels',
     'vms',

@@ -112,6 +112,23 @@ export interface ImagesTable {
   source: Json;
   metadata: Json;
   is_default: Bool;
+  error: string | null;
+  created_by: string | null;
+  created_at: Time;
+  updated_at: Time;
+}
+
+export interface VolumesTable {
+  id: string;
+  name: string;
+  size_mib: number;
+  filesystem: 'none' | 'ext4';
+  /** The host whose disk holds it; set when a VM using it is first placed. */
+  host_id: string | null;
+  vm_id: string | null;
+  delete_with_vm: Bool;
+  status: 'available' | 'in-use' | 'deleting';
+  created_by: string | null;
   created_at: Time;
   updated_at: Time;
 }
@@ -128,6 +145,26 @@ export interface NetworksTable {
   updated_at: Time;
 }
 
+export interface VmNicsTable {
+  vm_id: string;
+  nic_index: number;
+  network_id: string;
+  mac: string;
+  ip: string | null;
+  /** ipam: assigned by the manager (unique per network); agent: found by the host (bridged). */
+  ip_source: 'ipam' | 'agent';
+}
+
+export interface PortForwardsTable {
+  id: string;
+  vm_id: string;
+  nic_index: number;
+  proto: 'tcp' | 'udp';
+  host_port: number;
+  guest_port: number;
+  created_at: Time;
+}
+
 export interface TemplatesTable {
   id: string;
   name: string;
@@ -136,16 +173,74 @@ export interface TemplatesTable {
   updated_at: Time;
 }
 
+/** The non-null columns 0005 added have defaults (Generated): inserts may leave them out. */
 export interface SnapshotsTable {
   id: string;
   name: string;
+  description: string | null;
+  /** Null once the VM is deleted; the snapshot stays usable from `spec`. */
   vm_id: string | null;
+  vm_name: Generated<string>;
+  /** The host whose agent keeps the files; null once that host is removed. */
   host_id: string | null;
   snapshot_type: 'Full' | 'Diff';
-  status: string;
+  /** Diff: the snapshot whose memory it builds on. */
+  parent_id: string | null;
+  status: 'creating' | 'ready' | 'failed' | 'deleting';
+  vmm: Generated<'firecracker' | 'qemu'>;
+  vcpu: Generated<number>;
+  mem_mib: Generated<number>;
   size_bytes: number | null;
+  /** {state_bytes, memory_bytes, disk_bytes} once ready. */
+  sizes: Json | null;
+  guest_agent: Generated<Bool>;
+  error: string | null;
   files: Json;
+  /** What a clone needs (SnapshotSpec in snapshots/snapshots.ts), image ids under the VM spec's names. */
   spec: Json;
+  created_by: string | null;
+  /** While `creating` or `deleting`: until when the manager asking the agent holds the work. */
+  claimed_until: Time | null;
+  created_at: Time;
+  updated_at: Time;
+}
+
+/** A container; its VM (same id) holds what runs. See containers/containers.ts. */
+export interface ContainersTable {
+  id: string;
+  name: string;
+  /** The reference as the request gave it. */
+  image: string;
+  /** The rootfs image made from it, once the pull finished. */
+  image_id: string | null;
+  /** The linux/amd64 manifest digest the reference resolved to. */
+  image_digest: string | null;
+  /** {command, args, env, working_dir, user} as requested. */
+  request: Json;
+  /** {argv, env, working_dir, user}: what runs, from the image config and the request. */
+  process: Json | null;
+  /** [{host_port, container_port, protocol}] */
+  ports: Json;
+  vcpu: number;
+  mem_mib: number;
+  restart_policy: 'never' | 'on-failure' | 'always';
+  network_id: string | null;
+  labels: Json;
+  start: Bool;
+  /** creating: the create job runs; ready: it finished; failed: it failed (no VM left). */
+  phase: 'creating' | 'ready' | 'failed';
+  /** The status as last derived (for filtering); GET derives it afresh. */
+  status: 'created' | 'starting' | 'running' | 'paused' | 'exited' | 'failed';
+  /** From the agent's reports: the process runs in its VM's current run. */
+  running: Generated<Bool>;
+  exit_kind: 'exited' | 'signal' | 'unstartable' | null;
+  exit_value: number | null;
+  started_at: Time | null;
+  finished_at: Time | null;
+  restart_count: Generated<number>;
+  last_error: string | null;
+  created_by: string | null;
+  claimed_until: Time | null;
   created_at: Time;
   updated_at: Time;
 }
@@ -201,9 +296,13 @@ export interface Database {
   vms: VmsTable;
   vm_labels: VmLabelsTable;
   images: ImagesTable;
+  volumes: VolumesTable;
   networks: NetworksTable;
+  vm_nics: VmNicsTable;
+  port_forwards: PortForwardsTable;
   templates: TemplatesTable;
   snapshots: SnapshotsTable;
+  containers: ContainersTable;
   operations: OperationsTable;
   audit_events: AuditEventsTable;
   events: EventsTable;
@@ -212,9 +311,16 @@ export interface Database {
 export type UserRow = Selectable<UsersTable>;
 export type HostRow = Selectable<HostsTable>;
 export type VmRow = Selectable<VmsTable>;
+export type ImageRow = Selectable<ImagesTable>;
+export type VolumeRow = Selectable<VolumesTable>;
+export type NetworkRow = Selectable<NetworksTable>;
+export type VmNicRow = Selectable<VmNicsTable>;
+export type PortForwardRow = Selectable<PortForwardsTable>;
 export type NewVm = Insertable<VmsTable>;
 export type VmUpdate = Updateable<VmsTable>;
 export type OperationRow = Selectable<OperationsTable>;
+export type SnapshotRow = Selectable<SnapshotsTable>;
+export type ContainerRow = Selectable<ContainersTable>;
 export type ApiTokenRow = Selectable<ApiTokensTable>;
 export type JoinTokenRow = Selectable<JoinTokensTable>;
 export type AuditRow = Selectable<AuditEventsTable>;

@@ -263,6 +263,18 @@ export class Hosts {
       .executeTakeFirst();
     if (vms)
       throw new ConflictError('HOST_NOT_EMPTY', `host ${row.name} still has VMs; drain or delete them first`);
+    const volume = await this.store.db
+      .selectFrom('volumes')
+      .select(['id', 'name'])
+      .where('host_id', '=', id)
+      .limit(1)
+      .executeTakeFirst();
+    if (volume)
+      throw new ConflictError(
+        'HOST_NOT_EMPTY',
+        `host ${row.name} holds volume ${volume.name} (and maybe others); delete them first`,
+        { volume_id: volume.id },
+      );
     await this.store.db.deleteFrom('hosts').where('id', '=', id).execute();
     await this.bus.publish({ type: 'host.deleted', resourceType: 'host', resourceId: id, data: toHost(row) });
   }

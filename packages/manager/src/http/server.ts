@@ -16,12 +16,20 @@ import {
 import { actorOf } from '../auth/principal';
 import { auditRoutes } from '../routes/audit';
 import { authRoutes } from '../routes/auth';
+import { consoleWsRoutes, registerConsoleWebSocket } from '../routes/console-ws';
+import { containerRoutes } from '../routes/containers';
 import { eventRoutes } from '../routes/events';
+import { execWsRoutes } from '../routes/exec-ws';
 import { healthRoutes } from '../routes/health';
 import { hostRoutes } from '../routes/hosts';
+import { imageRoutes } from '../routes/images';
+import { networkRoutes } from '../routes/networks';
 import { operationRoutes } from '../routes/operations';
+import { snapshotRoutes } from '../routes/snapshots';
+import { templateRoutes } from '../routes/templates';
 import { tokenRoutes, userRoutes } from '../routes/users';
 import { vmConsoleRoutes, vmRoutes } from '../routes/vms';
+import { volumeRoutes } from '../routes/volumes';
 import type { Services } from '../services';
 import type { App } from './app-type';
 import { authHook } from './auth-hook';
@@ -130,6 +138,8 @@ export async function buildApp(
   });
   await app.register(swaggerUi, { routePrefix: '/docs' });
 
+  // Before the auth hook: the WebSocket plugin's own hook closes upgrades that auth refuses.
+  const wsSessions = await registerConsoleWebSocket(app);
   app.addHook('onRequest', authHook(s));
   app.addHook('preValidation', async (req) => {
     for (const [part, value] of [
@@ -188,6 +198,14 @@ export async function buildApp(
   tokenRoutes(app, s);
   vmRoutes(app, s);
   vmConsoleRoutes(app, s);
+  consoleWsRoutes(app, s, wsSessions);
+  execWsRoutes(app, s, wsSessions);
+  imageRoutes(app, s);
+  volumeRoutes(app, s);
+  templateRoutes(app, s);
+  snapshotRoutes(app, s);
+  containerRoutes(app, s);
+  networkRoutes(app, s);
   operationRoutes(app, s);
   eventRoutes(app, s);
   hostRoutes(app, s, (hostId, hb) => s.reconciler.onHeartbeat(hostId, hb));

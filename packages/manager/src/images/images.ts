@@ -8,6 +8,7 @@ import fs from 'node:fs/promises';
 import { type AgentImageRef, InputError } from '@nqvm/api';
 import { nowIso } from '../clock';
 import type { Datastore } from '../db/datastore';
+import type { ImageRow } from '../db/schema';
 
 type Kind = 'kernel' | 'initrd' | 'rootfs';
 
@@ -32,12 +33,31 @@ export async function resolveImage(
       'IMAGE_NOT_FOUND',
     );
   }
+  if (row.status !== 'ready') {
+    throw new InputError(
+      `${kind} image ${row.name} is ${row.status}, not ready`,
+      { field: `${kind}_image_id` },
+      'IMAGE_NOT_READY',
+    );
+  }
+  return toAgentImageRef(row);
+}
+
+/** What an agent needs to find or fetch an image's bytes. */
+export function toAgentImageRef(row: ImageRow): AgentImageRef {
   const source = JSON.parse(row.source) as { path?: string };
+  const meta = JSON.parse(row.metadata) as {
+    vmlinux?: { sha256: string; size_bytes: number };
+    has_cloud_init?: boolean;
+  };
   return {
     id: row.id,
     sha256: row.sha256,
     size_bytes: row.size_bytes === null ? null : Number(row.size_bytes),
     path: source.path ?? null,
+    format: row.format,
+    vmlinux: meta.vmlinux ?? null,
+    has_cloud_init: meta.has_cloud_init ?? null,
   };
 }
 

@@ -4,7 +4,7 @@
  * into VM states, and finishes the operations those reports satisfy. It is level-triggered:
  * a lost command or report is repaired by the next pass.
  */
-import type { AgentHeartbeat, AgentVmCommand, AgentVmReport, VmState } from '@nqvm/api';
+import type { AgentGuestConfig, AgentHeartbeat, AgentVmCommand, AgentVmReport, VmState } from '@nqvm/api';
 import { NqvmError } from '@nqvm/api';
 import type { z } from 'zod';
 import { isoAfter, nowIso } from '../clock';
@@ -12,6 +12,8 @@ import type { Datastore } from '../db/datastore';
 import type { HostRow, OperationRow, VmRow } from '../db/schema';
 import type { AgentClient } from '../hosts/agent-client';
 import { resolveImage } from '../images/images';
+import { type VmNetworking, vmNetworking } from '../networks/agent-networking';
+import { recordFoundAddresses } from '../networks/vm-nics';
 import type { Operations } from '../operations/operations';
 import type { Scheduler } from '../scheduler/scheduler';
 import type { StoredSpec, Vms } from '../vms/vms';
@@ -29,12 +31,18 @@ const OP_TARGET: Record<string, VmState> = {
   'vm.reboot': 'running',
   'vm.stop': 'stopped',
   'vm.pause': 'paused',
+  'vm.restore': 'running',
+  'snapshot.instantiate': 'running',
 };
 
 const SETTLED: ReadonlySet<string> = new Set(['running', 'paused', 'stopped', 'failed']);
 
+/** Told about each report of a VM the manager keeps (a container reads its process's state); must not throw. */
+export type ReportHook = (vm: VmRow, report: AgentVmReport) => Promise<void>;
+
 export class Reconciler {
   private readonly inflight = new Set<string>();
+  private readonly reportHooks: ReportHook[] = [];
 
   constructor(
     private readonly store: Datastore,
@@ -44,6 +52,10 @@ export class Reconciler {
     private readonly agents: AgentClient,
     private readonly log: { warn: (o: object, m: string) => void; error: (o: object, m: string) => void },
   ) {}
+
+  onReport(hook: ReportHook): void {
+    this.reportHooks.push(hook);
+  }
 
   /**
    * One pass over every VM that needs work, a few at a time. Unplaced VMs are only looked at
@@ -170,16 +182,28 @@ export class Reconciler {
       }),
       resolveImage(this.store, 'rootfs', spec.rootfs_image_id, { optional: true }),
     ]);
+    const volumes = await this.store.db
+      .selectFrom('volumes')
+      .select(['id', 'name', 'size_mib', 'filesystem'])
+      .where('vm_id', '=', vm.id)
+      .orderBy('created_at')
+      .orderBy('id')
+      .execute();
+    const net = await vmNetworking(this.store.db, vm.id);
     const ops = await this.ops.active(vm.id);
     const current = ops.find(
       (o) => (JSON.parse(o.params) as { generation?: number }).generation === vm.generation,
     );
-    const params = current ? (JSON.parse(current.params) as { force?: boolean; timeout_s?: number }) : {};
+    const params = current
+      ? (JSON.parse(current.params) as { force?: boolean; timeout_s?: number; restore_snapshot_id?: string })
+      : {};
     return {
       generation: vm.generation,
       desired: vm.desired_state as AgentVmCommand['desired'],
       reboot: current?.kind === 'vm.reboot',
       stop: { force: params.force ?? false, timeout_s: params.timeout_s ?? 30 },
+      // Restores in place and a clone's first boot: the host boots the VM from the snapshot.
+      restore: params.restore_snapshot_id ? { snapshot_id: params.restore_snapshot_id } : null,
       spec: {
         name: vm.name,
         vcpu: vm.vcpu,
@@ -191,6 +215,17 @@ export class Reconciler {
         disk_size_mib: spec.disk_size_mib,
         boot_args: spec.boot_args,
         restart_policy: vm.restart_policy as AgentVmCommand['spec']['restart_policy'],
+        guest_config: agentGuestConfig(vm, spec, net),
+        volumes: volumes.map((v) => ({
+          id: v.id,
+          name: v.name,
+          size_mib: Number(v.size_mib),
+          filesystem: v.filesystem,
+          read_only: false,
+        })),
+        nics: net.nics,
+        port_forwards: net.port_forwards,
+        container: spec.container ?? null,
       },
     };
   }
@@ -253,6 +288,18 @@ export class Reconciler {
       return;
     }
     if (vm.state === 'deleting') return;
+    // Whatever its generation: the process's state does not depend on the command.
+    for (const hook of this.reportHooks) await hook(vm, r);
+    if (r.nics?.length && (await recordFoundAddresses(this.store.db, vm.id, r.nics))) {
+      // Forwards to a bridged NIC wait for its address: with it found, the host gets them.
+      const forwarded = await this.store.db
+        .selectFrom('port_forwards')
+        .select('id')
+        .where('vm_id', '=', vm.id)
+        .executeTakeFirst();
+      if (forwarded) await this.vms.write(vm.id, { generation: vm.generation + 1 });
+      else await this.vms.publishUpdated(vm.id);
+    }
     const current = r.generation >= vm.generation;
     if (!current && vm.state !== 'unknown') return;
     let state = r.state as VmState;
@@ -282,7 +329,12 @@ export class Reconciler {
       })
       .where('id', '=', vm.id)
       .execute();
-    if (changed) await this.vms.write(vm.id, { state, last_error: r.error, desired_state: desired });
+    if (changed)
+      await this.vms.writeIf(
+        vm.id,
+        { state: vm.state, generation: vm.generation },
+        { state, last_error: r.error, desired_state: desired },
+      );
     if (current) await this.settleOperations(vm.id, state, r.error, r.generation);
   }
 
@@ -350,7 +402,7 @@ export class Reconciler {
   private async finishDelete(vm: VmRow): Promise<void> {
     await this.scheduler.release(vm);
     await this.vms.remove(vm.id);
-    for (const op of await this.ops.active(vm.id)) {
+    for (const op of await this.vmOps(vm.id)) {
       if (op.kind === 'vm.delete') await this.ops.succeed(op.id, 'deleted');
       else await this.ops.update(op.id, { status: 'cancelled', message: 'the VM was deleted' });
     }
@@ -358,11 +410,11 @@ export class Reconciler {
 
   private async failVm(vm: VmRow, code: string, message: string): Promise<void> {
     await this.vms.write(vm.id, { state: 'failed', desired_state: 'stopped', last_error: message });
-    for (const op of await this.ops.active(vm.id)) await this.ops.fail(op.id, code, message);
+    for (const op of await this.vmOps(vm.id)) await this.ops.fail(op.id, code, message);
   }
 
   private async note(vm: VmRow, message: string, percent?: number): Promise<void> {
-    for (const op of await this.ops.active(vm.id)) {
+    for (const op of await this.vmOps(vm.id)) {
       if (op.progress_message === message) continue;
       await this.ops.update(op.id, {
         message,
@@ -371,7 +423,37 @@ export class Reconciler {
     }
   }
 
+  /** The VM's own active operations (a container's, of the same id, follow the VM by themselves). */
+  private async vmOps(vmId: string): Promise<OperationRow[]> {
+    return (await this.ops.active(vmId)).filter((op) => op.target_type === 'vm');
+  }
+
   private async markCommanded(vm: VmRow): Promise<void> {
     await this.store.db.updateTable('vms').set({ commanded_at: nowIso() }).where('id', '=', vm.id).execute();
   }
+}
+
+/** The guest settings an agent writes before boot; the password only as its crypt hash. */
+function agentGuestConfig(vm: VmRow, spec: StoredSpec, net: VmNetworking): AgentGuestConfig | null {
+  const gc = spec.guest_config;
+  if (gc.mode === 'none') return null;
+  return {
+    mode: gc.mode,
+    instance_id: vm.id,
+    hostname: gc.hostname ?? hostLabel(vm.name),
+    username: gc.username,
+    password_hash: gc.password_hash,
+    ssh_authorized_keys: gc.ssh_authorized_keys,
+    user_data: gc.user_data,
+    network_config: net.network_config,
+  };
+}
+
+/** A VM name as a host name label: `web_1.a` -> `web-1-a`. */
+export function hostLabel(name: string): string {
+  const label = name
+    .replace(/[^a-zA-Z0-9-]/g, '-')
+    .slice(0, 63)
+    .replace(/-+$/, '');
+  return label || 'vm';
 }

@@ -90,14 +90,22 @@ export function authRoutes(app: App, s: Services): void {
         tags: ['auth'],
         summary: 'Who am I',
         response: {
-          200: User.extend({ effective_role: User.shape.role, via: z.enum(['session', 'token']) }),
+          200: User.extend({
+            effective_role: User.shape.role,
+            via: z.enum(['session', 'token']),
+            token_id: z
+              .string()
+              .nullable()
+              .describe('the API token this request used (to revoke it at logout)'),
+          }),
         },
       },
     },
     async (req) => {
       if (req.principal.kind !== 'user') throw new AuthenticationError();
       const user = toUser(await s.users.getRow(req.principal.userId));
-      return { ...user, effective_role: req.principal.role, via: req.principal.via };
+      const tokenId = req.principal.via === 'token' ? (req.principal.tokenId ?? null) : null;
+      return { ...user, effective_role: req.principal.role, via: req.principal.via, token_id: tokenId };
     },
   );
 

@@ -1,6 +1,8 @@
 import {
   ConflictError,
   DeleteVmQuery,
+  ExecRequest,
+  ExecResult,
   IdParams,
   listOf,
   Vm,
@@ -17,6 +19,7 @@ import { actorOf } from '../auth/principal';
 import type { App } from '../http/app-type';
 import type { Services } from '../services';
 import type { VmAction } from '../vms/state-machine';
+import { execInVm } from '../vms/vm-exec';
 
 export function actorName(p: Principal): string | null {
   const a = actorOf(p);
@@ -85,16 +88,24 @@ export function vmRoutes(app: App, s: Services): void {
       config: { access: 'operator', audit: 'vm.delete' },
       schema: {
         tags,
-        summary: 'Delete a VM (409 while it runs, unless force=true)',
+        summary:
+          'Delete a VM (409 while it runs, unless force=true); delete_volumes=true deletes its volumes too',
         params: IdParams,
         querystring: DeleteVmQuery,
         response: { 202: VmActionResponse },
       },
     },
-    async (req, reply) =>
-      reply
-        .status(202)
-        .send(await s.vms.delete(req.params.id, req.query.force === 'true', actorName(req.principal))),
+    async (req, reply) => {
+      const out = await s.vms.delete(
+        req.params.id,
+        req.query.force === 'true',
+        actorName(req.principal),
+        req.query.delete_volumes === 'true',
+      );
+      // A VM without a host is gone already: its volumes to delete can go now.
+      s.volumes.sweep().catch((err) => req.log.warn({ err }, 'volume sweep failed; the loop retries'));
+      return reply.status(202).send(out);
+    },
   );
 
   const action = (name: VmAction, summary: string, method: 'post' | 'patch' = 'post') => {
@@ -152,6 +163,26 @@ export function vmConsoleRoutes(app: App, s: Services): void {
       const bytes = await s.agents.consoleTail(host.address, vm.id, req.query.tail);
       return reply.type('application/octet-stream').send(bytes);
     },
+  );
+
+  app.post(
+    '/api/v1/vms/:id/exec',
+    {
+      config: { access: 'operator', audit: 'vm.exec' },
+      schema: {
+        tags: ['vms'],
+        summary: 'Run a command in a running VM',
+        description:
+          "Through nqvm's guest agent (a host-to-guest channel: nothing listens on the guest's network); answers " +
+          'once the command ended, or was killed (signal 9, timed_out) after timeout_s. Output is UTF-8 text, ' +
+          '4 MiB per stream at most (truncated). 400 EXEC_FAILED when the command cannot start; 409 ' +
+          'VM_INVALID_STATE when the VM does not run, GUEST_AGENT_UNAVAILABLE when its guest runs no guest agent.',
+        params: IdParams,
+        body: ExecRequest,
+        response: { 200: ExecResult },
+      },
+    },
+    async (req) => execInVm(s, req.params.id, req.body),
   );
 
   app.get(

@@ -1,6 +1,8 @@
 /**
  * Placement: a VM goes to a ready, schedulable host that has the VMM it needs and enough free
- * vCPU, memory and disk; among those, the one with the most free memory. The capacity is
+ * vCPU, memory and disk; among those, the one with the most free memory. A VM pinned to a host
+ * (a volume of it lives there, or it is a clone booting from a snapshot kept there) can go only
+ * there; its volumes without a host get the VM's. The capacity is
  * reserved by a conditional UPDATE in the same transaction that assigns the host, so two
  * managers (or two requests) can never overbook a host.
  */
@@ -64,11 +66,17 @@ function explain(hosts: HostRow[], d: Demand, overcommit: number): string {
   return `no host has room for ${d.vcpu} vCPU, ${d.memMib} MiB memory, ${d.diskMib} MiB disk (${free})`;
 }
 
+export interface SchedulerOptions {
+  /** Told the volumes a placement gave a host, after it committed (to publish them). */
+  onVolumesPinned?: (volumeIds: string[]) => Promise<void>;
+}
+
 export class Scheduler {
   constructor(
     private readonly store: Datastore,
     /** vCPUs placed per host core (memory and disk are never overcommitted). */
     private readonly vcpuOvercommit = 1,
+    private readonly opts: SchedulerOptions = {},
   ) {}
 
   /**
@@ -88,7 +96,9 @@ export class Scheduler {
         if (own) return own;
       }
       const d = demandOf(vm);
-      const candidates = hosts
+      const pin = await this.pinnedHost(vm, hosts);
+      const eligible = pin ? hosts.filter((h) => h.id === pin.hostId) : hosts;
+      const candidates = eligible
         .filter(
           (h) =>
             h.status === 'ready' &&
@@ -104,12 +114,20 @@ export class Scheduler {
             (Number(a.cap_mem_mib) - Number(a.alloc_mem_mib)),
         );
       const chosen = candidates[0];
-      if (!chosen)
-        throw new ServiceUnavailableError('NO_CAPACITY', explain(hosts, d, this.vcpuOvercommit), {
-          vcpu: d.vcpu,
-          mem_mib: d.memMib,
-          disk_mib: d.diskMib,
-        });
+      if (!chosen) {
+        const why = explain(eligible, d, this.vcpuOvercommit);
+        throw new ServiceUnavailableError(
+          'NO_CAPACITY',
+          pin ? `${pin.reason} on host ${pin.hostName}, so the VM runs only there: ${why}` : why,
+          {
+            vcpu: d.vcpu,
+            mem_mib: d.memMib,
+            disk_mib: d.diskMib,
+            ...(pin ? { ...pin.details, host_id: pin.hostId } : {}),
+          },
+        );
+      }
+      let pinned: string[] = [];
       const placed = await this.store.db
         .transaction()
         .execute(async (trx) => {
@@ -136,15 +154,87 @@ export class Scheduler {
             .where('host_id', 'is', null)
             .executeTakeFirst();
           if (Number(assigned.numUpdatedRows) !== 1) throw new RaceLost();
+          pinned = (
+            await trx
+              .selectFrom('volumes')
+              .select('id')
+              .where('vm_id', '=', vmId)
+              .where('host_id', 'is', null)
+              .execute()
+          ).map((v) => v.id);
+          if (pinned.length)
+            await trx
+              .updateTable('volumes')
+              .set({ host_id: chosen.id, updated_at: nowIso() })
+              .where('id', 'in', pinned)
+              .execute();
+          const elsewhere = await trx
+            .selectFrom('volumes')
+            .select('id')
+            .where('vm_id', '=', vmId)
+            .where('host_id', '!=', chosen.id)
+            .executeTakeFirst();
+          if (elsewhere) throw new RaceLost();
           return true;
         })
         .catch((err) => {
           if (err instanceof RaceLost) return false;
           throw err;
         });
-      if (placed) return chosen;
+      if (placed) {
+        if (pinned.length) await this.opts.onVolumesPinned?.(pinned);
+        return chosen;
+      }
     }
     throw new ServiceUnavailableError('NO_CAPACITY', 'hosts changed while placing the VM; retry');
+  }
+
+  /**
+   * The one host the VM may run on, or null when any will do: the host its volumes live on, and
+   * for a clone the host keeping its snapshot's files. Pins to two hosts (volumes on two hosts
+   * are only possible by editing the datastore: attach refuses it) can never be placed.
+   */
+  private async pinnedHost(vm: VmRow, hosts: HostRow[]): Promise<Pin | null> {
+    const hostName = (id: string) => hosts.find((h) => h.id === id)?.name ?? id;
+    const pins: Pin[] = [];
+    const volumes = await this.store.db
+      .selectFrom('volumes')
+      .select(['id', 'name', 'host_id'])
+      .where('vm_id', '=', vm.id)
+      .where('host_id', 'is not', null)
+      .orderBy('created_at')
+      .execute();
+    for (const v of volumes)
+      pins.push({
+        hostId: v.host_id!,
+        hostName: hostName(v.host_id!),
+        reason: `volume ${v.name} lives`,
+        details: { volume_id: v.id },
+      });
+    const { source_snapshot_id: snapshotId } = JSON.parse(vm.spec) as { source_snapshot_id?: string };
+    const snapshot = snapshotId
+      ? await this.store.db
+          .selectFrom('snapshots')
+          .select(['id', 'name', 'host_id'])
+          .where('id', '=', snapshotId)
+          .executeTakeFirst()
+      : undefined;
+    if (snapshot?.host_id)
+      pins.push({
+        hostId: snapshot.host_id,
+        hostName: hostName(snapshot.host_id),
+        reason: `the VM boots from snapshot ${snapshot.name}, whose files are`,
+        details: { snapshot_id: snapshot.id },
+      });
+    const first = pins[0];
+    if (!first) return null;
+    if (pins.some((p) => p.hostId !== first.hostId))
+      throw new ServiceUnavailableError(
+        'NO_CAPACITY',
+        `the VM is tied to different hosts (${pins.map((p) => `${p.reason} on host ${p.hostName}`).join('; ')}); detach the volumes not on one host`,
+        { host_ids: [...new Set(pins.map((p) => p.hostId))] },
+      );
+    return first;
   }
 
   /** Returns a VM's reservation to its host (on delete or release); call once per placement. */
@@ -167,6 +257,15 @@ export class Scheduler {
         .execute();
     });
   }
+}
+
+/** Why a VM can run only on one host, in words for the NO_CAPACITY message. */
+interface Pin {
+  hostId: string;
+  hostName: string;
+  /** Completed by " on host X": e.g. "volume data lives". */
+  reason: string;
+  details: Record<string, unknown>;
 }
 
 class RaceLost extends Error {}

@@ -4,7 +4,7 @@
  */
 import type { DesiredState, VmState } from '@nqvm/api';
 
-export type VmAction = 'start' | 'stop' | 'pause' | 'resume' | 'reboot';
+export type VmAction = 'start' | 'stop' | 'pause' | 'resume' | 'reboot' | 'restore';
 
 interface Transition {
   from: readonly VmState[];
@@ -22,6 +22,8 @@ export const TRANSITIONS: Record<VmAction, Transition> = {
   pause: { from: ['running'], to: 'pausing', desired: 'paused' },
   resume: { from: ['paused'], to: 'starting', desired: 'running' },
   reboot: { from: ['running'], to: 'starting', desired: 'running' },
+  // The host stops the VMM (if any) and boots the VM from a snapshot of it.
+  restore: { from: ['running', 'paused', 'stopped', 'failed'], to: 'starting', desired: 'running' },
 };
 
 /** States in which a VM holds a VMM process: deleting one needs `force`. */

@@ -5,6 +5,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import {
+  type AgentContainerSpec,
   ConflictError,
   InputError,
   NotFoundError,
@@ -19,7 +20,17 @@ import { type Datastore, isUniqueViolation } from '../db/datastore';
 import { paginate } from '../db/pagination';
 import type { VmRow } from '../db/schema';
 import type { EventBus } from '../events/bus';
+import { createNics, isAddressClash, nicsOfVms, type VmNic } from '../networks/vm-nics';
 import type { Operations } from '../operations/operations';
+import { publishSnapshots } from '../snapshots/snapshots';
+import {
+  checkAttachable,
+  claimVolumes,
+  publishVolumes,
+  releaseVolumes,
+  type VmVolume,
+  volumesOfVms,
+} from '../volumes/vm-volumes';
 import { hashGuestPassword } from './guest-secrets';
 import { canTransition, LIVE_STATES, TRANSITIONS, type VmAction } from './state-machine';
 
@@ -30,6 +41,7 @@ export interface StoredSpec {
   initrd_image_id: string | null;
   disk_size_mib: number | null;
   boot_args: string | null;
+  /** As requested; the NICs made from it (addresses, MACs) are in `vm_nics`. */
   networks: Array<{ network_id: string; ip: string | null; mac: string | null }>;
   guest_config: {
     mode: 'auto' | 'cloud-init' | 'inject' | 'none';
@@ -39,9 +51,26 @@ export interface StoredSpec {
     hostname: string | null;
     user_data: string | null;
   };
+  /** A clone's snapshot: the VM boots from it first, so it is placed on the snapshot's host. */
+  source_snapshot_id?: string;
+  /** A container's VM: what its init runs (the rootfs is the image, the initrd nqvm's container init). */
+  container?: AgentContainerSpec;
 }
 
-export function toVm(r: VmRow): Vm {
+export interface VmCreateOptions {
+  /** A guest password already hashed (from a template or snapshot), used when the input carries no plaintext one. */
+  passwordHash?: string | null;
+  /** The VM is made from a snapshot; its first boot restores from it (operation `snapshot.instantiate`). */
+  clone?: { snapshotId: string };
+  /** The id to give the VM (a container's VM shares the container's); default: a new one. */
+  id?: string;
+  container?: AgentContainerSpec;
+}
+
+/** Told about a VM after each change (`vm.updated`) and once it is gone (`vm.deleted`); must not throw. */
+export type VmHook = (vm: Vm) => Promise<void>;
+
+export function toVm(r: VmRow, volumes: VmVolume[], nics: VmNic[]): Vm {
   const spec = JSON.parse(r.spec) as StoredSpec;
   return {
     id: r.id,
@@ -57,7 +86,8 @@ export function toVm(r: VmRow): Vm {
     disk_size_mib: spec.disk_size_mib,
     boot_args: spec.boot_args,
     vmm: (r.vmm as Vm['vmm']) ?? null,
-    networks: spec.networks,
+    networks: nics,
+    volumes,
     guest_config: {
       mode: spec.guest_config.mode,
       username: spec.guest_config.username,
@@ -85,6 +115,9 @@ export interface VmListFilter {
 }
 
 export class Vms {
+  private readonly changeHooks: VmHook[] = [];
+  private readonly removeHooks: VmHook[] = [];
+
   constructor(
     private readonly store: Datastore,
     private readonly bus: EventBus,
@@ -101,6 +134,17 @@ export class Vms {
     };
     ops.onCancel('vm.create', revertToStopped);
     ops.onCancel('vm.start', revertToStopped);
+    ops.onCancel('snapshot.instantiate', revertToStopped);
+  }
+
+  /** Registers a hook run after every `vm.updated` (a container follows its VM this way). */
+  onChange(hook: VmHook): void {
+    this.changeHooks.push(hook);
+  }
+
+  /** Registers a hook run after a VM row is removed for good. */
+  onRemove(hook: VmHook): void {
+    this.removeHooks.push(hook);
   }
 
   async list(f: VmListFilter): Promise<{ items: Vm[]; next: string | null }> {
@@ -124,7 +168,10 @@ export class Vms {
       );
     }
     const page = await paginate(q, 'created_at', f);
-    return { items: page.items.map(toVm), next: page.next };
+    const ids = page.items.map((r) => r.id);
+    const volumes = await volumesOfVms(this.store.db, ids);
+    const nics = await nicsOfVms(this.store.db, ids);
+    return { items: page.items.map((r) => toVm(r, volumes.get(r.id)!, nics.get(r.id)!)), next: page.next };
   }
 
   async findRow(id: string): Promise<VmRow | undefined> {
@@ -138,13 +185,32 @@ export class Vms {
   }
 
   async get(id: string): Promise<Vm> {
-    return toVm(await this.getRow(id));
+    const row = await this.getRow(id);
+    const volumes = (await volumesOfVms(this.store.db, [id])).get(id)!;
+    return toVm(row, volumes, (await nicsOfVms(this.store.db, [id])).get(id)!);
   }
 
-  async create(input: VmCreate, actor: string | null): Promise<{ vm: Vm; operation: Operation }> {
+  async create(
+    input: VmCreate,
+    actor: string | null,
+    opts: VmCreateOptions = {},
+  ): Promise<{ vm: Vm; operation: Operation }> {
+    const clone = opts.clone ?? null;
     await this.checkImages(input);
+    const volumeIds = input.volumes.map((v) => v.volume_id);
+    await this.checkVolumes(volumeIds);
+    const networks = input.networks ?? (await this.defaultNetworks());
     const at = nowIso();
-    const id = randomUUID();
+    const id = opts.id ?? randomUUID();
+    // A container's VM is named like it: a VM may not take the name of another container.
+    const container = await this.store.db
+      .selectFrom('containers')
+      .select('id')
+      .where('name', '=', input.name)
+      .where('id', '!=', id)
+      .executeTakeFirst();
+    if (container)
+      throw new ConflictError('NAME_TAKEN', `a container named "${input.name}" exists`, { field: 'name' });
     const gc = input.guest_config;
     const spec: StoredSpec = {
       kernel_image_id: input.kernel_image_id ?? null,
@@ -152,21 +218,24 @@ export class Vms {
       initrd_image_id: input.initrd_image_id ?? null,
       disk_size_mib: input.disk_size_mib ?? null,
       boot_args: input.boot_args ?? null,
-      networks: input.networks.map((n) => ({ network_id: n.network_id, ip: n.ip ?? null, mac: null })),
+      networks: networks.map((n) => ({ network_id: n.network_id, ip: n.ip ?? null, mac: null })),
       guest_config: {
         mode: gc?.mode ?? 'auto',
         username: gc?.username ?? null,
-        password_hash: gc?.password !== undefined ? hashGuestPassword(gc.password) : null,
+        password_hash:
+          gc?.password !== undefined ? hashGuestPassword(gc.password) : (opts.passwordHash ?? null),
         ssh_authorized_keys: gc?.ssh_authorized_keys ?? [],
         hostname: gc?.hostname ?? null,
         user_data: gc?.user_data ?? null,
       },
+      ...(clone ? { source_snapshot_id: clone.snapshotId } : {}),
+      ...(opts.container ? { container: opts.container } : {}),
     };
     const row: VmRow = {
       id,
       name: input.name,
       state: input.start ? 'creating' : 'stopped',
-      desired_state: input.start ? 'running' : 'stopped',
+      desired_state: input.start && !clone ? 'running' : 'stopped',
       host_id: null,
       generation: 1,
       vcpu: input.vcpu,
@@ -189,21 +258,35 @@ export class Vms {
         await trx.insertInto('vms').values(row).execute();
         const labels = Object.entries(input.labels).map(([key, value]) => ({ vm_id: id, key, value }));
         if (labels.length) await trx.insertInto('vm_labels').values(labels).execute();
+        await claimVolumes(trx, row, volumeIds);
+        await createNics(trx, id, networks);
       });
     } catch (err) {
+      if (isUniqueViolation(err) && isAddressClash(err))
+        throw new ConflictError('ADDRESS_IN_USE', 'another VM took the address meanwhile; retry', {
+          field: 'networks',
+        });
       if (isUniqueViolation(err))
         throw new ConflictError('NAME_TAKEN', `a VM named "${input.name}" exists`, { field: 'name' });
       throw err;
     }
-    const vm = toVm(row);
+    const open = () =>
+      this.ops.create({
+        kind: clone ? 'snapshot.instantiate' : input.start ? 'vm.create' : 'vm.define',
+        target: { type: 'vm', id },
+        createdBy: actor,
+        params: clone ? { generation: 1, restore_snapshot_id: clone.snapshotId } : { generation: 1 },
+        message: clone ? "waiting for the snapshot's host" : input.start ? 'waiting for a host' : 'defined',
+      });
+    // A clone's first command carries its restore, read from this operation: the clone was
+    // inserted not wanting to run (the reconciler leaves it alone) until the operation exists.
+    const cloneOp = clone ? await open() : null;
+    if (clone)
+      await this.store.db.updateTable('vms').set({ desired_state: 'running' }).where('id', '=', id).execute();
+    const vm = await this.get(id);
     await this.bus.publish({ type: 'vm.created', resourceType: 'vm', resourceId: id, data: vm });
-    const operation = await this.ops.create({
-      kind: input.start ? 'vm.create' : 'vm.define',
-      target: { type: 'vm', id },
-      createdBy: actor,
-      params: { generation: 1 },
-      message: input.start ? 'waiting for a host' : 'defined',
-    });
+    await publishVolumes(this.store.db, this.bus, volumeIds);
+    const operation = cloneOp ?? (await open());
     if (!input.start)
       return { vm, operation: (await this.ops.succeed(operation.id, 'defined, not started')) ?? operation };
     return { vm, operation };
@@ -231,7 +314,7 @@ export class Vms {
             ...(p.restart_policy !== undefined ? { restart_policy: p.restart_policy } : {}),
             ...(p.vcpu !== undefined ? { vcpu: p.vcpu } : {}),
             ...(p.mem_mib !== undefined ? { mem_mib: p.mem_mib } : {}),
-            ...(resizing ? { generation: row.generation + 1 } : {}),
+            ...(resizing ? { generation: row.generation + 1, commanded_at: null } : {}),
             updated_at: nowIso(),
           })
           .where('id', '=', id)
@@ -270,12 +353,24 @@ export class Vms {
     // Without a host there is no process to act on: the change is complete at once.
     const immediate = row.host_id === null && (action === 'stop' || state === 'creating');
     const next: VmState = immediate && action === 'stop' ? 'stopped' : t.to;
+    const generation = row.generation + 1;
+    // Opened before its generation exists: the command for that generation is built from the
+    // operation (reboot, stop options, restore), so none goes out without them.
+    let operation = await this.ops.create({
+      kind: `vm.${action}`,
+      target: { type: 'vm', id },
+      createdBy: actor,
+      params: { ...params, generation },
+      message: immediate ? 'done' : 'waiting for the host',
+    });
     const updated = await this.store.db
       .updateTable('vms')
       .set({
         state: next,
         desired_state: t.desired,
-        generation: row.generation + 1,
+        generation,
+        // A new generation goes out at once, not after the resend window of the previous one.
+        commanded_at: null,
         last_error: null,
         updated_at: nowIso(),
       })
@@ -283,24 +378,27 @@ export class Vms {
       .where('state', '=', state)
       .executeTakeFirst();
     if (Number(updated.numUpdatedRows) === 0) {
+      await this.ops.update(operation.id, { status: 'cancelled', message: 'the VM changed state meanwhile' });
       throw new ConflictError('VM_INVALID_STATE', 'the VM changed state meanwhile; retry', { state });
     }
-    await this.supersede(id, action);
+    await this.supersede(id, action, operation.id);
     const vm = await this.publishUpdated(id);
-    let operation = await this.ops.create({
-      kind: `vm.${action}`,
-      target: { type: 'vm', id },
-      createdBy: actor,
-      params: { ...params, generation: row.generation + 1 },
-      message: immediate ? 'done' : 'waiting for the host',
-    });
     if (immediate)
       operation =
         (await this.ops.succeed(operation.id, 'done: the VM was not placed on a host')) ?? operation;
     return { vm, operation };
   }
 
-  async delete(id: string, force: boolean, actor: string | null): Promise<{ vm: Vm; operation: Operation }> {
+  /**
+   * Deletes a VM; its volumes are detached, except those with delete_with_vm (all of them with
+   * `deleteVolumes`), which are deleted once the VM is gone from its host.
+   */
+  async delete(
+    id: string,
+    force: boolean,
+    actor: string | null,
+    deleteVolumes = false,
+  ): Promise<{ vm: Vm; operation: Operation }> {
     const row = await this.getRow(id);
     const state = row.state as VmState;
     if (state === 'deleting')
@@ -313,12 +411,24 @@ export class Vms {
       );
     }
     await this.supersede(id, 'delete');
-    const vm = toVm(row);
+    if (deleteVolumes) {
+      // Kept on the volumes, so the intent survives until the host has deleted the VM.
+      const marked = await this.store.db
+        .updateTable('volumes')
+        .set({ delete_with_vm: 1, updated_at: nowIso() })
+        .where('vm_id', '=', id)
+        .where('delete_with_vm', '=', 0)
+        .returning('id')
+        .execute();
+      const ids = marked.map((v) => v.id);
+      await publishVolumes(this.store.db, this.bus, ids);
+    }
+    const vm = await this.get(id);
     let operation = await this.ops.create({
       kind: 'vm.delete',
       target: { type: 'vm', id },
       createdBy: actor,
-      params: { force },
+      params: { force, delete_volumes: deleteVolumes },
     });
     if (row.host_id === null) {
       await this.remove(id);
@@ -327,18 +437,38 @@ export class Vms {
     }
     await this.store.db
       .updateTable('vms')
-      .set({ state: 'deleting', generation: row.generation + 1, updated_at: nowIso() })
+      .set({ state: 'deleting', generation: row.generation + 1, commanded_at: null, updated_at: nowIso() })
       .where('id', '=', id)
       .execute();
     return { vm: await this.publishUpdated(id), operation };
   }
 
-  /** Removes the row for good (after the host has cleaned up, or when it never had one). */
+  /**
+   * Removes the row for good (after the host has cleaned up, or when it never had one), and
+   * frees its volumes: detached, or left `deleting` for the volume sweep.
+   */
   async remove(id: string): Promise<void> {
     const row = await this.findRow(id);
     if (!row) return;
-    await this.store.db.deleteFrom('vms').where('id', '=', id).execute();
-    await this.bus.publish({ type: 'vm.deleted', resourceType: 'vm', resourceId: id, data: toVm(row) });
+    const vm = await this.get(id);
+    const { freed, snapshots } = await this.store.db.transaction().execute(async (trx) => {
+      const ids = await releaseVolumes(trx, id);
+      // Its snapshots stay usable: their spec holds what a clone needs.
+      const kept = await trx
+        .updateTable('snapshots')
+        .set({ vm_id: null, updated_at: nowIso() })
+        .where('vm_id', '=', id)
+        .returning('id')
+        .execute();
+      await trx.deleteFrom('port_forwards').where('vm_id', '=', id).execute();
+      await trx.deleteFrom('vm_nics').where('vm_id', '=', id).execute();
+      await trx.deleteFrom('vms').where('id', '=', id).execute();
+      return { freed: ids, snapshots: kept.map((s) => s.id) };
+    });
+    await this.bus.publish({ type: 'vm.deleted', resourceType: 'vm', resourceId: id, data: vm });
+    await publishVolumes(this.store.db, this.bus, freed);
+    await publishSnapshots(this.store.db, this.bus, snapshots);
+    for (const hook of this.removeHooks) await hook(vm);
   }
 
   /** Writes reconciler or agent-reported fields and publishes the change. */
@@ -346,25 +476,70 @@ export class Vms {
     id: string,
     set: Partial<Pick<VmRow, 'state' | 'desired_state' | 'host_id' | 'generation' | 'last_error'>>,
   ): Promise<Vm> {
-    await this.store.db
+    return (await this.writeIf(id, null, set))!;
+  }
+
+  /**
+   * As `write`, but only while the VM is still in the state and generation `expected` (what the
+   * caller read): a report computed from an older row must not undo an action that came
+   * meanwhile (a delete turned back into `running`). Answers null when the row had moved on.
+   */
+  async writeIf(
+    id: string,
+    expected: Pick<VmRow, 'state' | 'generation'> | null,
+    set: Partial<Pick<VmRow, 'state' | 'desired_state' | 'host_id' | 'generation' | 'last_error'>>,
+  ): Promise<Vm | null> {
+    // A new generation goes out at once, not after the resend window of the previous command.
+    const fresh = set.generation !== undefined ? { commanded_at: null } : {};
+    let q = this.store.db
       .updateTable('vms')
-      .set({ ...set, updated_at: nowIso() })
-      .where('id', '=', id)
-      .execute();
+      .set({ ...set, ...fresh, updated_at: nowIso() })
+      .where('id', '=', id);
+    if (expected) q = q.where('state', '=', expected.state).where('generation', '=', expected.generation);
+    const res = await q.executeTakeFirst();
+    if (expected && Number(res.numUpdatedRows) === 0) return null;
     return this.publishUpdated(id);
   }
 
-  private async publishUpdated(id: string): Promise<Vm> {
+  async publishUpdated(id: string): Promise<Vm> {
     const vm = await this.get(id);
     await this.bus.publish({ type: 'vm.updated', resourceType: 'vm', resourceId: id, data: vm });
+    for (const hook of this.changeHooks) await hook(vm);
     return vm;
   }
 
-  /** A new action replaces whatever the VM was still waiting for. */
-  private async supersede(id: string, by: string): Promise<void> {
+  /**
+   * A new action replaces whatever the VM was still waiting for (except its own operation).
+   * Operations on the container of the same id are the container's to settle.
+   */
+  private async supersede(id: string, by: string, own?: string): Promise<void> {
     for (const op of await this.ops.active(id)) {
+      if (op.id === own || op.target_type !== 'vm') continue;
       await this.ops.update(op.id, { status: 'cancelled', message: `superseded by ${by}` });
     }
+  }
+
+  /** VMs created without `networks` get one NIC on the default network, when there is one. */
+  private async defaultNetworks(): Promise<Array<{ network_id: string; ip?: string }>> {
+    const network = await this.store.db
+      .selectFrom('networks')
+      .select('id')
+      .where('is_default', '=', 1)
+      .executeTakeFirst();
+    return network ? [{ network_id: network.id }] : [];
+  }
+
+  /** Volumes to attach at create: each known (400 otherwise) and free to attach (409 otherwise). */
+  private async checkVolumes(ids: string[]): Promise<void> {
+    if (!ids.length) return;
+    const rows = await this.store.db.selectFrom('volumes').selectAll().where('id', 'in', ids).execute();
+    const found = new Set(rows.map((r) => r.id));
+    const missing = ids.findIndex((v) => !found.has(v));
+    if (missing >= 0)
+      throw new InputError(`volumes.${missing}.volume_id: no volume ${ids[missing]}`, {
+        fields: [{ path: `body.volumes.${missing}.volume_id`, message: 'unknown volume' }],
+      });
+    await checkAttachable(this.store.db, null, rows);
   }
 
   private async checkImages(input: VmCreate): Promise<void> {
@@ -374,10 +549,10 @@ export class Vms {
     if (!ids.length) return;
     const found = await this.store.db
       .selectFrom('images')
-      .select(['id', 'kind'])
+      .select(['id', 'kind', 'name', 'status'])
       .where('id', 'in', ids)
       .execute();
-    const byId = new Map(found.map((r) => [r.id, r.kind]));
+    const byId = new Map(found.map((r) => [r.id, r]));
     const expect: Array<[string | undefined, string, string]> = [
       [input.kernel_image_id, 'kernel', 'kernel_image_id'],
       [input.rootfs_image_id, 'rootfs', 'rootfs_image_id'],
@@ -385,15 +560,21 @@ export class Vms {
     ];
     for (const [imageId, kind, field] of expect) {
       if (!imageId) continue;
-      const k = byId.get(imageId);
-      if (!k)
+      const image = byId.get(imageId);
+      if (!image)
         throw new InputError(`${field}: no image ${imageId}`, {
           fields: [{ path: field, message: 'unknown image' }],
         });
-      if (k !== kind)
-        throw new InputError(`${field}: image ${imageId} is a ${k}, not a ${kind}`, {
+      if (image.kind !== kind)
+        throw new InputError(`${field}: image ${imageId} is a ${image.kind}, not a ${kind}`, {
           fields: [{ path: field, message: `not a ${kind}` }],
         });
+      if (image.status !== 'ready')
+        throw new ConflictError(
+          'IMAGE_NOT_READY',
+          `${field}: image ${image.name} is ${image.status}, not ready`,
+          { field, status: image.status },
+        );
     }
   }
 }

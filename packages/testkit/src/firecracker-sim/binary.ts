@@ -7,6 +7,11 @@ import type { FirecrackerSimVersion } from './spec';
 export interface SimulatorBinaryOptions {
   /** Default journal path baked into the wrapper; FC_SIM_JOURNAL in the environment wins. */
   journal?: string;
+  /**
+   * Default folder of the guest's vsock listeners (`<dir>/<port>.sock`) baked into the wrapper;
+   * NQVM_FC_SIM_GUEST_VSOCK_DIR in the environment wins.
+   */
+  guestVsockDir?: string;
 }
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -21,8 +26,12 @@ function nodeCommand(entry: string): string {
 
 function envLines(version: FirecrackerSimVersion, opts: SimulatorBinaryOptions): string[] {
   const lines = [`FC_SIM_VERSION=${quote(version)}`, 'export FC_SIM_VERSION'];
-  if (opts.journal)
-    lines.push(`: "\${FC_SIM_JOURNAL:=${opts.journal.replaceAll('"', '\\"')}}"`, 'export FC_SIM_JOURNAL');
+  const byDefault = (name: string, value: string | undefined) => {
+    // Inside double quotes the shell still expands $ and ` and takes \ and " as escapes.
+    if (value) lines.push(`: "\${${name}:=${value.replace(/[\\"$`]/g, '\\$&')}}"`, `export ${name}`);
+  };
+  byDefault('FC_SIM_JOURNAL', opts.journal);
+  byDefault('NQVM_FC_SIM_GUEST_VSOCK_DIR', opts.guestVsockDir);
   return lines;
 }
 

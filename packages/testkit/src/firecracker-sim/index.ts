@@ -1,5 +1,6 @@
 export { type SimulatorBinaryOptions, writeJailerBinary, writeSimulatorBinary } from './binary';
 export { type FcResponse, fcRequest } from './client';
+export { GUEST_PAGE_SIZE } from './guest-memory';
 export { independentSpecValidator } from './independent-validator';
 export {
   appendJournal,
@@ -25,3 +26,4 @@ export {
   type SpecOperation,
   strictSchema,
 } from './spec';
+export { GUEST_TICK_MS, type GuestState, RING_PAGES, readGuestTick } from './ticking-guest';

@@ -155,6 +155,7 @@ function main(): void {
       process.stdout.write(text);
     },
     exit,
+    guestVsockDir: process.env.NQVM_FC_SIM_GUEST_VSOCK_DIR || undefined,
   });
   if (seccomp && !existsSync(sim.hostPath(seccomp)))
     die(EXIT_GENERIC, `Seccomp filter file ${seccomp} not found.`);

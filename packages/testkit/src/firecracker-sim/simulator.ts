@@ -6,12 +6,12 @@ import {
   readFileSync,
   readSync,
   statSync,
-  truncateSync,
   writeFileSync,
   writeSync,
 } from 'node:fs';
-import { createServer, type Server } from 'node:net';
+import { connect, createServer, type Server, type Socket } from 'node:net';
 import { dirname, isAbsolute, join, normalize, relative, resolve } from 'node:path';
+import { GuestMemory } from './guest-memory';
 import { appendJournal, type SimPhase } from './journal';
 import {
   type BodyValidator,
@@ -21,6 +21,7 @@ import {
   loadFirecrackerSpec,
   matchOperation,
 } from './spec';
+import { GUEST_TICK_MS, GuestMemoryError, type GuestState, TickingGuest } from './ticking-guest';
 
 /** A request Firecracker refuses: answered 400 with this text as `fault_message`. */
 export class Fault extends Error {}
@@ -48,6 +49,13 @@ export interface SimulatorOptions {
   /** Guest serial output (Firecracker's stdout). */
   writeConsole: (text: string) => void;
   exit: (code: number) => void;
+  /**
+   * The guest's vsock listeners: a host-initiated connection to port P goes to the Unix socket
+   * `<dir>/<P>.sock`. Without it every CONNECT is answered OK and leads nowhere.
+   */
+  guestVsockDir?: string;
+  /** How often the guest writes its memory while running (GUEST_TICK_MS by default). */
+  guestTickMs?: number;
 }
 
 type Json = Record<string, unknown>;
@@ -93,7 +101,12 @@ const POST_BOOT_ONLY = new Set([
 const LOAD_COMPATIBLE = new Set(['PUT /logger', 'PUT /metrics']);
 
 const SNAPSHOT_MAGIC = 'NQVM-FC-SIM-SNAPSHOT';
-const MEM_MAGIC = 'NQVM-FC-SIM-MEMORY\n';
+/** Firecracker's first host-side port of host-initiated vsock connections. */
+const VSOCK_FIRST_LOCAL_PORT = 1 << 30;
+/** The connect command is a short line; Firecracker drops a connection that sends more. */
+const VSOCK_MAX_COMMAND = 32;
+/** The guest prints its tick on the console every this many ticks. */
+const CONSOLE_TICK_EVERY = 5;
 
 export function versionAtLeast(version: string, min: string): boolean {
   const a = version.split('.').map(Number);
@@ -148,6 +161,10 @@ export class FirecrackerSimulator {
   private readonly pmem = new Map<string, Json>();
   private vsock: Json | null = null;
   private vsockServer: Server | null = null;
+  private readonly vsockConnections = new Set<Socket>();
+  private vsockLocalPort = VSOCK_FIRST_LOCAL_PORT;
+  private guest: TickingGuest | null = null;
+  private guestTimer: NodeJS.Timeout | null = null;
   private balloon: Json | null = null;
   private entropy: Json | null = null;
   private cpuConfig: Json | null = null;
@@ -604,8 +621,10 @@ export class FirecrackerSimulator {
   }
 
   /**
-   * Firecracker binds the host side of vsock itself and fails if the path exists. Host-initiated
-   * connections send `CONNECT <port>\n` and read `OK <hostport>\n`.
+   * Firecracker binds the host side of vsock itself and fails if the path exists. A
+   * host-initiated connection sends `CONNECT <port>\n`; once the guest accepts it Firecracker
+   * answers `OK <hostport>\n` and the stream is the guest's; if nothing listens on that port it
+   * closes the connection without a word.
    */
   private bindVsock(host: string): void {
     if (existsSync(host)) {
@@ -614,21 +633,66 @@ export class FirecrackerSimulator {
       );
     }
     this.vsockServer?.close();
-    const server = createServer((sock) => {
-      let buf = '';
-      sock.on('data', (d) => {
-        buf += d.toString();
-        const m = /^CONNECT (\d+)\n/.exec(buf);
-        if (m) {
-          sock.write('OK 1073741824\n');
-          buf = '';
-        }
-      });
+    const server = createServer({ allowHalfOpen: true }, (sock) => {
+      this.vsockConnections.add(sock);
+      sock.once('close', () => this.vsockConnections.delete(sock));
       sock.on('error', () => {});
+      let buf = Buffer.alloc(0);
+      const onData = (d: Buffer) => {
+        buf = Buffer.concat([buf, d]);
+        const nl = buf.indexOf(0x0a);
+        if (nl < 0) {
+          if (buf.length > VSOCK_MAX_COMMAND) sock.destroy();
+          return;
+        }
+        sock.off('data', onData);
+        sock.pause();
+        const m = /^CONNECT (\d{1,10})$/.exec(buf.subarray(0, nl).toString('latin1'));
+        const port = m ? Number(m[1]) : Number.NaN;
+        if (!(port <= 0xffff_ffff)) {
+          sock.destroy();
+          return;
+        }
+        this.forwardVsock(sock, port, buf.subarray(nl + 1));
+      };
+      sock.on('data', onData);
     });
     server.listen(this.socketName(host));
     server.unref();
     this.vsockServer = server;
+  }
+
+  /** Connects a host connection to the guest's listener on `port` (see `guestVsockDir`). */
+  private forwardVsock(host: Socket, port: number, early: Buffer): void {
+    const hostPort = this.vsockLocalPort++;
+    const dir = this.opts.guestVsockDir;
+    if (!dir) {
+      host.write(`OK ${hostPort}\n`);
+      host.resume();
+      return;
+    }
+    const guest = connect({ path: join(dir, `${port}.sock`), allowHalfOpen: true });
+    this.vsockConnections.add(guest);
+    guest.once('close', () => {
+      this.vsockConnections.delete(guest);
+      host.destroy();
+    });
+    host.once('close', () => guest.destroy());
+    // Nobody listens on that port in the guest: the host connection is closed, no OK.
+    guest.once('error', () => guest.destroy());
+    guest.once('connect', () => {
+      if (host.destroyed) return;
+      host.write(`OK ${hostPort}\n`);
+      if (early.length > 0) guest.write(early);
+      host.pipe(guest);
+      guest.pipe(host);
+    });
+  }
+
+  /** Snapshot creation resets the vsock transport: the guest drops every open connection. */
+  private resetVsockConnections(): void {
+    for (const c of this.vsockConnections) c.destroy();
+    this.vsockConnections.clear();
   }
 
   private putLogger(b: Json): SimResponse | undefined {
@@ -707,7 +771,24 @@ export class FirecrackerSimulator {
       );
     }
     this.state = 'Running';
+    this.runGuest(TickingGuest.boot(new GuestMemory(this.memoryBytes(this.machine))));
     return { status: 204, after: () => this.guestBoot() };
+  }
+
+  private memoryBytes(machine: Json): number {
+    return (machine.mem_size_mib as number) * 1024 * 1024;
+  }
+
+  /** The guest writes its memory while the VM runs (see TickingGuest); ticks show on the console now and then. */
+  private runGuest(guest: TickingGuest): void {
+    this.guest = guest;
+    if (this.guestTimer) clearInterval(this.guestTimer);
+    this.guestTimer = setInterval(() => {
+      if (this.state !== 'Running' || this.exiting) return;
+      const tick = guest.step();
+      if (tick % CONSOLE_TICK_EVERY === 0) this.consoleOut(`nqvm-sim: guest tick ${tick}\n`);
+    }, this.opts.guestTickMs ?? GUEST_TICK_MS);
+    this.guestTimer.unref();
   }
 
   private consoleOut(text: string): void {
@@ -782,6 +863,9 @@ export class FirecrackerSimulator {
     }
     const statePath = this.creatable(b.snapshot_path as string, 'Cannot create the snapshot file');
     const memPath = this.creatable(b.mem_file_path as string, 'Cannot create the memory file');
+    const guest = this.guest!;
+    const tracking = this.machine.track_dirty_pages === true;
+    this.resetVsockConnections();
     const state = {
       magic: SNAPSHOT_MAGIC,
       format: snapshotFormat(this.opts.version),
@@ -794,11 +878,13 @@ export class FirecrackerSimulator {
       balloon: this.balloon,
       entropy: this.entropy,
       mmds_config: this.mmdsConfig,
+      guest: guest.state(),
     };
     writeFileSync(statePath, JSON.stringify(state));
-    writeFileSync(memPath, MEM_MAGIC);
-    // Same size as guest memory, sparse: a diff file only holds the dirtied pages.
-    truncateSync(memPath, (this.machine.mem_size_mib as number) * 1024 * 1024);
+    if (type === 'Full') guest.memory.dumpFull(memPath);
+    else guest.memory.dumpDiff(memPath, tracking ? 'dirty-log' : 'resident');
+    // Only a snapshot that was written resets the bitmap (Firecracker made Diffs transactional).
+    if (tracking) guest.memory.resetDirtyLog();
     return;
   }
 
@@ -824,11 +910,15 @@ export class FirecrackerSimulator {
     }
     const resume = b.resume_vm === true;
     this.state = resume ? 'Running' : 'Paused';
+    const tick = this.guest!.tick;
     return {
       status: 204,
       after: () => {
-        if (resume)
-          this.consoleOut(`nqvm-sim: guest resumed from snapshot (firecracker v${this.opts.version})\n`);
+        if (resume) {
+          this.consoleOut(
+            `nqvm-sim: guest resumed from snapshot at tick ${tick} (firecracker v${this.opts.version})\n`,
+          );
+        }
       },
     };
   }
@@ -850,14 +940,17 @@ export class FirecrackerSimulator {
       );
     }
     const machine = state.machine as Json;
-    const memSize = (machine.mem_size_mib as number) * 1024 * 1024;
+    const memSize = this.memoryBytes(machine);
     if (statSync(memPath).size !== memSize)
       throw new Fault('The memory file does not match the guest memory size.');
-    const head = Buffer.alloc(MEM_MAGIC.length);
-    const fd = openSync(memPath, 'r');
-    readSync(fd, head, 0, head.length, 0);
-    closeSync(fd);
-    if (head.toString() !== MEM_MAGIC) throw new Fault('The memory file was not written by a snapshot.');
+    if (!state.guest) throw new Fault('Cannot deserialize the microVM state: invalid snapshot file.');
+    let guest: TickingGuest;
+    try {
+      guest = TickingGuest.fromSnapshot(memPath, memSize, state.guest as GuestState);
+    } catch (err) {
+      if (err instanceof GuestMemoryError) throw new Fault(err.message);
+      throw err;
+    }
     // Disks are not in the snapshot: they must be found at the recorded paths.
     for (const d of state.drives as Json[]) {
       if (d.path_on_host !== undefined)
@@ -887,6 +980,7 @@ export class FirecrackerSimulator {
     // The MMDS data store is not part of a snapshot.
     this.mmdsData = null;
     this.bootSource = null;
+    this.runGuest(guest);
   }
 
   private fail(message: string): void {

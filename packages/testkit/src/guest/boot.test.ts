@@ -1,5 +1,5 @@
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
-import { access, copyFile, mkdtemp, rm } from 'node:fs/promises';
+import { access, copyFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -217,6 +217,47 @@ describe('test guest under QEMU/TCG', () => {
     const { stdout } = await run('dumpe2fs', ['-h', disk]);
     expect(stdout).toMatch(/Filesystem state:\s+clean/);
     expect(stdout).not.toContain('needs_recovery');
+  }, 120_000);
+
+  it('asks for a login once an account has a password, applies /etc/hostname, mounts a CIDATA drive', async () => {
+    const disk = join(scratch, 'login.ext4');
+    await copyFile(guest.rootfs, disk);
+    // busybox mkpasswd -m sha512 -S abcdefgh S3cret-pw
+    const hash =
+      '$6$abcdefgh$l5Rv6.qDmLOjiCGNTWfV3njd1blJysIMTWYBMlKPb8Q/5GULHVOHSoixqE0C/RG3kz23RqbGDouGTQSz0MyXl/';
+    const files = {
+      hostname: 'login-test\n',
+      passwd: `${(await run('debugfs', ['-R', 'cat /etc/passwd', disk])).stdout}carol:x:1000:1000::/home/carol:/bin/sh\n`,
+      shadow: `${(await run('debugfs', ['-R', 'cat /etc/shadow', disk])).stdout}carol:${hash}:19000:0:99999:7:::\n`,
+    };
+    const cmds: string[] = ['mkdir /home/carol', 'set_inode_field /home/carol uid 1000'];
+    for (const [name, text] of Object.entries(files)) {
+      await writeFile(join(scratch, name), text);
+      cmds.push(`rm /etc/${name}`, `write ${join(scratch, name)} /etc/${name}`);
+      cmds.push(`set_inode_field /etc/${name} mode 0100${name === 'shadow' ? '600' : '644'}`);
+    }
+    await writeFile(join(scratch, 'login.debugfs'), `${cmds.join('\n')}\n`);
+    await run('debugfs', ['-w', '-f', join(scratch, 'login.debugfs'), disk]);
+    const cidata = join(scratch, 'cidata.img');
+    await run('mkfs.vfat', ['-n', 'CIDATA', '-C', cidata, '1024']);
+    await writeFile(join(scratch, 'meta-data'), 'instance-id: i-login\n');
+    await run('mcopy', ['-i', cidata, join(scratch, 'meta-data'), '::/meta-data']);
+
+    const g = await boot('login', { rootDisk: disk }, [
+      '-drive',
+      `id=cidata,file=${cidata},format=raw,if=none,readonly=on`,
+      '-device',
+      'virtio-blk-device,drive=cidata',
+    ]);
+    await g.console.waitFor(new RegExp(`${BOOT_MARKER} hostname=login-test root=disk`), 60_000);
+    expect(g.console.output).toContain('nqvm: config drive /dev/vdb at /run/cidata');
+    await g.console.waitFor(/login-test login: $/, 20_000);
+    let from = g.console.type('carol');
+    await g.console.waitFor(/Password: $/, 20_000, from);
+    from = g.console.type('S3cret-pw');
+    await g.console.waitFor(/login-test:~\$ /, 20_000, from);
+    from = g.console.type('echo U=$(id -un) HOME=$HOME; cat /run/cidata/meta-data');
+    await g.console.waitFor(/U=carol HOME=\/home\/carol\ninstance-id: i-login\n/, 20_000, from);
   }, 120_000);
 
   it('stays in the initramfs without a disk, applies nqvm.* settings and stops on the power button', async () => {

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { gunzipSync } from 'node:zlib';
+import { ensureGuestAgent } from '@nqvm/guest-agent/build';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { resolvePackages } from './debian-packages';
 import { ensureTestGuest, type TestGuest } from './ensure-test-guest';
@@ -103,7 +104,7 @@ describe('ensureTestGuest', () => {
     scratch.push(cacheDir);
     // What a builder killed mid-way leaves behind: its lock and its half-built folder.
     const { kernel, busybox } = await resolvePackages();
-    const key = recipeKey(defaultRecipe(kernel, busybox));
+    const key = recipeKey(defaultRecipe(kernel, busybox, { sha256: (await ensureGuestAgent()).sha256 }));
     const deadPid = await deadProcessId();
     await writeFile(join(cacheDir, `${key}.lock`), `${deadPid}\n`);
     await mkdir(join(cacheDir, `.build-${key}-${deadPid}-x1y2z3`, 'out'), { recursive: true });

@@ -3,6 +3,7 @@ import { copyFile, mkdir, mkdtemp, readdir, readFile, rename, rm, stat, writeFil
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { ensureGuestAgent } from '@nqvm/guest-agent/build';
 import { isProcessAlive, tryLock } from './build-lock';
 import {
   aptStateFingerprint,
@@ -14,7 +15,8 @@ import {
   resolvePackages,
   updatePackageLists,
 } from './debian-packages';
-import { busyboxApplets, initramfsTree, rootfsTree, writeExt4Image } from './guest-images';
+import { GUEST_AGENT_PATH } from './guest-files';
+import { busyboxApplets, type GuestBinary, initramfsTree, rootfsTree, writeExt4Image } from './guest-images';
 import { collectModules } from './kernel-modules';
 import { encodeInitramfs } from './newc';
 import { defaultRecipe, type GuestRecipe, kernelVersionOf, recipeKey } from './recipe';
@@ -148,6 +150,7 @@ async function buildGuest(
   root: string,
   key: string,
   recipe: GuestRecipe,
+  agentPath: string,
   progress: (msg: string) => void,
 ): Promise<TestGuest> {
   const started = Date.now();
@@ -189,15 +192,16 @@ async function buildGuest(
       return found;
     });
 
+    const binaries: GuestBinary[] = [{ path: GUEST_AGENT_PATH.slice(1), data: await readFile(agentPath) }];
     await step('write initramfs', progress, async () => {
-      const tree = initramfsTree(busybox, recipe.initramfsFiles, modules.files);
+      const tree = initramfsTree(busybox, recipe.initramfsFiles, modules.files, binaries);
       await writeFile(join(out, FILES.initrd), encodeInitramfs(tree));
     });
 
     await step('write ext4 root disk', progress, () =>
       writeExt4Image(
         join(out, FILES.rootfs),
-        rootfsTree(busybox, recipe.rootfsFiles),
+        rootfsTree(busybox, recipe.rootfsFiles, binaries),
         recipe.rootfsMiB,
         join(work, 'rootfs'),
       ),
@@ -241,6 +245,7 @@ async function buildUnderLock(
   root: string,
   key: string,
   recipe: GuestRecipe,
+  agentPath: string,
   progress: (msg: string) => void,
 ): Promise<TestGuest> {
   const finalDir = join(root, key);
@@ -255,7 +260,7 @@ async function buildUnderLock(
         const ready = await readGuest(finalDir);
         if (ready) return ready;
         await removeAbandonedBuilds(root, key);
-        return await buildGuest(root, key, recipe, progress);
+        return await buildGuest(root, key, recipe, agentPath, progress);
       } finally {
         await release();
       }
@@ -273,14 +278,17 @@ const inFlight = new Map<string, Promise<TestGuest>>();
 
 async function ensureFor(root: string, progress: (msg: string) => void, fresh: boolean): Promise<TestGuest> {
   const packages = await resolvePackagesCached(root, fresh);
-  const recipe = defaultRecipe(packages.kernel, packages.busybox);
+  const agent = await ensureGuestAgent({ onProgress: progress });
+  const recipe = defaultRecipe(packages.kernel, packages.busybox, { sha256: agent.sha256 });
   const key = recipeKey(recipe);
   const cached = await readGuest(join(root, key));
   if (cached) return cached;
 
   let pending = inFlight.get(join(root, key));
   if (!pending) {
-    pending = buildUnderLock(root, key, recipe, progress).finally(() => inFlight.delete(join(root, key)));
+    pending = buildUnderLock(root, key, recipe, agent.path, progress).finally(() =>
+      inFlight.delete(join(root, key)),
+    );
     inFlight.set(join(root, key), pending);
   }
   return pending;

@@ -6,10 +6,16 @@
 /** Printed on the console once the guest is ready for commands (followed by a few `key=value`). */
 export const BOOT_MARKER = 'NQVM-GUEST-READY';
 
+/** Where the guests carry nqvm's guest agent. */
+export const GUEST_AGENT_PATH = '/usr/sbin/nqvm-guest-agent';
+/** The token file the agent puts on the config drive (packages/agent guest-config). */
+const GUEST_TOKEN_FILE = 'nqvm-agent-token';
+
 /**
  * Kernel modules loaded by the initramfs, in dependency order (Debian's cloud kernel builds
  * these as modules). `evdev` and `button` turn the ACPI power button into an input event that
- * busybox `acpid` acts on.
+ * busybox `acpid` acts on; `fat`, `vfat` and the code pages its defaults name (cp437, ascii)
+ * read nqvm's config drive.
  */
 export const GUEST_MODULES: readonly string[] = [
   'virtio_ring',
@@ -24,8 +30,16 @@ export const GUEST_MODULES: readonly string[] = [
   'virtio_net',
   'virtio_console',
   'virtio-rng',
+  // vsock to the guest agent under Firecracker (QEMU uses the virtio-serial port above).
+  'vsock',
+  'vmw_vsock_virtio_transport_common',
+  'vmw_vsock_virtio_transport',
   'evdev',
   'button',
+  'fat',
+  'vfat',
+  'nls_cp437',
+  'nls_ascii',
 ];
 
 export interface GuestFile {
@@ -78,7 +92,9 @@ while :; do setsid cttyhack /bin/sh -l; done
 /** Shared by the initramfs fallback and the root disk's busybox init (as its sysinit). */
 function runtimeScript(marker: string): string {
   return `#!/bin/sh
-# nqvm test guest runtime: mounts, hostname, network, power button, then the ready marker.
+# nqvm test guest runtime: mounts, hostname, network, power button, config drive, then the
+# ready marker. The config drive (label CIDATA) is mounted read-only at /run/cidata, readable
+# by every user, as cloud-init would read it: this guest has no cloud-init.
 # Understands nqvm.hostname= nqvm.ip=ADDR/PREFIX nqvm.gw= nqvm.dns=A[,B] nqvm.dhcp=1
 ${PATH}
 mounted() { grep -q "^[^ ]* $1 " /proc/mounts 2>/dev/null; }
@@ -118,6 +134,21 @@ if [ -n "$dns" ]; then
 fi
 
 acpid -l /run/acpid.log -p /run/acpid.pid
+cidata=$(findfs LABEL=CIDATA 2>/dev/null || findfs LABEL=cidata 2>/dev/null)
+if [ -n "$cidata" ]; then
+  mkdir -p /run/cidata
+  if mount -t vfat -o ro,umask=0222 "$cidata" /run/cidata; then
+    echo "nqvm: config drive $cidata at /run/cidata"
+  else
+    echo "nqvm: cannot mount the config drive $cidata"
+  fi
+fi
+# The guest agent serves the host-to-guest channel: virtio-serial (QEMU) or vsock (Firecracker).
+token=/run/cidata/${GUEST_TOKEN_FILE}
+if [ -x ${GUEST_AGENT_PATH} ] && [ -s "$token" ]; then
+  if [ -n "$(ls /sys/class/virtio-ports 2>/dev/null)" ]; then channel="--device auto"; else channel="--vsock 1024"; fi
+  setsid ${GUEST_AGENT_PATH} serve $channel --token-file "$token" </dev/null >/run/nqvm-guest-agent.log 2>&1 &
+fi
 echo "${marker} hostname=$(hostname) root=$(grep -q '^[^ ]* / ext4 ' /proc/mounts && echo disk || echo initramfs) uptime=$(cut -d' ' -f1 /proc/uptime)"
 `;
 }
@@ -152,11 +183,23 @@ esac
 `;
 
 /**
- * busybox init on the root disk. Later work may swap the console line for getty + login.
- * At shutdown, disk file systems are unmounted (or remounted read-only when busy, as / is).
+ * The serial console of the root disk: busybox getty + login (which check /etc/shadow) once an
+ * account has a password, as after nqvm wrote a user into the disk; a root shell otherwise.
+ */
+const CONSOLE_SCRIPT = `#!/bin/sh
+if grep -q '^[^:]*:[^:*!]' /etc/shadow 2>/dev/null; then
+  tty=$(cat /sys/class/tty/console/active 2>/dev/null)
+  exec getty -L 115200 "\${tty##* }" vt100
+fi
+exec cttyhack /bin/sh -l
+`;
+
+/**
+ * busybox init on the root disk. At shutdown, disk file systems are unmounted (or remounted
+ * read-only when busy, as / is).
  */
 const INITTAB = `::sysinit:/etc/nqvm/rc
-::respawn:/bin/cttyhack /bin/sh -l
+::respawn:/etc/nqvm/console
 ::ctrlaltdel:/sbin/poweroff
 ::shutdown:/bin/umount -a -r -t noproc,sysfs,devtmpfs,devpts,tmpfs
 `;
@@ -173,7 +216,12 @@ const BASE_ETC: readonly GuestFile[] = [
   { path: 'etc/hostname', mode: 0o644, text: 'nqvm-guest\n' },
   { path: 'etc/hosts', mode: 0o644, text: '127.0.0.1\tlocalhost\n' },
   { path: 'etc/shells', mode: 0o644, text: '/bin/sh\n/bin/ash\n' },
-  { path: 'etc/profile', mode: 0o644, text: `${PATH}\nexport HOME=/root\nPS1='\\h:\\w\\$ '\n` },
+  // login sets HOME for the user it logs in; the shells init starts have none.
+  {
+    path: 'etc/profile',
+    mode: 0o644,
+    text: `${PATH}\nif [ "$(id -u)" = 0 ]; then export HOME=/root; fi\nPS1='\\h:\\w\\$ '\n`,
+  },
   { path: 'etc/udhcpc/default.script', mode: 0o755, text: UDHCPC_SCRIPT },
   { path: 'etc/acpi/PWRF/00000080', mode: 0o755, text: POWER_BUTTON_HANDLER },
   { path: 'etc/nqvm/rc', mode: 0o755, text: runtimeScript(BOOT_MARKER) },
@@ -186,5 +234,9 @@ export function initramfsFiles(modules: readonly string[]): GuestFile[] {
 
 /** Text files of the root disk (besides busybox). */
 export function rootfsFiles(): GuestFile[] {
-  return [...BASE_ETC, { path: 'etc/inittab', mode: 0o644, text: INITTAB }];
+  return [
+    ...BASE_ETC,
+    { path: 'etc/inittab', mode: 0o644, text: INITTAB },
+    { path: 'etc/nqvm/console', mode: 0o755, text: CONSOLE_SCRIPT },
+  ];
 }

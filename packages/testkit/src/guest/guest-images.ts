@@ -47,11 +47,22 @@ function busyboxTree(busybox: Busybox): TreeEntry[] {
   return [{ kind: 'file', path: 'bin/busybox', mode: 0o755, data: busybox.binary }, ...links];
 }
 
-function commonTree(busybox: Busybox, files: readonly GuestFile[]): TreeEntry[] {
+/** A program the images carry besides busybox (the guest agent), at `path` (no leading slash). */
+export interface GuestBinary {
+  path: string;
+  data: Uint8Array;
+}
+
+function commonTree(
+  busybox: Busybox,
+  files: readonly GuestFile[],
+  binaries: readonly GuestBinary[],
+): TreeEntry[] {
   return [
     ...COMMON_DIRS.map(([path, mode]): TreeEntry => ({ kind: 'dir', path, mode })),
     { kind: 'symlink', path: 'var/run', target: '/run' },
     ...busyboxTree(busybox),
+    ...binaries.map((b): TreeEntry => ({ kind: 'file', path: b.path, mode: 0o755, data: b.data })),
     ...files.map((f): TreeEntry => ({ kind: 'file', path: f.path, mode: f.mode, data: f.text })),
   ];
 }
@@ -61,9 +72,10 @@ export function initramfsTree(
   busybox: Busybox,
   files: readonly GuestFile[],
   modules: ReadonlyMap<string, Uint8Array>,
+  binaries: readonly GuestBinary[] = [],
 ): TreeEntry[] {
   return withParentDirs([
-    ...commonTree(busybox, files),
+    ...commonTree(busybox, files, binaries),
     { kind: 'dir', path: 'newroot', mode: 0o755 },
     { kind: 'dir', path: 'lib/modules', mode: 0o755 },
     // The kernel opens /dev/console for PID 1 before /init can mount devtmpfs.
@@ -76,8 +88,12 @@ export function initramfsTree(
 }
 
 /** The root disk: busybox (with busybox init as /sbin/init) and its /etc. */
-export function rootfsTree(busybox: Busybox, files: readonly GuestFile[]): TreeEntry[] {
-  return withParentDirs(commonTree(busybox, files));
+export function rootfsTree(
+  busybox: Busybox,
+  files: readonly GuestFile[],
+  binaries: readonly GuestBinary[] = [],
+): TreeEntry[] {
+  return withParentDirs(commonTree(busybox, files, binaries));
 }
 
 /** Applet paths of a busybox binary, asked from the binary itself. */

@@ -23,17 +23,24 @@ export interface GuestRecipe {
   kernel: DebianPackage;
   busybox: BusyboxSource;
   modules: readonly string[];
+  /** The nqvm guest agent binary both images carry (its sha256; it is built from C at first use). */
+  guestAgent: { sha256: string };
   initramfsFiles: readonly GuestFile[];
   rootfsFiles: readonly GuestFile[];
   rootfsMiB: number;
 }
 
-export function defaultRecipe(kernel: DebianPackage, busybox: BusyboxSource): GuestRecipe {
+export function defaultRecipe(
+  kernel: DebianPackage,
+  busybox: BusyboxSource,
+  guestAgent: { sha256: string },
+): GuestRecipe {
   return {
     format: RECIPE_FORMAT,
     kernel,
     busybox,
     modules: GUEST_MODULES,
+    guestAgent,
     initramfsFiles: initramfsFiles(GUEST_MODULES),
     rootfsFiles: rootfsFiles(),
     rootfsMiB: 64,

@@ -63,6 +63,10 @@ export function OperationsTable({
                   <td>
                     {op.target.type === 'vm' ? (
                       <Link to={`/vms/${op.target.id}`}>{vm?.name ?? `vm ${shortId(op.target.id)}`}</Link>
+                    ) : op.target.type === 'container' ? (
+                      <Link to={`/containers/${op.target.id}`}>container {shortId(op.target.id)}</Link>
+                    ) : op.target.type === 'snapshot' ? (
+                      <Link to="/snapshots">snapshot {shortId(op.target.id)}</Link>
                     ) : (
                       `${op.target.type} ${shortId(op.target.id)}`
                     )}

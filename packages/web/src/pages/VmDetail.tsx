@@ -1,11 +1,13 @@
 import { lazy, Suspense, useState } from 'react';
 import { ApiError, api } from '../api';
 import { formatMib, formatTime, timeAgo, useNow } from '../format';
-import { useCan, useHosts, useTargetOps, useVm } from '../queries';
+import { useCan, useHosts, useSnapshots, useTargetOps, useVm } from '../queries';
 import { Link, navigate } from '../router';
 import type { Vm, VmActionResponse, VmState } from '../types';
 import { ConfirmDialog, Empty, ErrorBox, Loading, StateBadge, toast, toastError } from '../ui';
 import { OperationsTable } from './Operations';
+import { SnapshotsTable, snapshottable, TakeSnapshotDialog } from './Snapshots';
+import { SaveAsTemplateDialog } from './Templates';
 
 // xterm.js is the largest dependency: load it only when the console tab opens.
 const VmConsole = lazy(() => import('./VmConsole'));
@@ -96,6 +98,7 @@ export function VmDetailPage({ id, tab }: { id: string; tab: string }) {
   const tabs = [
     ['summary', 'Summary', `/vms/${v.id}`],
     ['console', 'Console', `/vms/${v.id}/console`],
+    ['snapshots', 'Snapshots', `/vms/${v.id}/snapshots`],
     ['operations', 'Operations', `/vms/${v.id}/operations`],
   ] as const;
 
@@ -218,6 +221,8 @@ export function VmDetailPage({ id, tab }: { id: string; tab: string }) {
         </Suspense>
       ) : null}
 
+      {tab === 'snapshots' ? <VmSnapshots vm={v} /> : null}
+
       {tab === 'operations' ? <VmOperations id={v.id} /> : null}
     </div>
   );
@@ -234,9 +239,28 @@ function VmOperations({ id }: { id: string }) {
   );
 }
 
+function VmSnapshots({ vm }: { vm: Vm }) {
+  const snapshots = useSnapshots(vm.id);
+  if (snapshots.isPending) return <Loading what="snapshots" />;
+  if (snapshots.error) return <ErrorBox error={snapshots.error} />;
+  return (
+    <section className="card">
+      {snapshots.data.length ? (
+        <SnapshotsTable snapshots={snapshots.data} />
+      ) : (
+        <Empty>
+          No snapshots of {vm.name} yet.
+          {snapshottable(vm) ? '' : ' A snapshot needs the VM running or paused.'}
+        </Empty>
+      )}
+    </section>
+  );
+}
+
 function VmActions({ vm }: { vm: Vm }) {
   const [pending, setPending] = useState<ActionKey | null>(null);
   const [confirming, setConfirming] = useState<ActionDef | null>(null);
+  const [dialog, setDialog] = useState<'snapshot' | 'template' | null>(null);
 
   const run = async (a: ActionDef) => {
     await runAction(vm, a.key);
@@ -268,6 +292,25 @@ function VmActions({ vm }: { vm: Vm }) {
           {a.label}
         </button>
       ))}
+      <button
+        type="button"
+        className="btn"
+        disabled={!snapshottable(vm)}
+        title={snapshottable(vm) ? undefined : 'the VM must be running or paused'}
+        onClick={() => setDialog('snapshot')}
+      >
+        Take snapshot
+      </button>
+      <button
+        type="button"
+        className="btn"
+        disabled={vm.state === 'deleting'}
+        onClick={() => setDialog('template')}
+      >
+        Save as template
+      </button>
+      <TakeSnapshotDialog vm={vm} open={dialog === 'snapshot'} onClose={() => setDialog(null)} />
+      <SaveAsTemplateDialog vm={vm} open={dialog === 'template'} onClose={() => setDialog(null)} />
       <ConfirmDialog
         open={confirming !== null}
         title={confirming ? `${confirming.label} ${vm.name}` : ''}

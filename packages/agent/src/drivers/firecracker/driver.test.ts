@@ -1,100 +1,24 @@
-import { readFileSync } from 'node:fs';
-import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   FIRECRACKER_SIM_VERSIONS,
-  type FirecrackerSimVersion,
   fcRequest,
   type JournalRequest,
   journalRequests,
   readJournal,
   independentSpecValidator as specValidator,
   writeJailerBinary,
-  writeSimulatorBinary,
-  writeTinyElfKernel,
 } from '@nqvm/testkit/firecracker-sim/index';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { cloudInitData, mmdsDocument } from '../../guest-config';
 import { BootStepError, type VmSpec } from '../types';
 import { FirecrackerFeatureUnavailableError } from './capabilities';
 import { openFirecrackerConsole } from './console';
 import { FirecrackerDriver, type FirecrackerVmHandle } from './driver';
 import { readFirecrackerMetrics } from './metrics';
-import { isSameProcess } from './process';
+import { requestsOf, type SimFixture, until, useSimFixtures } from './sim-fixture';
 
-let root: string;
-const handles: FirecrackerVmHandle[] = [];
-
-beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), 'fc-driver-'));
-});
-
-afterAll(async () => {
-  for (const h of handles) {
-    if (await isSameProcess(h.record.pid, h.record.pidStartTime)) process.kill(h.record.pid, 'SIGKILL');
-  }
-  await rm(root, { recursive: true, force: true });
-});
-
-async function until(cond: () => Promise<boolean> | boolean, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
-
-interface Fixture {
-  dir: string;
-  journal: string;
-  kernel: string;
-  bin: string;
-  spec(name: string, extra?: Partial<VmSpec>): Promise<VmSpec>;
-}
-
-async function fixture(version: FirecrackerSimVersion, sub: string): Promise<Fixture> {
-  const dir = join(root, version, sub);
-  await mkdir(dir, { recursive: true });
-  const journal = join(dir, 'journal.jsonl');
-  const bin = await writeSimulatorBinary(join(dir, 'bin'), version, { journal });
-  const kernel = await writeTinyElfKernel(join(dir, 'vmlinux'));
-  let n = 0;
-  return {
-    dir,
-    journal,
-    kernel,
-    bin,
-    async spec(name, extra = {}) {
-      const vmDir = join(dir, 'vms', name);
-      const disk = join(dir, 'disks', `${name}.ext4`);
-      await mkdir(join(dir, 'disks'), { recursive: true });
-      await writeFile(disk, Buffer.alloc(64 * 1024, 7));
-      n++;
-      return {
-        id: `00000000-0000-4000-8000-${String(n).padStart(4, '0')}${name
-          .padEnd(8, '0')
-          .slice(0, 8)
-          .replace(/[^a-f0-9]/g, 'a')}`,
-        generation: 1,
-        vcpu: 2,
-        memMib: 16,
-        kernelPath: kernel,
-        bootArgs: 'console=ttyS0 reboot=k panic=1',
-        disks: [{ id: 'root', path: disk, format: 'raw', readOnly: false, isRoot: true }],
-        nics: [{ id: 'eth0', tap: `tap-${name}`.slice(0, 15), mac: '02:fc:00:00:00:01' }],
-        vmDir,
-        mmds: { latest: { 'meta-data': { 'instance-id': name } } },
-        vsockCid: 3,
-        ...extra,
-      };
-    },
-  };
-}
-
-/** The requests one simulator process received. */
-async function requestsOf(journal: string, pid: number): Promise<JournalRequest[]> {
-  return journalRequests(await readJournal(journal), pid);
-}
+const { fixture, keep } = useSimFixtures('fc-driver-');
 
 const indexOf = (reqs: JournalRequest[], method: string, path: string, action?: string) =>
   reqs.findIndex(
@@ -106,7 +30,7 @@ const indexOf = (reqs: JournalRequest[], method: string, path: string, action?: 
 
 describe.each(FIRECRACKER_SIM_VERSIONS)('FirecrackerDriver against simulator v%s', (version) => {
   const validateBody = specValidator(version);
-  let fx: Fixture;
+  let fx: SimFixture;
   let driver: FirecrackerDriver;
   let spec: VmSpec;
   let vm: FirecrackerVmHandle;
@@ -137,7 +61,7 @@ describe.each(FIRECRACKER_SIM_VERSIONS)('FirecrackerDriver against simulator v%s
 
   it('boots through the named steps with valid, in-phase requests', async () => {
     vm = await driver.boot(spec);
-    handles.push(vm);
+    keep(vm);
     expect(vm.record).toMatchObject({
       kind: 'firecracker',
       vmId: spec.id,
@@ -257,7 +181,7 @@ describe.each(FIRECRACKER_SIM_VERSIONS)('FirecrackerDriver against simulator v%s
       memPath: join(snapDir, 'memory'),
       type: 'Full',
     });
-    handles.push(restored);
+    keep(restored);
     expect(restored.stats.steps.map((s) => s.name)).toEqual([
       'prepare',
       'spawn',
@@ -289,10 +213,50 @@ describe.each(FIRECRACKER_SIM_VERSIONS)('FirecrackerDriver against simulator v%s
     expect(await restored.exited).toMatchObject({ reason: 'killed' });
   });
 
+  it('puts the guest-config MMDS document before InstanceStart, and skips MMDS without a NIC', async () => {
+    const cfg = {
+      mode: 'auto' as const,
+      instance_id: 'i-mmds',
+      hostname: 'mmds-test',
+      username: 'alice',
+      password_hash: null,
+      ssh_authorized_keys: ['ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMmds test'],
+      user_data: '#cloud-config\nruncmd: [[touch, /x]]\n',
+      network_config: null,
+    };
+    const doc = mmdsDocument(cfg, cloudInitData(cfg));
+    const withNic = await driver.boot(await fx.spec('mmdsnic', { mmds: doc }));
+    keep(withNic);
+    const reqs = await requestsOf(fx.journal, withNic.record.pid);
+    expectValidAndInPhase(reqs);
+    const start = indexOf(reqs, 'PUT', '/actions', 'InstanceStart');
+    expect(indexOf(reqs, 'PUT', '/mmds/config')).toBeGreaterThan(-1);
+    expect(indexOf(reqs, 'PUT', '/mmds/config')).toBeLessThan(indexOf(reqs, 'PUT', '/mmds'));
+    expect(indexOf(reqs, 'PUT', '/mmds')).toBeLessThan(start);
+    expect(reqs[indexOf(reqs, 'PUT', '/mmds')]!.body).toEqual(doc);
+    expect((await fcRequest(withNic.record.controlSocket, 'GET', '/mmds')).body).toEqual(doc);
+    await driver.shutdown(withNic, { graceful: false, timeoutMs: 0 });
+
+    const logged: string[] = [];
+    const log = (_: Record<string, unknown>, msg?: string) => void logged.push(msg ?? '');
+    const quiet = new FirecrackerDriver({
+      firecrackerBin: fx.bin,
+      logger: { debug: log, info: log, warn: log, error: log },
+    });
+    const noNic = await quiet.boot(await fx.spec('mmdsnone', { mmds: doc, nics: [] }));
+    keep(noNic);
+    expect(noNic.stats.steps.map((s) => s.name)).not.toContain('mmds');
+    const plain = await requestsOf(fx.journal, noNic.record.pid);
+    expectValidAndInPhase(plain);
+    expect(plain.filter((r) => r.path.startsWith('/mmds'))).toEqual([]);
+    expect(logged.some((m) => /MMDS not configured: .*no network interface/.test(m))).toBe(true);
+    await quiet.shutdown(noNic, { graceful: false, timeoutMs: 0 });
+  });
+
   it('notices a crash (SIGKILL from outside) within 2 s', async () => {
     const s = await fx.spec('crash');
     const h = await driver.boot(s);
-    handles.push(h);
+    keep(h);
     const t0 = Date.now();
     process.kill(h.record.pid, 'SIGKILL');
     const exit = await h.exited;
@@ -349,7 +313,7 @@ describe.each(FIRECRACKER_SIM_VERSIONS)('FirecrackerDriver with the jailer simul
     expect((await driver.probe()).features).toContain('jailer');
     const spec = await fx.spec('jail', { memMib: 32, vcpu: 2 });
     const vm = await driver.boot(spec);
-    handles.push(vm);
+    keep(vm);
     const instance = join(base, `firecracker-v${version}`, spec.id);
     const chroot = join(instance, 'root');
     expect(vm.record.controlSocket).toBe(join(chroot, 'api.sock'));
@@ -393,7 +357,7 @@ describe.each(FIRECRACKER_SIM_VERSIONS)('FirecrackerDriver with the jailer simul
     await expect(stat(instance)).rejects.toThrow();
 
     const restored = await driver.restore(spec, snap);
-    handles.push(restored);
+    keep(restored);
     const rreqs = await requestsOf(fx.journal, restored.record.pid);
     for (const r of rreqs) expect(validateBody(r)).toBeNull();
     expect(rreqs.find((r) => r.path === '/snapshot/load')!.body).toMatchObject({

@@ -1,8 +1,9 @@
 import type { ChildProcess } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
 import { constants } from 'node:fs';
 import { access, mkdir, open, readFile, rmdir, stat, truncate, unlink, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { inspectKernel } from '../../kernel';
+import { inspectKernel } from '@nqvm/api/kernel';
 import { type PipelineStep, runPipeline } from '../pipeline';
 import type {
   DriverInfo,
@@ -25,6 +26,7 @@ import {
 } from './capabilities';
 import { createConsoleFifo, openConsoleFds, rotateConsoleLog } from './console';
 import { chownIfRoot, cloneFile, JailIdAllocator, moveFile, removeJail, stageIntoJail } from './jail';
+import { copyWrittenExtents, mergeMemoryLayers } from './memory-merge';
 import {
   isSameProcess,
   kill,
@@ -35,6 +37,14 @@ import {
   waitForSocket,
   watchProcess,
 } from './process';
+import {
+  readSnapshotManifest,
+  resolveSnapshotChain,
+  SNAPSHOT_MANIFEST,
+  SnapshotChainError,
+  type SnapshotLayer,
+  type SnapshotManifest,
+} from './snapshot-chain';
 import { type FirecrackerRecordExtra, pathsFromRecord, recordExtra, type VmPaths, vmPaths } from './vm-paths';
 
 type LogFn = (obj: Record<string, unknown>, msg?: string) => void;
@@ -94,23 +104,26 @@ export interface FirecrackerVmHandle extends VmHandle {
   readonly version: string;
 }
 
-/** What `snapshot()` writes beside the two Firecracker files. */
-interface SnapshotManifest {
-  format: 'nqvm-firecracker-snapshot/1';
-  firecrackerVersion: string;
-  type: 'Full' | 'Diff';
-  vmId: string;
-  createdAt: string;
-  /** GET /vm/config at snapshot time, paths as Firecracker saw them. */
-  vmConfig: Record<string, unknown>;
-  /** Copies of the writable disks, taken while paused (the disks are not in the snapshot). */
-  disks: { id: string; file: string }[];
-  mode: 'direct' | 'jailer';
+/**
+ * What the guest memory of a VMM run builds on, hence the base of its next Diff snapshot (the
+ * dirty pages are counted from boot, load or the last snapshot). Unknown for a VM adopted
+ * without a lineage record or restored from a snapshot without a manifest: no Diff then.
+ */
+type MemoryLineage =
+  | { kind: 'booted' }
+  /** `files`: that snapshot with its own chain, the `base` of the run's next Diff. */
+  | { kind: 'snapshot'; id: string; files: SnapshotFiles }
+  | { kind: 'unknown' };
+
+/** The lineage file: a lineage belongs to one process. */
+interface LineageRecord {
+  pid: number;
+  pidStartTime: number;
+  lineage: MemoryLineage;
 }
 
 const MMDS_MAX_BYTES = 51_200;
 const METRICS_MAX_BYTES = 1024 * 1024;
-const MANIFEST = 'snapshot.json';
 const noop = () => {};
 const silent: FirecrackerDriverLogger = { debug: noop, info: noop, warn: noop, error: noop };
 
@@ -120,6 +133,7 @@ interface VmRuntime {
   api: FirecrackerApiClient;
   caps: FirecrackerCapabilities;
   trackDirtyPages: boolean;
+  lineage: MemoryLineage;
   stopping: 'graceful' | 'forced' | null;
   exited: Promise<VmExit>;
   stopWatch: () => void;
@@ -158,6 +172,10 @@ async function truncateIfOver(path: string, max: number): Promise<void> {
   } catch {
     // Gone with its VM.
   }
+}
+
+function recordedVsock(manifest: SnapshotManifest | null): string | undefined {
+  return (manifest?.vmConfig.vsock as { uds_path?: string } | undefined)?.uds_path;
 }
 
 async function tailText(path: string, bytes = 2048): Promise<string> {
@@ -353,7 +371,7 @@ export class FirecrackerDriver implements VmmDriver {
           else this.log.info({ vmId: spec.id, version }, 'entropy device unavailable before Firecracker 1.4');
         },
       },
-      ...(spec.mmds
+      ...(this.servesMmds(spec)
         ? [
             {
               name: 'mmds',
@@ -376,7 +394,7 @@ export class FirecrackerDriver implements VmmDriver {
         },
       },
     ];
-    return this.runLaunch(launch, steps, version, trackDirtyPages, signal);
+    return this.runLaunch(launch, steps, version, { trackDirtyPages, lineage: { kind: 'booted' } }, signal);
   }
 
   private checkSpec(spec: VmSpec): void {
@@ -391,12 +409,18 @@ export class FirecrackerDriver implements VmmDriver {
     }
     if (spec.disks.filter((d) => d.isRoot).length > 1) throw new Error('more than one root disk');
     if (spec.mmds) {
-      if (spec.nics.length === 0)
-        throw new Error('MMDS answers through a network interface: the VM has none');
       const size = Buffer.byteLength(JSON.stringify(spec.mmds));
       if (size > MMDS_MAX_BYTES)
         throw new Error(`MMDS data is ${size} bytes, over Firecracker's ${MMDS_MAX_BYTES}`);
     }
+  }
+
+  /** MMDS answers only through a network interface: without one its data has no reader. */
+  private servesMmds(spec: VmSpec): boolean {
+    if (!spec.mmds) return false;
+    if (spec.nics.length > 0) return true;
+    this.log.info({ vmId: spec.id }, 'MMDS not configured: the VM has no network interface to serve it on');
+    return false;
   }
 
   private async newLaunch(spec: VmSpec): Promise<Launch> {
@@ -423,10 +447,13 @@ export class FirecrackerDriver implements VmmDriver {
   private launchSteps(
     launch: Launch,
     version: string,
-    mode: { kind: 'boot' } | { kind: 'restore'; snap: SnapshotFiles; manifest: SnapshotManifest | null },
+    mode: { kind: 'boot' } | { kind: 'restore'; snap: SnapshotFiles; layers: SnapshotLayer[] },
   ): PipelineStep[] {
     const { spec, paths } = launch;
     const created: string[] = [];
+    const layers = mode.kind === 'restore' ? mode.layers : [];
+    const manifest = layers.at(-1)?.manifest ?? null;
+    const merging = layers.length > 1;
     return [
       {
         name: 'prepare',
@@ -437,6 +464,7 @@ export class FirecrackerDriver implements VmmDriver {
               throw new Error(`socket path ${sock} is longer than ${MAX_SOCKET_PATH} bytes`);
             }
           }
+          if (mode.kind === 'restore') this.checkRestoreVsock(manifest, paths, version);
           if (mode.kind === 'boot') {
             const kernel = await inspectKernel(spec.kernelPath);
             if (kernel.format !== 'elf') {
@@ -447,8 +475,10 @@ export class FirecrackerDriver implements VmmDriver {
           }
           await mkdir(spec.vmDir, { recursive: true });
           await this.clearStale(paths);
+          // The memory a Diff restore merged was mapped by the VM's previous run only.
+          await unlink(paths.restoredMemory).catch(() => {});
           if (mode.kind === 'restore') {
-            await this.restoreDisks(spec, paths, mode.manifest, dirname(mode.snap.statePath));
+            await this.restoreDisks(spec, paths, manifest, dirname(mode.snap.statePath));
           }
           if (paths.jail && paths.staged) {
             const { root, uid, gid } = paths.jail;
@@ -460,7 +490,9 @@ export class FirecrackerDriver implements VmmDriver {
             } else {
               await mkdir(paths.staged.snapshotDir, { recursive: true });
               await stageIntoJail(mode.snap.statePath, join(paths.staged.snapshotDir, 'vmstate'), false);
-              await stageIntoJail(mode.snap.memPath!, join(paths.staged.snapshotDir, 'memory'), false);
+              if (!merging) {
+                await stageIntoJail(mode.snap.memPath!, join(paths.staged.snapshotDir, 'memory'), false);
+              }
             }
             for (const d of spec.disks) {
               const dst = paths.staged.disk(d.id);
@@ -486,6 +518,7 @@ export class FirecrackerDriver implements VmmDriver {
           }
         },
       },
+      ...(merging ? [this.memoryMergeStep(paths, layers)] : []),
       {
         name: 'spawn',
         run: async () => {
@@ -528,6 +561,28 @@ export class FirecrackerDriver implements VmmDriver {
         },
       },
     ];
+  }
+
+  /**
+   * A Diff chain becomes one memory file in the VM's folder (the snapshots stay untouched), which
+   * the VM then maps as a Full snapshot's memory.
+   */
+  private memoryMergeStep(paths: VmPaths, layers: SnapshotLayer[]): PipelineStep {
+    return {
+      name: 'memory-merge',
+      run: async () => {
+        const stats = await mergeMemoryLayers(
+          layers.map((l) => l.files.memPath),
+          paths.restoredMemory,
+        );
+        this.log.info({ vmDir: paths.vmDir, ...stats }, 'snapshot memory merged from its Diff chain');
+        if (paths.jail && paths.staged) {
+          await chownIfRoot(paths.restoredMemory, paths.jail.uid, paths.jail.gid);
+          await stageIntoJail(paths.restoredMemory, join(paths.staged.snapshotDir, 'memory'), false);
+        }
+      },
+      undo: () => unlink(paths.restoredMemory).catch(() => {}),
+    };
   }
 
   /** logger and metrics: the only configuration a snapshot load allows before it. */
@@ -596,7 +651,7 @@ export class FirecrackerDriver implements VmmDriver {
     launch: Launch,
     steps: PipelineStep[],
     version: string,
-    trackDirtyPages: boolean,
+    memory: { trackDirtyPages: boolean; lineage: MemoryLineage },
     signal?: AbortSignal,
   ): Promise<FirecrackerVmHandle> {
     const t0 = performance.now();
@@ -621,7 +676,7 @@ export class FirecrackerDriver implements VmmDriver {
       totalMs: performance.now() - t0,
       steps: timings,
     };
-    const handle = this.track(launch, version, trackDirtyPages, stats);
+    const handle = await this.track(launch, version, memory, stats);
     // The whole configuration as Firecracker holds it: a record worth keeping beside the VM.
     await launch.api
       .get('/vm/config')
@@ -631,12 +686,12 @@ export class FirecrackerDriver implements VmmDriver {
     return handle;
   }
 
-  private track(
+  private async track(
     launch: Launch,
     version: string,
-    trackDirtyPages: boolean,
+    memory: { trackDirtyPages: boolean; lineage: MemoryLineage },
     stats: BootStats,
-  ): FirecrackerVmHandle {
+  ): Promise<FirecrackerVmHandle> {
     const { spec, paths } = launch;
     const record: RunRecord = {
       vmId: spec.id,
@@ -651,19 +706,21 @@ export class FirecrackerDriver implements VmmDriver {
         paths,
         version,
         spec,
-        trackDirtyPages,
+        memory.trackDirtyPages,
         paths.jail ? { chrootBaseDir: this.chrootBaseDir, firecrackerBin: this.opts.firecrackerBin } : null,
       ) as unknown as Record<string, unknown>,
     };
-    return this.attach(
+    const handle = this.attach(
       record,
       paths,
       launch.api,
       capabilitiesFor(version),
-      trackDirtyPages,
+      memory,
       launch.child,
       stats,
     );
+    await this.saveLineage(this.runtimes.get(spec.id)!);
+    return handle;
   }
 
   private attach(
@@ -671,7 +728,7 @@ export class FirecrackerDriver implements VmmDriver {
     paths: VmPaths,
     api: FirecrackerApiClient,
     caps: FirecrackerCapabilities,
-    trackDirtyPages: boolean,
+    memory: { trackDirtyPages: boolean; lineage: MemoryLineage },
     child: ChildProcess | null,
     stats: BootStats,
   ): FirecrackerVmHandle {
@@ -688,7 +745,8 @@ export class FirecrackerDriver implements VmmDriver {
       paths,
       api,
       caps,
-      trackDirtyPages,
+      trackDirtyPages: memory.trackDirtyPages,
+      lineage: memory.lineage,
       stopping: null,
       stopWatch: watch.stop,
       rotation,
@@ -712,7 +770,9 @@ export class FirecrackerDriver implements VmmDriver {
       reason = /exit_code=0\b/.test(await tailText(paths.logPath, 4096)) ? 'shutdown' : 'crashed';
     } else reason = 'crashed';
     const stderr = reason === 'crashed' ? await tailText(paths.stderrLog, 1024) : '';
-    for (const f of [paths.apiSocket, paths.consoleFifo, paths.vsockPath]) await unlink(f).catch(() => {});
+    for (const f of [paths.apiSocket, paths.consoleFifo, paths.vsockPath, paths.lineageFile]) {
+      await unlink(f).catch(() => {});
+    }
     if (paths.jail) {
       // Keep Firecracker's own log beside the console for a post-mortem; the jail goes.
       await readFile(paths.logPath)
@@ -736,6 +796,28 @@ export class FirecrackerDriver implements VmmDriver {
     };
     this.log.info({ vmId: record.vmId, pid: record.pid, ...exit }, 'firecracker exited');
     return exit;
+  }
+
+  /** Keeps the lineage beside the VM so that an agent adopting the VM can still take Diffs. */
+  private async saveLineage(rt: VmRuntime): Promise<void> {
+    const rec: LineageRecord = {
+      pid: rt.record.pid,
+      pidStartTime: rt.record.pidStartTime,
+      lineage: rt.lineage,
+    };
+    await writeFile(rt.paths.lineageFile, JSON.stringify(rec)).catch((err) =>
+      this.log.warn({ vmId: rt.record.vmId, err: String(err) }, 'cannot save the snapshot lineage'),
+    );
+  }
+
+  private async loadLineage(paths: VmPaths, record: RunRecord): Promise<MemoryLineage> {
+    const rec = await readFile(paths.lineageFile, 'utf8').then(
+      (t) => JSON.parse(t) as LineageRecord,
+      () => null,
+    );
+    return rec?.pid === record.pid && rec.pidStartTime === record.pidStartTime
+      ? rec.lineage
+      : { kind: 'unknown' };
   }
 
   private runtime(h: VmHandle): VmRuntime {
@@ -799,7 +881,9 @@ export class FirecrackerDriver implements VmmDriver {
 
   /**
    * Pauses (if running), writes the VM state and memory files into `dir` with copies of the
-   * writable disks taken at the same moment, then resumes if it was running.
+   * writable disks taken at the same moment, then resumes if it was running. A Diff holds the
+   * pages written since the VM's previous snapshot (or its boot or restore): restoring it needs
+   * that one as its `base`, and the manifest names it so that a wrong chain is refused.
    */
   async snapshot(h: VmHandle, dir: string, type: 'Full' | 'Diff'): Promise<SnapshotFiles> {
     const rt = this.runtime(h);
@@ -810,9 +894,18 @@ export class FirecrackerDriver implements VmmDriver {
         'before 1.13 a Diff snapshot needs a VM booted with track_dirty_pages',
       );
     }
+    if (type === 'Diff' && rt.lineage.kind === 'unknown') {
+      throw new SnapshotChainError(
+        `VM ${rt.record.vmId}: what its memory builds on is unknown (adopted without a lineage record, or restored from a snapshot without a manifest): take a Full snapshot first`,
+      );
+    }
+    const id = randomUUID();
+    const base = type === 'Diff' && rt.lineage.kind === 'snapshot' ? rt.lineage : null;
     await mkdir(dir, { recursive: true });
     const statePath = join(dir, 'vmstate');
     const memPath = join(dir, 'memory');
+    const files: SnapshotFiles = { statePath, memPath, type, ...(base ? { base: base.files } : {}) };
+    const t0 = performance.now();
     const { paths, api } = rt;
     const timeout = this.opts.snapshotTimeoutMs ?? 120_000;
     const wasRunning = (await api.get<{ state: string }>('/')).state === 'Running';
@@ -830,9 +923,13 @@ export class FirecrackerDriver implements VmmDriver {
         { snapshot_type: type, snapshot_path: paths.api(target.state), mem_file_path: paths.api(target.mem) },
         timeout,
       );
+      // Firecracker has reset its dirty bitmap: the next Diff goes over this snapshot.
+      rt.lineage = { kind: 'snapshot', id, files };
+      await this.saveLineage(rt);
       if (paths.staged) {
         await moveFile(target.state, statePath);
-        await moveFile(target.mem, memPath);
+        // A Diff's holes say which pages it lacks: a sparse cp would add its zero pages to them.
+        await moveFile(target.mem, memPath, type === 'Diff' ? copyWrittenExtents : cloneFile);
       }
       const vmConfig = await api.get<Record<string, unknown>>('/vm/config');
       // The disks are not in the snapshot: copy them now, while the guest cannot write.
@@ -850,58 +947,81 @@ export class FirecrackerDriver implements VmmDriver {
       }
       const manifest: SnapshotManifest = {
         format: 'nqvm-firecracker-snapshot/1',
+        id,
         firecrackerVersion: rt.caps.version,
         type,
+        baseId: base?.id ?? null,
         vmId: rt.record.vmId,
         createdAt: new Date().toISOString(),
         vmConfig,
         disks,
         mode: paths.mode,
       };
-      await writeFile(join(dir, MANIFEST), JSON.stringify(manifest, null, 2));
+      await writeFile(join(dir, SNAPSHOT_MANIFEST), JSON.stringify(manifest, null, 2));
     } finally {
       if (wasRunning) await api.patch('/vm', { state: 'Resumed' });
     }
-    return { statePath, memPath, type };
+    const mem = await stat(memPath);
+    this.log.info(
+      {
+        vmId: rt.record.vmId,
+        type,
+        memBytes: mem.size,
+        memBytesAllocated: mem.blocks * 512,
+        ms: Math.round(performance.now() - t0),
+      },
+      'snapshot taken',
+    );
+    return files;
   }
 
   /**
    * A fresh Firecracker process, only logger and metrics configured, then the load (resumed,
-   * never followed by InstanceStart), then the MMDS data again (snapshots do not keep it).
+   * never followed by InstanceStart), then the MMDS data again (snapshots do not keep it). A
+   * Diff's chain (`base`, down to a complete one) is checked, then merged into one memory file
+   * in the VM's folder, which the VM maps until its next boot.
    */
   async restore(spec: VmSpec, snap: SnapshotFiles): Promise<FirecrackerVmHandle> {
     this.checkSpec(spec);
     const version = await this.version();
     if (!snap.memPath) throw new Error('a Firecracker snapshot needs its memory file');
-    const manifest = await readFile(join(dirname(snap.statePath), MANIFEST), 'utf8').then(
-      (t) => JSON.parse(t) as SnapshotManifest,
-      () => null,
-    );
+    const manifest = await readSnapshotManifest(snap);
     if (manifest && manifest.firecrackerVersion !== version) {
       throw new Error(
         `snapshot taken by Firecracker ${manifest.firecrackerVersion}; ${version} restores only its own snapshot format`,
       );
     }
-    if (snap.type === 'Diff') {
-      throw new FirecrackerFeatureUnavailableError(
-        'diff-snapshot-restore',
-        version,
-        'a Diff memory file holds only dirtied pages: merge it onto its Full base before restoring',
-      );
+    const layers = await resolveSnapshotChain(snap);
+    for (const { files, manifest: m } of layers) {
+      if (m && m.firecrackerVersion !== version) {
+        throw new SnapshotChainError(
+          `snapshot ${dirname(files.statePath)} of the chain was taken by Firecracker ${m.firecrackerVersion}, not ${version}`,
+        );
+      }
+      if (!(await exists(files.memPath))) {
+        throw new SnapshotChainError(
+          `snapshot ${dirname(files.statePath)} lacks its memory file ${files.memPath}`,
+        );
+      }
     }
+    const merged = layers.length > 1;
     const caps = capabilitiesFor(version);
     this.checkRestoreNics(spec, manifest, caps);
     const launch = await this.newLaunch(spec);
     const trackDirtyPages = this.opts.trackDirtyPages ?? false;
     const steps: PipelineStep[] = [
-      ...this.launchSteps(launch, version, { kind: 'restore', snap, manifest }),
+      ...this.launchSteps(launch, version, { kind: 'restore', snap, layers }),
       ...this.observabilitySteps(launch),
       {
         name: 'snapshot-load',
         run: async () => {
           const { paths } = launch;
           const state = paths.staged ? join(paths.staged.snapshotDir, 'vmstate') : snap.statePath;
-          const mem = paths.staged ? join(paths.staged.snapshotDir, 'memory') : snap.memPath!;
+          const mem = paths.staged
+            ? join(paths.staged.snapshotDir, 'memory')
+            : merged
+              ? paths.restoredMemory
+              : snap.memPath!;
           const body: Record<string, unknown> = {
             snapshot_path: paths.api(state),
             mem_backend: { backend_type: 'File', backend_path: paths.api(mem) },
@@ -915,18 +1035,41 @@ export class FirecrackerDriver implements VmmDriver {
           if (caps.has('snapshot-network-overrides') && spec.nics.length > 0) {
             body.network_overrides = spec.nics.map((n) => ({ iface_id: n.id, host_dev_name: n.tap }));
           }
-          const recordedVsock = (manifest?.vmConfig.vsock as { uds_path?: string } | undefined)?.uds_path;
+          const recorded = recordedVsock(manifest);
           const vsockPath = paths.api(paths.vsockPath);
-          if (recordedVsock && recordedVsock !== vsockPath && caps.has('snapshot-vsock-override')) {
+          if (recorded && recorded !== vsockPath && caps.has('snapshot-vsock-override')) {
             body.vsock_override = { uds_path: vsockPath };
           }
           await launch.api.put('/snapshot/load', body, this.opts.snapshotTimeoutMs ?? 120_000);
           launch.startedAt = performance.now();
         },
       },
-      ...(spec.mmds ? [{ name: 'mmds', run: () => launch.api.put('/mmds', spec.mmds) }] : []),
+      ...(this.servesMmds(spec) ? [{ name: 'mmds', run: () => launch.api.put('/mmds', spec.mmds) }] : []),
     ];
-    return this.runLaunch(launch, steps, version, trackDirtyPages);
+    const lineage: MemoryLineage = manifest?.id
+      ? { kind: 'snapshot', id: manifest.id, files: snap }
+      : { kind: 'unknown' };
+    return this.runLaunch(launch, steps, version, { trackDirtyPages, lineage });
+  }
+
+  /**
+   * Without vsock_override Firecracker binds the vsock socket where the snapshot recorded it: it
+   * must be this VM's path (the record points there, and another VM's socket is not ours to take).
+   */
+  private checkRestoreVsock(manifest: SnapshotManifest | null, paths: VmPaths, version: string): void {
+    const recorded = recordedVsock(manifest);
+    const wanted = paths.api(paths.vsockPath);
+    if (
+      recorded === undefined ||
+      recorded === wanted ||
+      capabilitiesFor(version).has('snapshot-vsock-override')
+    )
+      return;
+    throw new FirecrackerFeatureUnavailableError(
+      'snapshot-vsock-override',
+      version,
+      `the vsock socket was at ${recorded} when snapshotted; this version cannot move it to ${wanted}`,
+    );
   }
 
   /** Without network_overrides the snapshot's TAP names must already be the spec's. */
@@ -1009,6 +1152,7 @@ export class FirecrackerDriver implements VmmDriver {
     if (paths.jail) this.ids.claim(record.vmId, paths.jail.uid);
     const stats: BootStats = { requests: api.requests, spawnToStartMs: 0, totalMs: 0, steps: [] };
     this.log.info({ vmId: record.vmId, pid: record.pid, version }, 'firecracker VM adopted');
-    return this.attach(record, paths, api, capabilitiesFor(version), extra.trackDirtyPages, null, stats);
+    const memory = { trackDirtyPages: extra.trackDirtyPages, lineage: await this.loadLineage(paths, record) };
+    return this.attach(record, paths, api, capabilitiesFor(version), memory, null, stats);
   }
 }

@@ -18,5 +18,20 @@ export {
   type FirecrackerDriverOptions,
   type FirecrackerVmHandle,
 } from './driver';
+export {
+  copyWrittenExtents,
+  type FileExtent,
+  GUEST_PAGE_SIZE,
+  type MemoryMergeStats,
+  mergeMemoryLayers,
+  writtenExtents,
+} from './memory-merge';
 export { readFirecrackerMetrics } from './metrics';
+export {
+  resolveSnapshotChain,
+  SnapshotChainError,
+  type SnapshotLayer,
+  type SnapshotManifest,
+} from './snapshot-chain';
 export type { FirecrackerRecordExtra } from './vm-paths';
+export { connectFirecrackerVsock, FirecrackerVsockError } from './vsock';

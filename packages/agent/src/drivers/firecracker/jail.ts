@@ -52,14 +52,18 @@ export async function stageIntoJail(src: string, dst: string, writable: boolean)
   return 'copy';
 }
 
-/** Moves a file out of the jail, copying when it crosses file systems. */
-export async function moveFile(src: string, dst: string): Promise<void> {
+/** Moves a file out of the jail, copying (with `copy`) when it crosses file systems. */
+export async function moveFile(
+  src: string,
+  dst: string,
+  copy: (src: string, dst: string) => Promise<void> = cloneFile,
+): Promise<void> {
   await mkdir(dirname(dst), { recursive: true });
   try {
     await rename(src, dst);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'EXDEV') throw err;
-    await cloneFile(src, dst);
+    await copy(src, dst);
     await unlink(src);
   }
 }

@@ -3,6 +3,7 @@ import { closeSync, constants, openSync } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { basename, dirname } from 'node:path';
+import { createInterface } from 'node:readline';
 
 /** sun_path holds 107 bytes and a NUL. */
 export const MAX_SOCKET_PATH = 107;
@@ -149,6 +150,43 @@ export function runTool(bin: string, args: string[], timeoutMs = 10_000): Promis
     execFile(bin, args, { timeout: timeoutMs }, (err, stdout, stderr) => {
       if (err) reject(new Error(`${bin} ${args.join(' ')}: ${stderr.trim() || err.message}`));
       else resolve(stdout);
+    });
+  });
+}
+
+/**
+ * Runs a tool with an argument array and hands each line of its stdout to `onLine` as it comes
+ * (for outputs too long to buffer, e.g. a file's extent list).
+ */
+export function runToolLines(
+  bin: string,
+  args: string[],
+  onLine: (line: string) => void,
+  timeoutMs = 60_000,
+): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'], timeout: timeoutMs });
+    let stderr = '';
+    let failed: Error | null = null;
+    child.stderr.on('data', (d: Buffer) => {
+      if (stderr.length < 4096) stderr += d.toString();
+    });
+    const lines = createInterface({ input: child.stdout });
+    lines.on('line', (line) => {
+      if (failed) return;
+      try {
+        onLine(line);
+      } catch (err) {
+        failed = err as Error;
+        child.kill('SIGKILL');
+      }
+    });
+    child.once('error', (err) => reject(new Error(`${bin} ${args.join(' ')}: ${err.message}`)));
+    // 'close', not 'exit': every line has been read by then.
+    child.once('close', (code, signal) => {
+      if (failed) reject(failed);
+      else if (code === 0) resolve();
+      else reject(new Error(`${bin} ${args.join(' ')}: ${stderr.trim() || `exit ${code ?? signal}`}`));
     });
   });
 }

@@ -18,6 +18,13 @@ export interface VmPaths {
   logPath: string;
   metricsPath: string;
   vsockPath: string;
+  /**
+   * The memory a Diff restore merged from its chain: mapped by the restored VM for its whole
+   * life, so it stays until the VM's next boot or restore.
+   */
+  restoredMemory: string;
+  /** What the current VMM run's memory builds on (the base of its next Diff snapshot). */
+  lineageFile: string;
   /** Where the jailed copies of artifacts go (null when unjailed: the spec's own paths are used). */
   staged: { kernel: string; initrd: string; disk(id: string): string; snapshotDir: string } | null;
   /** The path to hand to Firecracker for a host path. */
@@ -33,6 +40,8 @@ export function vmPaths(
     consoleFifo: join(vmDir, 'console.in'),
     consoleLog: join(vmDir, 'console.log'),
     stderrLog: join(vmDir, 'firecracker.stderr'),
+    restoredMemory: join(vmDir, 'memory.merged'),
+    lineageFile: join(vmDir, 'snapshot-lineage.json'),
   };
   if (!jail) {
     return {

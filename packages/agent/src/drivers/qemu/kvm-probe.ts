@@ -66,9 +66,14 @@ export async function runProbeFirmware(
   const elapsed = () => Math.round(performance.now() - started);
   try {
     return await new Promise<ProbeResult>((resolve) => {
+      // Under coreutils `timeout`, in a process group of its own: a probe that spins (emulated
+      // KVM) ends even when the agent is killed before its own deadline fires.
       const child = spawn(
-        qemuBinary,
+        'timeout',
         [
+          '--signal=KILL',
+          `${Math.ceil(timeoutMs / 1000) + 3}s`,
+          qemuBinary,
           ...accelArgs,
           '-M',
           'microvm',
@@ -83,7 +88,7 @@ export async function runProbeFirmware(
           '-serial',
           'stdio',
         ],
-        { stdio: ['pipe', 'pipe', 'pipe'] },
+        { stdio: ['pipe', 'pipe', 'pipe'], detached: true },
       );
       let out = '';
       let err = '';
@@ -92,7 +97,11 @@ export async function runProbeFirmware(
         if (settled) return;
         settled = true;
         clearTimeout(timer);
-        child.kill('SIGKILL');
+        try {
+          if (child.pid !== undefined) process.kill(-child.pid, 'SIGKILL');
+        } catch {
+          // The group is gone already.
+        }
         resolve(result);
       };
       const timer = setTimeout(

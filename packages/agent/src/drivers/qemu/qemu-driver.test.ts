@@ -234,6 +234,52 @@ describe('QemuDriver (real guests, TCG)', () => {
     expect(performance.now() - t).toBeLessThan(10_000);
   });
 
+  it('captures the disk with the memory: a clone on its own disk copy sees the file as it was', async () => {
+    const overlay = join(root, 'disk-src.qcow2');
+    await promisify(execFile)('qemu-img', [
+      'create',
+      '-q',
+      '-f',
+      'qcow2',
+      '-F',
+      'raw',
+      '-b',
+      guest.rootfs,
+      overlay,
+    ]);
+    const { vm } = await boot(spec('disksrc', { disk: overlay }));
+    const say = async (cmd: string, expect: RegExp) => {
+      const from = vm.console.totalBytes;
+      vm.console.write(`${cmd}\n`);
+      await vm.console.waitForOutput(expect, 20_000, from);
+    };
+    await say('echo before > /root/f; sync; echo WROTE-$((1+1))', /WROTE-2/);
+    const snap = await driver.snapshot(vm, join(root, 'snaps', 'disk'), 'Full');
+    expect((await readdir(join(root, 'snaps', 'disk'))).sort()).toEqual([
+      'disk-root.qcow2',
+      'qemu-snapshot.json',
+      'vmstate',
+    ]);
+    await say('echo after > /root/f; sync; echo WROTE-$((2+1))', /WROTE-3/);
+    await driver.shutdown(vm, { graceful: false, timeoutMs: 0 });
+
+    // The clone's own disk file: the copy replaces whatever is there.
+    const cloneDisk = join(root, 'disk-clone.qcow2');
+    await writeFile(cloneDisk, 'stale');
+    const clone = await driver.restore({ ...spec('diskclone', { disk: cloneDisk }) }, snap);
+    started.push(clone.record);
+    const from = clone.console.totalBytes;
+    // Dropping the page cache makes the guest read the file from the disk again.
+    clone.console.write('echo 3 > /proc/sys/vm/drop_caches; echo "F=$(cat /root/f)"\n');
+    await clone.console.waitForOutput(/^F=\w+\r?\n/m, 20_000, from);
+    expect(outputSince(clone, from)).toMatch(/^F=before\r?$/m);
+    // The source's disk keeps what the source wrote after the snapshot.
+    const { stdout } = await promisify(execFile)('qemu-img', ['info', '--output=json', overlay]);
+    expect(JSON.parse(stdout)['backing-filename']).toBe(guest.rootfs);
+    await driver.shutdown(clone, { graceful: false, timeoutMs: 0 });
+    await expect(driver.restore({ ...spec('nodisk') }, snap)).rejects.toThrow(/disks this VM lacks: root/);
+  });
+
   describe('agent restart', () => {
     let record: RunRecord;
 

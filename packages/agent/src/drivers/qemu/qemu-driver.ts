@@ -1,10 +1,11 @@
 import { execFile } from 'node:child_process';
 import { constants } from 'node:fs';
-import { access, mkdir, readFile, rm } from 'node:fs/promises';
-import { delimiter, join } from 'node:path';
+import { access, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { delimiter, dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { InputError } from '@nqvm/api/errors';
 import { ConsoleHub } from '../../console/console-hub';
+import { cloneFile } from '../../host/disk-tools';
 import { readProcStartTime } from '../../host/proc';
 import type {
   DriverInfo,
@@ -43,11 +44,34 @@ export interface QemuDriverOptions {
   startTimeoutMs?: number;
   /** Options of each VM's console hub. */
   console?: { bufferBytes?: number; maxLogBytes?: number };
+  /**
+   * Network namespace (a name under /run/netns) QEMU runs in, so it opens the TAPs made there:
+   * tests. Default: the agent's own.
+   */
+  netns?: string;
   logger?: DriverLogger;
 }
 
 const QMP_COMMAND_TIMEOUT_MS = 10_000;
 const SNAPSHOT_STATE_FILE = 'vmstate';
+const SNAPSHOT_MANIFEST = 'qemu-snapshot.json';
+
+type DiskFormat = 'raw' | 'qcow2';
+
+/** A writable disk of a running QEMU VM, as its run record keeps it. */
+interface RecordedDisk {
+  id: string;
+  path: string;
+  format: DiskFormat;
+}
+
+/** What `snapshot()` writes beside the state file: copies of the writable disks, taken while paused. */
+interface QemuSnapshotManifest {
+  format: 'nqvm-qemu-snapshot/1';
+  vmId: string;
+  createdAt: string;
+  disks: { id: string; file: string; format: DiskFormat }[];
+}
 
 export class QemuDriver implements VmmDriver {
   readonly kind = 'qemu' as const;
@@ -84,6 +108,7 @@ export class QemuDriver implements VmmDriver {
         'SNAPSHOT_TYPE_UNSUPPORTED',
       );
     }
+    await restoreDisks(spec, dirname(snap.statePath));
     return this.start(spec, snap.statePath);
   }
 
@@ -120,27 +145,44 @@ export class QemuDriver implements VmmDriver {
   }
 
   /**
-   * Saves the whole VM state (devices and memory) to `<dir>/vmstate` with QMP `migrate`. A
-   * running VM is paused for the save and resumed after it. Disks are not part of the state:
-   * the caller keeps them unchanged (or copies them) for a restore.
+   * Saves the whole VM state (devices and memory) to `<dir>/vmstate` with QMP `migrate` and
+   * copies the writable disks beside it at the same paused instant (QEMU has flushed them when
+   * the migration completes): the disks are not part of the state. A running VM is paused for
+   * the save and resumed after it.
    */
   async snapshot(h: VmHandle, dir: string, type: 'Full' | 'Diff'): Promise<SnapshotFiles> {
     if (type !== 'Full') {
       throw new InputError('QEMU takes only Full snapshots', { type }, 'SNAPSHOT_TYPE_UNSUPPORTED');
     }
     const vm = asQemuVm(h);
+    const disks = vm.record.extra?.disks as RecordedDisk[] | undefined;
+    if (!disks) throw new Error('this VM was started by an older agent: stop and start it before a snapshot');
     await mkdir(dir, { recursive: true, mode: 0o700 });
     const statePath = join(dir, SNAPSHOT_STATE_FILE);
     const { status } = await vm.qmp.execute<{ status: string }>('query-status');
     const wasRunning = status === 'running';
     if (wasRunning) await vm.qmp.execute('stop');
+    const manifest: QemuSnapshotManifest = {
+      format: 'nqvm-qemu-snapshot/1',
+      vmId: vm.record.vmId,
+      createdAt: new Date().toISOString(),
+      disks: disks.map((d) => ({ id: d.id, file: `disk-${d.id}.${d.format}`, format: d.format })),
+    };
     try {
       // Bytes per second; QEMU's default throttle (128 MiB/s) would only slow a local save down.
       await vm.qmp.execute('migrate-set-parameters', { 'max-bandwidth': 64 * 1024 ** 3 });
       await vm.qmp.execute('migrate', { uri: migrateToFileUri(statePath) });
       await waitForMigration(vm.qmp, 10 * 60_000);
+      for (const [i, d] of disks.entries()) await cloneFile(d.path, join(dir, manifest.disks[i]!.file));
+      await writeFile(join(dir, SNAPSHOT_MANIFEST), `${JSON.stringify(manifest, null, 2)}\n`, {
+        mode: 0o600,
+      });
     } catch (err) {
-      await rm(statePath, { force: true });
+      await Promise.all(
+        [statePath, SNAPSHOT_MANIFEST, ...manifest.disks.map((d) => d.file)].map((f) =>
+          rm(join(dir, f), { force: true }),
+        ),
+      );
       throw err;
     } finally {
       if (wasRunning) await vm.qmp.execute('cont');
@@ -191,6 +233,7 @@ export class QemuDriver implements VmmDriver {
         startTimeoutMs: this.opts.startTimeoutMs ?? 10_000,
         qmpCommandTimeoutMs: QMP_COMMAND_TIMEOUT_MS,
         newConsoleHub: (socketPath, logPath) => this.consoleHub(socketPath, logPath),
+        netns: this.opts.netns,
         logger: this.opts.logger,
       },
       signal,
@@ -266,6 +309,30 @@ export class QemuDriver implements VmmDriver {
 
   private consoleHub(socketPath: string, logPath: string): ConsoleHub {
     return new ConsoleHub({ socketPath, logPath, ...this.opts.console, logger: this.opts.logger });
+  }
+}
+
+/**
+ * Guest memory and disks must be of the same instant: the snapshot's disk copies replace the
+ * spec's writable disks (of this VM, or of a clone: its own new files) before the state loads.
+ */
+async function restoreDisks(spec: VmSpec, snapDir: string): Promise<void> {
+  const text = await readFile(join(snapDir, SNAPSHOT_MANIFEST), 'utf8').catch(() => null);
+  if (text === null) throw new Error(`${snapDir} holds no QEMU snapshot (${SNAPSHOT_MANIFEST} is missing)`);
+  const manifest = JSON.parse(text) as QemuSnapshotManifest;
+  const writable = spec.disks.filter((d) => !d.readOnly);
+  for (const d of writable) {
+    const copy = manifest.disks.find((x) => x.id === d.id);
+    if (!copy) throw new Error(`disk ${d.id} was not attached when the snapshot was taken`);
+    if (copy.format !== d.format)
+      throw new Error(`disk ${d.id} is ${d.format} but the snapshot holds a ${copy.format} copy`);
+  }
+  const missing = manifest.disks.filter((x) => !writable.some((d) => d.id === x.id));
+  if (missing.length)
+    throw new Error(`the snapshot has disks this VM lacks: ${missing.map((d) => d.id).join(', ')}`);
+  for (const d of writable) {
+    await rm(d.path, { force: true });
+    await cloneFile(join(snapDir, manifest.disks.find((x) => x.id === d.id)!.file), d.path);
   }
 }
 

@@ -5,6 +5,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { InputError } from '@nqvm/api/errors';
 import type { ConsoleHub } from '../../console/console-hub';
 import { readProcStartTime } from '../../host/proc';
+import { inNetns } from '../../network/host-runner';
 import { type PipelineStep, runPipeline } from '../pipeline';
 import type { RunRecord, VmSpec } from '../types';
 import { buildQemuArgs, checkSpec, type QemuAccel, type QemuVmPaths, qemuVmPaths } from './qemu-args';
@@ -22,6 +23,8 @@ export interface QemuStartOptions {
   startTimeoutMs: number;
   qmpCommandTimeoutMs: number;
   newConsoleHub: (socketPath: string, logPath: string) => ConsoleHub;
+  /** Network namespace to start QEMU in (nsenter execs it: the pid stays QEMU's). */
+  netns?: string;
   logger?: { debug(obj: object, msg?: string): void };
 }
 
@@ -82,7 +85,15 @@ class QemuStart {
       vmDir: spec.vmDir,
       controlSocket: this.paths.qmpSocket,
       consoleSocket: this.paths.consoleSocket,
-      extra: { accel: this.accel, consoleLog: this.paths.consoleLog, pidFile: this.paths.pidFile },
+      extra: {
+        accel: this.accel,
+        consoleLog: this.paths.consoleLog,
+        pidFile: this.paths.pidFile,
+        // What a snapshot copies while the guest is paused (its disks are not in the saved state).
+        disks: spec.disks
+          .filter((d) => !d.readOnly)
+          .map((d) => ({ id: d.id, path: d.path, format: d.format })),
+      },
     };
     return new QemuVm(record, this.qmp, this.hub, this.child);
   }
@@ -138,11 +149,12 @@ class QemuStart {
       incomingStatePath,
     });
     this.o.logger?.debug({ vmId: spec.id, binary: this.binary, args }, 'starting QEMU');
+    const [cmd, ...argv] = inNetns(this.o.netns, this.binary, args) as [string, ...string[]];
     const logFd = openSync(this.paths.vmmLog, 'w', 0o600);
     let proc: ChildProcess;
     try {
       // Own session, no pipes to the agent: the VMM outlives the agent, even a kill -9 of its group.
-      proc = spawn(this.binary, args, { detached: true, stdio: ['ignore', logFd, logFd] });
+      proc = spawn(cmd, argv, { detached: true, stdio: ['ignore', logFd, logFd] });
     } finally {
       closeSync(logFd);
     }

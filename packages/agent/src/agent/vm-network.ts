@@ -1,0 +1,110 @@
+/**
+ * A VM's networking on this host, from its command: its networks, one TAP per NIC and its port
+ * forwards, made through the host networking module (idempotent; a re-run converges), and the
+ * addresses its bridged NICs got, found on the host.
+ */
+import type { AgentNetwork, AgentPortForward, AgentVmSpec } from '@nqvm/api';
+import { ConflictError } from '@nqvm/api/errors';
+import type { NicSpec } from '../drivers/types';
+import { type HostNetwork, type HostNetworkInput, nicSpec } from '../network';
+
+export function hostNetworkInput(n: AgentNetwork): HostNetworkInput {
+  return {
+    id: n.id,
+    kind: n.kind,
+    bridge: n.bridge,
+    uplink: n.uplink,
+    cidr: n.cidr,
+    gateway: n.gateway,
+    dhcp: n.dhcp,
+    dhcpRange: n.dhcp_range,
+    dns: n.dns,
+    dnsServers: n.dns_servers,
+  };
+}
+
+/** Makes the VM's networks and TAPs and its port forwards; answers the driver's NICs, by index. */
+export async function prepareVmNetwork(
+  net: HostNetwork,
+  vmId: string,
+  spec: AgentVmSpec,
+): Promise<NicSpec[]> {
+  const nics: NicSpec[] = [];
+  const made = new Set<string>();
+  for (const nic of spec.nics) {
+    if (!made.has(nic.network.id)) {
+      await net.ensureNetwork(hostNetworkInput(nic.network));
+      made.add(nic.network.id);
+    }
+    const tap = await net.ensureTap({
+      vmId,
+      nicIndex: nic.nic_index,
+      networkId: nic.network.id,
+      mac: nic.mac,
+      ...(nic.ip !== null ? { ip: nic.ip } : {}),
+    });
+    nics.push(nicSpec(tap, nic.nic_index));
+  }
+  await syncPortForwards(net, [], spec.port_forwards);
+  return nics;
+}
+
+/** Removes the forwards of `before` that `after` lacks, and makes those of `after`. */
+export async function syncPortForwards(
+  net: HostNetwork,
+  before: AgentPortForward[],
+  after: AgentPortForward[],
+): Promise<void> {
+  const keep = new Set(after.map((f) => f.id));
+  for (const f of before) if (!keep.has(f.id)) await net.removePortForward(f.id);
+  for (const f of after)
+    await net.ensurePortForward({
+      id: f.id,
+      proto: f.proto,
+      hostPort: f.host_port,
+      guestIp: f.guest_ip,
+      guestPort: f.guest_port,
+    });
+}
+
+/**
+ * Removes the VM's forwards and TAPs, and each of its networks no other VM of this host is on
+ * (the next VM on it makes it again).
+ */
+export async function removeVmNetwork(net: HostNetwork, vmId: string, spec: AgentVmSpec): Promise<void> {
+  for (const f of spec.port_forwards) await net.removePortForward(f.id);
+  for (const nic of spec.nics) await net.removeTap(vmId, nic.nic_index);
+  for (const id of new Set(spec.nics.map((n) => n.network.id))) {
+    await net.removeNetwork(id).catch((err: unknown) => {
+      if (!(err instanceof ConflictError)) throw err;
+    });
+  }
+}
+
+/**
+ * The built-in test guest configures its first NIC from the kernel command line: the address
+ * the manager gave it, its gateway and DNS. Empty when the first NIC has no static address.
+ */
+export function networkBootArgs(spec: AgentVmSpec): string {
+  const nic = spec.nics[0];
+  if (!nic || nic.ip === null || nic.prefix_len === null) return '';
+  const args = [`nqvm.ip=${nic.ip}/${nic.prefix_len}`];
+  if (nic.gateway) args.push(`nqvm.gw=${nic.gateway}`);
+  if (nic.dns.length) args.push(`nqvm.dns=${nic.dns.join(',')}`);
+  return args.join(' ');
+}
+
+/** The addresses found for the NICs the manager gave none (bridged): the most trustworthy of each. */
+export async function foundAddresses(
+  net: HostNetwork,
+  vmId: string,
+  spec: AgentVmSpec,
+): Promise<Array<{ nic_index: number; ip: string | null }>> {
+  const out: Array<{ nic_index: number; ip: string | null }> = [];
+  for (const nic of spec.nics) {
+    if (nic.ip !== null) continue;
+    const found = await net.discoverAddresses(vmId, nic.nic_index).catch(() => null);
+    out.push({ nic_index: nic.nic_index, ip: found?.addresses[0] ?? null });
+  }
+  return out;
+}

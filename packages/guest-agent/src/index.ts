@@ -1,0 +1,4 @@
+export * from './build';
+export * from './client';
+export * from './errors';
+export * from './protocol';

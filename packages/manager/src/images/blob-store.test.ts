@@ -1,0 +1,113 @@
+import { createHash, randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { Readable } from 'node:stream';
+import { NqvmError } from '@nqvm/api';
+import { afterAll, describe, expect, it } from 'vitest';
+import { BlobStore, storageError } from './blob-store';
+
+const root = fs.mkdtempSync(path.join(os.tmpdir(), 'nqvm-blobs-'));
+afterAll(() => fs.rmSync(root, { recursive: true, force: true }));
+
+const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+const entries = (store: BlobStore) => fs.readdirSync(store.dir).sort();
+const chunks = (b: Buffer, size = 4096) =>
+  Readable.from(
+    (function* () {
+      for (let i = 0; i < b.length; i += size) yield b.subarray(i, i + size);
+    })(),
+  );
+
+describe('BlobStore', () => {
+  it('receives a stream into a temp file, then commits it under its digest; a second copy is dropped', async () => {
+    const store = new BlobStore(path.join(root, 'a'));
+    const bytes = randomBytes(300_000);
+    const seen: number[] = [];
+    const staged = await store.receive(chunks(bytes), { maxBytes: 1 << 20, onBytes: (n) => seen.push(n) });
+    expect(staged).toMatchObject({ sha256: sha(bytes), size: bytes.length });
+    expect(seen.at(-1)).toBe(bytes.length);
+    expect(path.dirname(staged.tmpPath)).toBe(store.dir);
+    await store.commit([staged], async () => {});
+    expect(entries(store)).toEqual([sha(bytes)]);
+    expect(fs.readFileSync(store.pathOf(sha(bytes))).equals(bytes)).toBe(true);
+    const again = await store.receive(chunks(bytes), { maxBytes: 1 << 20 });
+    await store.commit([again], async () => {});
+    expect(entries(store)).toEqual([sha(bytes)]);
+  });
+
+  it('keeps nothing when the bytes are too many, the checksum differs, or the source fails or is aborted', async () => {
+    const store = new BlobStore(path.join(root, 'b'));
+    const bytes = randomBytes(100_000);
+    await expect(store.receive(chunks(bytes), { maxBytes: 99_999 })).rejects.toMatchObject({
+      code: 'BODY_TOO_LARGE',
+    });
+    await expect(
+      store.receive(chunks(bytes), { maxBytes: 1 << 20, expectedSha256: 'f'.repeat(64) }),
+    ).rejects.toMatchObject({
+      code: 'CHECKSUM_MISMATCH',
+      details: { expected: 'f'.repeat(64), actual: sha(bytes) },
+    });
+    const failing = new Readable({
+      read() {
+        this.push(Buffer.alloc(1000));
+        this.destroy(new Error('connection reset'));
+      },
+    });
+    await expect(store.receive(failing, { maxBytes: 1 << 20 })).rejects.toThrow('connection reset');
+    const ac = new AbortController();
+    const endless = new Readable({ read() {} });
+    endless.push(Buffer.alloc(10));
+    const pending = store.receive(endless, {
+      maxBytes: 1 << 20,
+      signal: ac.signal,
+      onBytes: () => ac.abort(new Error('stop')),
+    });
+    await expect(pending).rejects.toThrow('stop');
+    expect(entries(store)).toEqual([]);
+  });
+
+  it('a release racing a commit of the same digest never loses the committed blob', async () => {
+    const store = new BlobStore(path.join(root, 'c'));
+    const bytes = randomBytes(10_000);
+    await store.commit([await store.receive(chunks(bytes), { maxBytes: 1 << 20 })], async () => {});
+    const staged = await store.receive(chunks(bytes), { maxBytes: 1 << 20 });
+    let users = 0;
+    // The release decided "unused" before the new image recorded its digest, and deletes after.
+    const release = store.release(sha(bytes), async () => {
+      const used = users > 0;
+      await new Promise((r) => setTimeout(r, 50));
+      return used;
+    });
+    const commit = store.commit([staged], async () => {
+      users++;
+    });
+    expect(await release).toBe(true);
+    await commit;
+    expect(entries(store)).toEqual([sha(bytes)]);
+    expect(await store.release(sha(bytes), async () => users > 0)).toBe(false);
+    expect(entries(store)).toEqual([sha(bytes)]);
+  });
+
+  it('stages a finished file by moving it and sweeps old temp files', async () => {
+    const store = new BlobStore(path.join(root, 'd'));
+    const file = path.join(root, 'converted.ext4');
+    const bytes = randomBytes(5000);
+    fs.writeFileSync(file, bytes);
+    const staged = await store.stageFile(file);
+    expect(fs.existsSync(file)).toBe(false);
+    expect(staged).toMatchObject({ sha256: sha(bytes), size: 5000 });
+    const old = new Date(Date.now() - 3_600_000);
+    fs.utimesSync(staged.tmpPath, old, old);
+    expect(await store.sweepTemp(60_000)).toBe(1);
+    expect(entries(store)).toEqual([]);
+  });
+
+  it('maps a full disk to INSUFFICIENT_STORAGE and leaves other errors alone', () => {
+    const full = storageError(Object.assign(new Error('no space'), { code: 'ENOSPC' }), '/data/blobs');
+    expect(full).toBeInstanceOf(NqvmError);
+    expect(full).toMatchObject({ code: 'INSUFFICIENT_STORAGE', status: 507 });
+    const other = Object.assign(new Error('denied'), { code: 'EACCES' });
+    expect(storageError(other, '/data')).toBe(other);
+  });
+});

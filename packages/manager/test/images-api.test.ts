@@ -1,0 +1,821 @@
+/**
+ * The image registry over HTTP on both datastores: streamed uploads with progress, size limit,
+ * checksums, dedupe, URL imports from a local server (success, mismatch, 404, cancel), host
+ * path registration and its refusals, format detection (a real bzImage yields its vmlinux),
+ * delete refused while in use, and the agent blob route.
+ */
+import { execFileSync } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { Image, ImageActionResponse, type Operation } from '@nqvm/api';
+import { inspectKernel } from '@nqvm/api/kernel';
+import {
+  basicAuthorization,
+  ensureTestGuest,
+  type OciRegistry,
+  pushImage,
+  sampleImage,
+  startOciRegistry,
+  type TestGuest,
+} from '@nqvm/testkit';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parseRange } from '../src/routes/images';
+import { client, DATASTORES, startManager, type TestManager, userWithRole } from './harness';
+import { expectError, type Reply, registerHost, rowsOf, sleep, tableNames } from './helpers';
+
+const StrictImage = Image.strict();
+const MiB = 1024 * 1024;
+const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+
+/** A raw-body request with full control of headers and pacing (fetch hides Content-Length). */
+function upload(
+  url: string,
+  token: string,
+  query: string,
+  chunks: Buffer[],
+  opts: { contentLength?: number | null; delayMs?: number } = {},
+): Promise<Reply> {
+  const total = chunks.reduce((n, c) => n + c.length, 0);
+  const length = opts.contentLength === undefined ? total : opts.contentLength;
+  return new Promise((resolve, reject) => {
+    const req = http.request(`${url}/api/v1/images/upload?${query}`, {
+      method: 'POST',
+      headers: {
+        authorization: `Bearer ${token}`,
+        'content-type': 'application/octet-stream',
+        ...(length === null ? { 'transfer-encoding': 'chunked' } : { 'content-length': String(length) }),
+      },
+    });
+    req.on('response', (res) => {
+      const parts: Buffer[] = [];
+      res.on('data', (d) => parts.push(d));
+      res.on('end', () => {
+        const text = Buffer.concat(parts).toString('utf8');
+        let body: unknown;
+        try {
+          body = JSON.parse(text);
+        } catch {
+          body = undefined;
+        }
+        const headers = new Headers();
+        for (const [k, v] of Object.entries(res.headers)) if (typeof v === 'string') headers.set(k, v);
+        resolve({ status: res.statusCode ?? 0, body, text, headers });
+      });
+    });
+    // The server may answer (and close) before the whole body went out.
+    req.on('error', reject);
+    void (async () => {
+      for (const c of chunks) {
+        if (req.destroyed) return;
+        if (!req.write(c)) await new Promise((r) => req.once('drain', r));
+        if (opts.delayMs) await sleep(opts.delayMs);
+      }
+      req.end();
+    })();
+  });
+}
+
+function chunksOf(b: Buffer, size = 256 * 1024): Buffer[] {
+  const out: Buffer[] = [];
+  for (let i = 0; i < b.length; i += size) out.push(b.subarray(i, i + size));
+  return out;
+}
+
+/** The upstream of URL imports: a file, a redirect to it, a 404, a slow endpoint. */
+let upstream: http.Server;
+let upstreamUrl: string;
+const payload = randomBytes(3 * MiB + 17);
+/** Keys of `/slow.img?key=` downloads whose client went away (the two datastores' suites run at once). */
+const slowAborted = new Set<string>();
+
+let guest: TestGuest;
+/** A registry with basic auth holding `sample:v1` (two layers, a whiteout, a config). */
+let registry: OciRegistry;
+const OCI_USER = 'puller';
+const OCI_PASSWORD = `registry-secret-${randomBytes(6).toString('hex')}`;
+const workDir = fs.mkdtempSync(path.join(os.tmpdir(), 'nqvm-images-test-'));
+
+beforeAll(async () => {
+  upstream = http.createServer((req, res) => {
+    if (req.url === '/file.img') {
+      res.writeHead(200, { 'content-length': payload.length, 'content-type': 'application/octet-stream' });
+      res.end(payload);
+    } else if (req.url === '/redirect') {
+      res.writeHead(302, { location: '/file.img' });
+      res.end();
+    } else if (req.url?.startsWith('/slow.img?key=')) {
+      const key = req.url.slice('/slow.img?key='.length);
+      res.writeHead(200, { 'content-length': 20 * MiB });
+      const timer = setInterval(() => res.write(Buffer.alloc(64 * 1024, 7)), 50);
+      res.on('close', () => {
+        clearInterval(timer);
+        slowAborted.add(key);
+      });
+    } else {
+      res.writeHead(404);
+      res.end('no such file');
+    }
+  });
+  await new Promise<void>((r) => upstream.listen(0, '127.0.0.1', r));
+  upstreamUrl = `http://127.0.0.1:${(upstream.address() as AddressInfo).port}`;
+  guest = await ensureTestGuest();
+  registry = await startOciRegistry({ basicAuth: { [OCI_USER]: OCI_PASSWORD } });
+  await pushImage(
+    { url: registry.url, repository: 'sample', authorization: basicAuthorization(OCI_USER, OCI_PASSWORD) },
+    'v1',
+    await sampleImage(),
+  );
+}, 900_000);
+
+afterAll(async () => {
+  await new Promise((r) => upstream.close(r));
+  await registry?.stop();
+  fs.rmSync(workDir, { recursive: true, force: true });
+});
+
+describe.concurrent.each(DATASTORES)('images API on %s', (kind) => {
+  let t: TestManager;
+  /** A second manager with host paths allowed and a 1 MiB size limit. */
+  let p: TestManager;
+  let root: string;
+  let api: ReturnType<typeof client>;
+  let papi: ReturnType<typeof client>;
+
+  beforeAll(async () => {
+    t = await startManager(kind);
+    api = client(t.url, t.adminToken);
+    root = fs.mkdtempSync(path.join(workDir, `root-${kind}-`));
+    p = await startManager(kind, {
+      MANAGER_ALLOW_IMAGE_PATHS: 'true',
+      MANAGER_IMAGE_ROOT: root,
+      MANAGER_IMAGE_MAX_BYTES: String(MiB),
+    });
+    papi = client(p.url, p.adminToken);
+  });
+  afterAll(async () => {
+    await t?.close();
+    await p?.close();
+  });
+
+  const blobDir = (m: TestManager) => path.join(m.dataDir, 'images', 'blobs', 'sha256');
+  const blobFiles = (m: TestManager) => (fs.existsSync(blobDir(m)) ? fs.readdirSync(blobDir(m)).sort() : []);
+  const waitOp = async (m: TestManager, id: string): Promise<Operation> => {
+    const r = await client(m.url, m.adminToken).get(`/api/v1/operations/${id}?wait=30`);
+    expect(r.status, r.text).toBe(200);
+    return r.body;
+  };
+  const uploadOk = async (name: string, k: string, bytes: Buffer) => {
+    const r = await upload(t.url, t.adminToken, `name=${name}&kind=${k}`, chunksOf(bytes));
+    expect(r.status, r.text).toBe(201);
+    ImageActionResponse.parse(r.body);
+    StrictImage.parse(r.body.image);
+    return r.body.image as Image;
+  };
+  const ext4 = (name: string, files: Record<string, string>): Buffer => {
+    const dir = fs.mkdtempSync(path.join(workDir, `tree-${kind}-`));
+    for (const [f, text] of Object.entries(files)) {
+      fs.mkdirSync(path.dirname(path.join(dir, f)), { recursive: true });
+      fs.writeFileSync(path.join(dir, f), text, { mode: 0o755 });
+    }
+    const out = path.join(workDir, `${name}-${kind}.ext4`);
+    execFileSync('mkfs.ext4', ['-q', '-F', '-d', dir, out, '4M']);
+    return fs.readFileSync(out);
+  };
+
+  describe.sequential('uploads', () => {
+    it('streams a multi-MiB body: sha256 right, progress seen on the operation, events sent', async () => {
+      const bytes = ext4('big', { 'usr/bin/cloud-init': '#!/bin/sh\n', 'etc/hostname': 'x\n' });
+      const big = Buffer.concat([bytes, randomBytes(12 * MiB)]);
+      const seen: number[] = [];
+      const events: string[] = [];
+      const stop = t.manager.services.bus.subscribe((e) => {
+        if (e.type === 'operation.updated' && (e.data as Operation).kind === 'image.upload')
+          seen.push((e.data as Operation).progress.percent);
+        if (e.resourceType === 'image') events.push(e.type);
+      });
+      const r = await upload(t.url, t.adminToken, 'name=big-rootfs&kind=rootfs', chunksOf(big), {
+        delayMs: 5,
+      });
+      stop();
+      expect(r.status, r.text).toBe(201);
+      const image = StrictImage.parse(r.body.image);
+      expect(image).toMatchObject({
+        name: 'big-rootfs',
+        kind: 'rootfs',
+        status: 'ready',
+        sha256: sha(big),
+        size_bytes: big.length,
+        format: 'ext4',
+        source: { type: 'upload' },
+        is_default: false,
+        error: null,
+        metadata: { has_cloud_init: true },
+      });
+      expect(r.body.operation).toMatchObject({
+        kind: 'image.upload',
+        status: 'succeeded',
+        target: { type: 'image', id: image.id },
+      });
+      expect(
+        seen.some((x) => x > 0 && x < 100),
+        `progress seen: ${seen.join(',')}`,
+      ).toBe(true);
+      expect(seen).toEqual([...seen].sort((a, b) => a - b));
+      expect(events[0]).toBe('image.created');
+      expect(events).toContain('image.updated');
+      expect(fs.readFileSync(path.join(blobDir(t), image.sha256!)).equals(big)).toBe(true);
+      expect((await api.get(`/api/v1/images/${image.id}`)).body).toEqual(image);
+    });
+
+    it('detects formats: ext4 without cloud-init, qcow2, raw, a gzip initrd; refuses a non-kernel', async () => {
+      const plain = await uploadOk('plain', 'rootfs', ext4('plain', { 'etc/hostname': 'x\n' }));
+      expect(plain).toMatchObject({ format: 'ext4', metadata: { has_cloud_init: false } });
+      const qcow = path.join(workDir, `d-${kind}.qcow2`);
+      execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', qcow, '64M']);
+      expect(await uploadOk('qcow', 'rootfs', fs.readFileSync(qcow))).toMatchObject({
+        format: 'qcow2',
+        metadata: {},
+      });
+      expect(await uploadOk('raw-disk', 'rootfs', randomBytes(8192))).toMatchObject({ format: 'raw' });
+      expect(await uploadOk('initrd', 'initrd', fs.readFileSync(guest.initrd))).toMatchObject({
+        format: 'cpio.gz',
+      });
+      const before = blobFiles(t);
+      const bad = await upload(t.url, t.adminToken, 'name=not-a-kernel&kind=kernel', [randomBytes(70_000)]);
+      expectError(bad, 400, 'VALIDATION_FAILED');
+      expect((await api.get('/api/v1/images?name=not-a-kernel')).body.items).toEqual([]);
+      expect(blobFiles(t)).toEqual(before);
+    });
+
+    it('a bzImage kernel also yields its ELF vmlinux as a blob the agent can fetch', async () => {
+      const bz = fs.readFileSync(guest.kernel);
+      const image = await uploadOk('kernel', 'kernel', bz);
+      expect(image).toMatchObject({ format: 'bzimage', sha256: sha(bz), size_bytes: bz.length });
+      const vmlinux = image.metadata.vmlinux!;
+      expect(vmlinux.size_bytes).toBeGreaterThan(bz.length);
+      const file = path.join(blobDir(t), vmlinux.sha256);
+      expect(await inspectKernel(file)).toMatchObject({ format: 'elf', elfClass: 64, machine: 'x86_64' });
+      expect(sha(fs.readFileSync(file))).toBe(vmlinux.sha256);
+
+      const { credential } = await registerHost(t.url, t.adminToken, `blob-host-${kind}`);
+      const get = (digest: string, headers: Record<string, string> = {}) =>
+        fetch(`${t.url}/api/v1/agent/images/${digest}`, {
+          headers: { authorization: `Bearer ${credential}`, ...headers },
+        });
+      const whole = await get(vmlinux.sha256);
+      expect(whole.status).toBe(200);
+      expect(whole.headers.get('etag')).toBe(`"${vmlinux.sha256}"`);
+      expect(Number(whole.headers.get('content-length'))).toBe(vmlinux.size_bytes);
+      expect(sha(Buffer.from(await whole.arrayBuffer()))).toBe(vmlinux.sha256);
+      const kernel = await get(image.sha256!);
+      expect(sha(Buffer.from(await kernel.arrayBuffer()))).toBe(image.sha256);
+      // Resume from an offset.
+      const part = await get(image.sha256!, { range: 'bytes=1000-' });
+      expect(part.status).toBe(206);
+      expect(part.headers.get('content-range')).toBe(`bytes 1000-${bz.length - 1}/${bz.length}`);
+      expect(Buffer.from(await part.arrayBuffer()).equals(bz.subarray(1000))).toBe(true);
+      const tooFar = await get(image.sha256!, { range: `bytes=${bz.length}-` });
+      expect(tooFar.status).toBe(416);
+      await tooFar.text();
+      // Unknown digests, and user credentials, get nothing.
+      const unknown = await get('0'.repeat(64));
+      expect(unknown.status).toBe(404);
+      await unknown.text();
+      const asUser = await fetch(`${t.url}/api/v1/agent/images/${image.sha256}`, {
+        headers: { authorization: `Bearer ${t.adminToken}` },
+      });
+      expect(asUser.status).toBe(403);
+      expect((await asUser.json()).error.code).toBe('FORBIDDEN');
+    });
+
+    it('dedupes identical bytes into one blob, removed with the last image that uses it', async () => {
+      const bytes = ext4('dup', { 'etc/motd': 'same\n' });
+      const before = blobFiles(t);
+      const a = await uploadOk('dup-a', 'rootfs', bytes);
+      const b = await uploadOk('dup-b', 'rootfs', bytes);
+      expect(a.sha256).toBe(b.sha256);
+      expect(blobFiles(t)).toEqual([...before, a.sha256!].sort());
+      expect((await api.del(`/api/v1/images/${a.id}`)).status).toBe(200);
+      expect(blobFiles(t)).toContain(a.sha256);
+      expect((await api.del(`/api/v1/images/${b.id}`)).status).toBe(200);
+      expect(blobFiles(t)).toEqual(before);
+      expectError(await api.get(`/api/v1/images/${b.id}`), 404, 'IMAGE_NOT_FOUND');
+    });
+
+    it('a checksum mismatch answers 422 and keeps nothing; a matching one is accepted', async () => {
+      const bytes = ext4('sum', { 'etc/motd': 'sum\n' });
+      const before = blobFiles(t);
+      const wrong = await upload(t.url, t.adminToken, `name=sum&kind=rootfs&sha256=${'a'.repeat(64)}`, [
+        bytes,
+      ]);
+      expectError(wrong, 422, 'CHECKSUM_MISMATCH');
+      expect(wrong.body.error.details).toEqual({ expected: 'a'.repeat(64), actual: sha(bytes) });
+      expect(blobFiles(t)).toEqual(before);
+      expect((await api.get('/api/v1/images?name=sum')).body.items).toEqual([]);
+      const ops = (await api.get('/api/v1/operations?kind=image.upload&status=failed')).body
+        .items as Operation[];
+      expect(ops.map((o) => o.error?.code)).toContain('CHECKSUM_MISMATCH');
+      const right = await upload(t.url, t.adminToken, `name=sum&kind=rootfs&sha256=${sha(bytes)}`, [bytes]);
+      expect(right.status, right.text).toBe(201);
+    });
+
+    it('refuses a body over MANAGER_IMAGE_MAX_BYTES with 413, announced or chunked, keeping nothing', async () => {
+      const over = randomBytes(MiB + 1);
+      const announced = await upload(p.url, p.adminToken, 'name=huge&kind=rootfs', chunksOf(over));
+      expectError(announced, 413, 'BODY_TOO_LARGE');
+      const chunked = await upload(p.url, p.adminToken, 'name=huge&kind=rootfs', chunksOf(over, 64 * 1024), {
+        contentLength: null,
+      });
+      expectError(chunked, 413, 'BODY_TOO_LARGE');
+      expect(blobFiles(p)).toEqual([]);
+      expect((await papi.get('/api/v1/images?name=huge')).body.items).toEqual([]);
+      const fits = await upload(p.url, p.adminToken, 'name=fits&kind=rootfs', [randomBytes(MiB)]);
+      expect(fits.status, fits.text).toBe(201);
+    });
+
+    it('validates the query and the role; a taken name is 409 before any byte is kept', async () => {
+      expectError(
+        await upload(t.url, t.adminToken, 'name=x&kind=disk', [Buffer.from('x')]),
+        400,
+        'VALIDATION_FAILED',
+      );
+      expectError(
+        await upload(t.url, t.adminToken, 'kind=rootfs', [Buffer.from('x')]),
+        400,
+        'VALIDATION_FAILED',
+      );
+      expectError(
+        await upload(t.url, t.adminToken, `name=x&kind=rootfs&sha256=${'A'.repeat(64)}`, [Buffer.from('x')]),
+        400,
+        'VALIDATION_FAILED',
+      );
+      const viewer = await userWithRole(t, 'viewer');
+      expectError(await upload(t.url, viewer, 'name=x&kind=rootfs', [Buffer.from('x')]), 403, 'FORBIDDEN');
+      const before = blobFiles(t);
+      expectError(
+        await upload(t.url, t.adminToken, 'name=plain&kind=rootfs', [randomBytes(4096)]),
+        409,
+        'NAME_TAKEN',
+      );
+      expect(blobFiles(t)).toEqual(before);
+    });
+  });
+
+  describe.sequential('URL imports', () => {
+    const importUrl = async (name: string, source: Record<string, unknown>, m = t) => {
+      const r = await client(m.url, m.adminToken).post('/api/v1/images', { name, kind: 'rootfs', source });
+      expect(r.status, r.text).toBe(202);
+      ImageActionResponse.parse(r.body);
+      expect(r.body.image.status).toBe('importing');
+      expect(r.body.operation).toMatchObject({
+        kind: 'image.import',
+        target: { type: 'image', id: r.body.image.id },
+      });
+      return r.body as { image: Image; operation: Operation };
+    };
+
+    it('downloads through a redirect, verifies the checksum and stores the blob', async () => {
+      const { image, operation } = await importUrl('from-url', {
+        type: 'url',
+        url: `${upstreamUrl}/redirect`,
+        sha256: sha(payload),
+      });
+      expect(await waitOp(t, operation.id)).toMatchObject({
+        status: 'succeeded',
+        progress: { percent: 100 },
+      });
+      const got = StrictImage.parse((await api.get(`/api/v1/images/${image.id}`)).body);
+      expect(got).toMatchObject({
+        status: 'ready',
+        sha256: sha(payload),
+        size_bytes: payload.length,
+        format: 'raw',
+        source: { type: 'url', url: `${upstreamUrl}/redirect` },
+      });
+      expect(fs.readFileSync(path.join(blobDir(t), sha(payload))).equals(payload)).toBe(true);
+    });
+
+    it('a checksum mismatch fails the operation with CHECKSUM_MISMATCH and keeps no bytes', async () => {
+      const before = blobFiles(t);
+      const { image, operation } = await importUrl('url-mismatch', {
+        type: 'url',
+        url: `${upstreamUrl}/file.img`,
+        sha256: 'b'.repeat(64),
+      });
+      expect(await waitOp(t, operation.id)).toMatchObject({
+        status: 'failed',
+        error: { code: 'CHECKSUM_MISMATCH' },
+      });
+      expect((await api.get(`/api/v1/images/${image.id}`)).body).toMatchObject({
+        status: 'failed',
+        sha256: null,
+        error: expect.stringContaining('b'.repeat(64)),
+      });
+      expect(blobFiles(t)).toEqual(before);
+      // A failed image cannot back a VM.
+      expectError(
+        await api.post('/api/v1/vms', { name: `vm-on-failed`, rootfs_image_id: image.id }),
+        409,
+        'IMAGE_NOT_READY',
+      );
+    });
+
+    it('a 404 upstream fails the operation with IMPORT_FAILED', async () => {
+      const { image, operation } = await importUrl('url-404', {
+        type: 'url',
+        url: `${upstreamUrl}/nope.img`,
+      });
+      const op = await waitOp(t, operation.id);
+      expect(op).toMatchObject({ status: 'failed', error: { code: 'IMPORT_FAILED' } });
+      expect(op.error?.message).toContain('404');
+      expect((await api.get(`/api/v1/images/${image.id}`)).body).toMatchObject({ status: 'failed' });
+    });
+
+    // The test's own expect: the two datastores' suites run at once.
+    it('an import can be cancelled: the image fails, the download stops, no bytes stay', async ({
+      expect,
+    }) => {
+      const before = blobFiles(t);
+      const { image, operation } = await importUrl('url-slow', {
+        type: 'url',
+        url: `${upstreamUrl}/slow.img?key=${kind}`,
+      });
+      await expect
+        .poll(async () => (await api.get(`/api/v1/operations/${operation.id}`)).body.progress.percent, {
+          timeout: 10_000,
+        })
+        .toBeGreaterThan(0);
+      expectError(await api.del(`/api/v1/images/${image.id}`), 409, 'IMAGE_NOT_READY');
+      const c = await api.post(`/api/v1/operations/${operation.id}/cancel`);
+      expect(c.status, c.text).toBe(200);
+      await t.manager.services.images.idle();
+      expect((await api.get(`/api/v1/images/${image.id}`)).body).toMatchObject({
+        status: 'failed',
+        error: 'import cancelled',
+      });
+      expect((await api.get(`/api/v1/operations/${operation.id}`)).body.status).toBe('cancelled');
+      await expect.poll(() => slowAborted.has(kind)).toBe(true);
+      expect(fs.readdirSync(blobDir(t)).filter((f) => f.startsWith('.tmp-'))).toEqual([]);
+      expect(blobFiles(t)).toEqual(before);
+    });
+
+    it('refuses non-http URLs, credentials in URLs, and OCI sources for kernels', async () => {
+      for (const url of ['file:///etc/passwd', 'ftp://example.org/x', 'http://user:pw@127.0.0.1/x']) {
+        expectError(
+          await api.post('/api/v1/images', { name: 'bad-url', kind: 'rootfs', source: { type: 'url', url } }),
+          400,
+          'VALIDATION_FAILED',
+        );
+      }
+      expectError(
+        await api.post('/api/v1/images', {
+          name: 'oci-kernel',
+          kind: 'kernel',
+          source: { type: 'oci', reference: 'docker.io/library/alpine:3.20', password: 'secret-pw' },
+        }),
+        400,
+        'VALIDATION_FAILED',
+      );
+      expect((await api.get('/api/v1/images?name=bad-url')).body.items).toEqual([]);
+    });
+  });
+
+  describe.sequential('OCI imports', () => {
+    const importOci = async (name: string, password: string) => {
+      const r = await api.post('/api/v1/images', {
+        name,
+        kind: 'rootfs',
+        source: {
+          type: 'oci',
+          reference: `${registry.host}/sample:v1`,
+          username: OCI_USER,
+          password,
+          plain_http: true,
+        },
+      });
+      expect(r.status, r.text).toBe(202);
+      expect(r.body.image.source).toEqual({ type: 'oci', reference: `${registry.host}/sample:v1` });
+      return { image: r.body.image as Image, op: await waitOp(t, r.body.operation.id) };
+    };
+
+    it('pulls with basic auth into an ext4 blob and keeps the image config; the password is stored nowhere', async () => {
+      const { image, op } = await importOci('from-oci', OCI_PASSWORD);
+      expect(op, JSON.stringify(op.error)).toMatchObject({ status: 'succeeded' });
+      const got = StrictImage.parse((await api.get(`/api/v1/images/${image.id}`)).body);
+      expect(got).toMatchObject({
+        status: 'ready',
+        format: 'ext4',
+        metadata: {
+          has_cloud_init: false,
+          oci: {
+            reference: `${registry.host}/sample:v1`,
+            config: {
+              entrypoint: ['/bin/tool'],
+              cmd: ['--serve', 'x'],
+              env: ['PATH=/usr/bin:/bin', 'GREETING=hi'],
+              working_dir: '/opq',
+              user: '1000:1001',
+              exposed_ports: ['8080/tcp'],
+            },
+          },
+        },
+      });
+      expect(got.metadata.oci?.manifest_digest).toMatch(/^sha256:[a-f0-9]{64}$/);
+      const blob = path.join(blobDir(t), got.sha256!);
+      expect(sha(fs.readFileSync(blob))).toBe(got.sha256);
+      expect(
+        execFileSync('debugfs', ['-R', 'cat /etc/hello', blob], {
+          stdio: ['ignore', 'pipe', 'ignore'],
+        }).toString(),
+      ).toBe('hello from layer 1\n');
+      const store = t.manager.services.store;
+      for (const table of await tableNames(store))
+        expect(JSON.stringify(await rowsOf(store, table)), table).not.toContain(OCI_PASSWORD);
+      expect(fs.readdirSync(path.join(t.dataDir, 'images', 'work'))).toEqual([]);
+    });
+
+    it('a refused password fails the import and keeps no bytes', async () => {
+      const before = blobFiles(t);
+      const { image, op } = await importOci('oci-denied', 'wrong-password');
+      expect(op.status).toBe('failed');
+      expect((await api.get(`/api/v1/images/${image.id}`)).body).toMatchObject({
+        status: 'failed',
+        sha256: null,
+      });
+      expect(blobFiles(t)).toEqual(before);
+      expect(fs.readdirSync(path.join(t.dataDir, 'images', 'work'))).toEqual([]);
+    });
+  });
+
+  describe.sequential('host paths', () => {
+    const register = (m: TestManager, name: string, file: string, k = 'rootfs') =>
+      client(m.url, m.adminToken).post('/api/v1/images', {
+        name,
+        kind: k,
+        source: { type: 'path', path: file },
+      });
+
+    it('is refused while MANAGER_ALLOW_IMAGE_PATHS is off', async () => {
+      expectError(await register(t, 'p', '/etc/hostname'), 403, 'IMAGE_PATHS_DISABLED');
+    });
+
+    it('refuses "..", a symlink out of the root, a path outside it, and what is not a regular file', async () => {
+      const outside = path.join(workDir, `outside-${kind}.img`);
+      fs.writeFileSync(outside, randomBytes(4096));
+      fs.symlinkSync(outside, path.join(root, 'link.img'));
+      fs.mkdirSync(path.join(root, 'sub'));
+      expectError(await register(p, 'p', `sub/../../outside-${kind}.img`), 400, 'IMAGE_PATH_OUTSIDE_ROOT');
+      expectError(await register(p, 'p', `${root}/sub/../link.img`), 400, 'IMAGE_PATH_OUTSIDE_ROOT');
+      expectError(await register(p, 'p', path.join(root, 'link.img')), 400, 'IMAGE_PATH_OUTSIDE_ROOT');
+      expectError(await register(p, 'p', outside), 400, 'IMAGE_PATH_OUTSIDE_ROOT');
+      expectError(await register(p, 'p', path.join(root, 'sub')), 400, 'VALIDATION_FAILED');
+      expectError(await register(p, 'p', path.join(root, 'missing.img')), 400, 'VALIDATION_FAILED');
+      expect((await papi.get('/api/v1/images?name=p')).body.items).toEqual([]);
+    });
+
+    it('registers a file under the root in place (hashed, not copied), even a kernel with its vmlinux', async () => {
+      const bytes = ext4('path', { 'usr/bin/cloud-init': '#!/bin/sh\n' });
+      fs.mkdirSync(path.join(root, 'disks'));
+      fs.writeFileSync(path.join(root, 'disks', 'a.ext4'), bytes);
+      const before = blobFiles(p);
+      const r = await register(p, 'path-rootfs', 'disks/a.ext4');
+      expect(r.status, r.text).toBe(201);
+      expect(r.body.operation).toBeNull();
+      expect(StrictImage.parse(r.body.image)).toMatchObject({
+        status: 'ready',
+        sha256: sha(bytes),
+        size_bytes: bytes.length,
+        format: 'ext4',
+        source: { type: 'path', path: fs.realpathSync(path.join(root, 'disks', 'a.ext4')) },
+        metadata: { has_cloud_init: true },
+      });
+      expect(blobFiles(p)).toEqual(before);
+      // Symlinks that stay inside the root are fine.
+      fs.copyFileSync(guest.kernel, path.join(root, 'vmlinuz'));
+      fs.symlinkSync('vmlinuz', path.join(root, 'kernel-link'));
+      const k = await register(p, 'path-kernel', path.join(root, 'kernel-link'), 'kernel');
+      expect(k.status, k.text).toBe(201);
+      expect(k.body.image).toMatchObject({
+        format: 'bzimage',
+        source: { path: fs.realpathSync(path.join(root, 'vmlinuz')) },
+      });
+      expect(blobFiles(p)).toEqual([...before, k.body.image.metadata.vmlinux.sha256].sort());
+      // The agent route serves a path image's own file.
+      const { credential } = await registerHost(p.url, p.adminToken, `path-host-${kind}`);
+      const res = await fetch(`${p.url}/api/v1/agent/images/${sha(bytes)}`, {
+        headers: { authorization: `Bearer ${credential}` },
+      });
+      expect(sha(Buffer.from(await res.arrayBuffer()))).toBe(sha(bytes));
+      // Deleting the image leaves the file alone.
+      expect((await papi.del(`/api/v1/images/${r.body.image.id}`)).status).toBe(200);
+      expect(fs.existsSync(path.join(root, 'disks', 'a.ext4'))).toBe(true);
+    });
+  });
+
+  describe.sequential('changes and deletion', () => {
+    it('refuses to delete an image a VM, template or snapshot uses (409 IMAGE_IN_USE), removing nothing', async () => {
+      const image = await uploadOk('used', 'rootfs', ext4('used', { 'etc/motd': 'used\n' }));
+      const vm = await api.post('/api/v1/vms', {
+        name: `uses-image`,
+        rootfs_image_id: image.id,
+        start: false,
+      });
+      expect(vm.status, vm.text).toBe(202);
+      const r = await api.del(`/api/v1/images/${image.id}`);
+      expectError(r, 409, 'IMAGE_IN_USE');
+      expect(r.body.error.details.users).toEqual([
+        { type: 'vm', id: vm.body.vm.id, name: 'uses-image', fields: ['rootfs_image_id'] },
+      ]);
+      expect((await api.get(`/api/v1/images/${image.id}`)).body).toEqual(image);
+      expect(blobFiles(t)).toContain(image.sha256);
+      expect((await api.del(`/api/v1/vms/${vm.body.vm.id}`)).status).toBe(202);
+
+      const db = t.manager.services.store.db;
+      const at = new Date().toISOString();
+      await db
+        .insertInto('templates')
+        .values({
+          id: crypto.randomUUID(),
+          name: 'tpl',
+          spec: JSON.stringify({ rootfs_image_id: image.id }),
+          created_at: at,
+          updated_at: at,
+        })
+        .execute();
+      const t409 = await api.del(`/api/v1/images/${image.id}`);
+      expectError(t409, 409, 'IMAGE_IN_USE');
+      expect(t409.body.error.details.users).toMatchObject([{ type: 'template', name: 'tpl' }]);
+      await db.deleteFrom('templates').execute();
+      await db
+        .insertInto('snapshots')
+        .values({
+          id: crypto.randomUUID(),
+          name: 'snap',
+          vm_id: null,
+          host_id: null,
+          snapshot_type: 'Full',
+          status: 'ready',
+          size_bytes: null,
+          files: JSON.stringify({ disks: [{ image_id: image.id }] }),
+          spec: '{}',
+          created_at: at,
+          updated_at: at,
+        })
+        .execute();
+      const s409 = await api.del(`/api/v1/images/${image.id}`);
+      expectError(s409, 409, 'IMAGE_IN_USE');
+      expect(s409.body.error.details.users).toMatchObject([
+        { type: 'snapshot', fields: ['files.disks.0.image_id'] },
+      ]);
+      await db.deleteFrom('snapshots').execute();
+      expect((await api.del(`/api/v1/images/${image.id}`)).body).toEqual({ id: image.id, deleted: true });
+      expect(blobFiles(t)).not.toContain(image.sha256);
+    });
+
+    it('PATCH renames and moves the default; a default image is deleted only with force=true', async () => {
+      const a = await uploadOk('def-a', 'initrd', fs.readFileSync(guest.initrd));
+      const b = await uploadOk(
+        'def-b',
+        'initrd',
+        Buffer.concat([fs.readFileSync(guest.initrd), Buffer.alloc(512)]),
+      );
+      expect((await api.patch(`/api/v1/images/${a.id}`, { is_default: true })).body).toMatchObject({
+        is_default: true,
+      });
+      const moved = await api.patch(`/api/v1/images/${b.id}`, { is_default: true, name: 'def-b2' });
+      expect(moved.status, moved.text).toBe(200);
+      expect(moved.body).toMatchObject({ name: 'def-b2', is_default: true });
+      expect((await api.get(`/api/v1/images/${a.id}`)).body.is_default).toBe(false);
+      expectError(await api.patch(`/api/v1/images/${a.id}`, { name: 'def-b2' }), 409, 'NAME_TAKEN');
+      const refused = await api.del(`/api/v1/images/${b.id}`);
+      expectError(refused, 409, 'IMAGE_IN_USE');
+      expect(refused.body.error.details).toEqual({ users: [], is_default: true });
+      expect((await api.del(`/api/v1/images/${b.id}?force=true`)).status).toBe(200);
+      expect((await api.del(`/api/v1/images/${a.id}`)).status).toBe(200);
+    });
+
+    it('after a restart, imports whose operation went silent end failed; live ones are left alone', async () => {
+      const { store, ops, images } = t.manager.services;
+      const orphan = async (name: string, updatedAt: string) => {
+        const id = crypto.randomUUID();
+        const at = new Date().toISOString();
+        await store.db
+          .insertInto('images')
+          .values({
+            id,
+            name,
+            kind: 'rootfs',
+            sha256: null,
+            size_bytes: null,
+            format: null,
+            status: 'importing',
+            source: '{"type":"url","url":"http://127.0.0.1:9/x"}',
+            metadata: '{}',
+            is_default: 0,
+            error: null,
+            created_by: null,
+            created_at: at,
+            updated_at: at,
+          })
+          .execute();
+        const op = await ops.create({ kind: 'image.import', target: { type: 'image', id }, createdBy: null });
+        await ops.update(op.id, { status: 'running' });
+        await store.db
+          .updateTable('operations')
+          .set({ updated_at: updatedAt })
+          .where('id', '=', op.id)
+          .execute();
+        return { id, opId: op.id };
+      };
+      const stale = await orphan('orphan-stale', new Date(Date.now() - 10 * 60_000).toISOString());
+      const live = await orphan('orphan-live', new Date().toISOString());
+      expect(await images.recover()).toBe(1);
+      expect((await api.get(`/api/v1/images/${stale.id}`)).body).toMatchObject({
+        status: 'failed',
+        error: expect.stringContaining('manager'),
+      });
+      expect((await api.get(`/api/v1/operations/${stale.opId}`)).body).toMatchObject({
+        status: 'failed',
+        error: { code: 'IMPORT_FAILED' },
+      });
+      expect((await api.get(`/api/v1/images/${live.id}`)).body.status).toBe('importing');
+      await ops.cancel(live.opId);
+      await store.db.updateTable('images').set({ status: 'failed' }).where('id', '=', live.id).execute();
+    });
+
+    it('lists with filters and a cursor', async () => {
+      const all = (await api.get('/api/v1/images?limit=500')).body.items as Image[];
+      expect(all.length).toBeGreaterThan(4);
+      const page1 = await api.get('/api/v1/images?limit=2');
+      expect(page1.body.items).toEqual(all.slice(0, 2));
+      const page2 = await api.get(`/api/v1/images?limit=2&cursor=${page1.body.next}`);
+      expect(page2.body.items).toEqual(all.slice(2, 4));
+      const kernels = (await api.get('/api/v1/images?kind=kernel')).body.items as Image[];
+      expect(kernels.map((i) => i.name)).toEqual(['kernel']);
+      const failed = (await api.get('/api/v1/images?status=failed')).body.items as Image[];
+      expect(failed.every((i) => i.status === 'failed')).toBe(true);
+      expect(failed.length).toBeGreaterThan(0);
+      const named = (await api.get('/api/v1/images?name=url-')).body.items as Image[];
+      expect(named.map((i) => i.name).sort()).toEqual(['url-404', 'url-mismatch', 'url-slow']);
+      expectError(await api.get('/api/v1/images?status=done'), 400, 'VALIDATION_FAILED');
+    });
+  });
+});
+
+describe('images API on a full disk', () => {
+  let t: TestManager;
+  let dataDir: string;
+
+  beforeAll(async () => {
+    // A 6 MiB tmpfs as the manager's data folder: blobs and imports land there.
+    dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'nqvm-full-'));
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=6m', 'tmpfs', dataDir]);
+    t = await startManager('sqlite', { NQVM_DATA_DIR: dataDir });
+  });
+  afterAll(async () => {
+    await t?.close();
+    execFileSync('umount', [dataDir]);
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  });
+
+  it('fails an upload that does not fit with 507 INSUFFICIENT_STORAGE and keeps nothing', async () => {
+    const chunk = Buffer.alloc(MiB, 0x5a);
+    const r = await upload(t.url, t.adminToken, 'name=too-big&kind=rootfs', Array(10).fill(chunk));
+    expect(r.status).toBe(507);
+    expect((r.body as { error: { code: string } }).error.code).toBe('INSUFFICIENT_STORAGE');
+    const api = client(t.url, t.adminToken);
+    expect((await api.get('/api/v1/images?limit=10')).body.items).toEqual([]);
+    const left = (dir: string): string[] =>
+      fs.existsSync(dir)
+        ? fs
+            .readdirSync(dir, { withFileTypes: true })
+            .flatMap((e) => (e.isDirectory() ? left(path.join(dir, e.name)) : [path.join(dir, e.name)]))
+        : [];
+    expect(left(path.join(dataDir, 'images'))).toEqual([]);
+    // What fits still works afterwards.
+    const ok = await upload(t.url, t.adminToken, 'name=fits&kind=rootfs', [chunk]);
+    expect(ok.status, JSON.stringify(ok.body)).toBe(201);
+  });
+});
+
+describe('parseRange', () => {
+  it.each([
+    [undefined, null],
+    ['bytes=0-99', { start: 0, end: 99 }],
+    ['bytes=100-', { start: 100, end: 999 }],
+    ['bytes=-10', { start: 990, end: 999 }],
+    ['bytes=-5000', { start: 0, end: 999 }],
+    ['bytes=900-5000', { start: 900, end: 999 }],
+    ['bytes=1000-', 'unsatisfiable'],
+    ['bytes=-0', 'unsatisfiable'],
+    ['bytes=5-1', null],
+    ['bytes=0-1,5-6', null],
+    ['items=0-1', null],
+  ])('%s of 1000 bytes -> %j', (header, expected) => {
+    expect(parseRange(header, 1000)).toEqual(expected);
+  });
+});

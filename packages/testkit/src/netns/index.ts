@@ -1,0 +1,9 @@
+export {
+  type CommandResult,
+  execIn,
+  httpGet,
+  NetnsLab,
+  runIn,
+  sweepStaleNamespaces,
+  type VethEnd,
+} from './netns-lab';
