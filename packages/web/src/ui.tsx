@@ -129,6 +129,96 @@ export function ErrorBox({ error, title }: { error: unknown; title?: string }) {
   );
 }
 
+/**
+ * The foot of a form in a modal: what the manager refused (if it did), Cancel, and the submit
+ * button, which says what it is doing while the request runs.
+ */
+export function FormFoot({
+  error,
+  refused,
+  onCancel,
+  busy,
+  submit,
+  submitting,
+}: {
+  error: unknown;
+  refused: string;
+  onCancel: () => void;
+  busy: boolean;
+  submit: string;
+  submitting: string;
+}) {
+  return (
+    <>
+      <ErrorBox error={error} title={refused} />
+      <div className="modal-foot wizard-foot">
+        <button type="button" className="btn" onClick={onCancel}>
+          Cancel
+        </button>
+        <button type="submit" className="btn btn-primary" disabled={busy}>
+          {busy ? submitting : submit}
+        </button>
+      </div>
+    </>
+  );
+}
+
+/** An optional one-line description, as templates and snapshots have. */
+export function DescriptionField({ value, onChange }: { value: string; onChange: (v: string) => void }) {
+  return (
+    <ValidatedField
+      label="Description"
+      hint="optional"
+      render={(id) => (
+        <input
+          id={id}
+          name="description"
+          autoComplete="off"
+          maxLength={500}
+          value={value}
+          onChange={(e) => onChange(e.target.value)}
+        />
+      )}
+    />
+  );
+}
+
+/** A list page's title with how many there are, and its buttons on the right. */
+export function PageHead({
+  title,
+  count,
+  children,
+}: {
+  title: string;
+  count?: number;
+  children?: ReactNode;
+}) {
+  return (
+    <div className="page-head">
+      <h1>
+        {title} <span className="count">{count ?? ''}</span>
+      </h1>
+      {children}
+    </div>
+  );
+}
+
+/** What a list's query is doing: its error, or that it is loading. */
+export function QueryStatus({
+  query,
+  what,
+}: {
+  query: { error: unknown; isPending: boolean };
+  what: string;
+}) {
+  return (
+    <>
+      <ErrorBox error={query.error} />
+      {query.isPending ? <Loading what={what} /> : null}
+    </>
+  );
+}
+
 export function Loading({ what }: { what?: string }) {
   return <p className="muted loading">Loading{what ? ` ${what}` : ''}…</p>;
 }

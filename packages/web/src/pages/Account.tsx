@@ -5,7 +5,17 @@ import { formatTime, ROLES, timeAgo, useNow } from '../format';
 import { keys, roleAtLeast, useTokens, useUsers } from '../queries';
 import { navigate } from '../router';
 import type { ApiToken, ApiTokenCreated, Me, Role } from '../types';
-import { Badge, ConfirmDialog, Empty, ErrorBox, Field, Loading, Modal, SecretOnceModal, toast } from '../ui';
+import {
+  Badge,
+  ConfirmDialog,
+  Empty,
+  ErrorBox,
+  Field,
+  Modal,
+  QueryStatus,
+  SecretOnceModal,
+  toast,
+} from '../ui';
 
 const NAME_RE = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/;
 
@@ -143,8 +153,7 @@ function Tokens({ me }: { me: Me }) {
       <p className="muted small">
         For the CLI and scripts: <code>Authorization: Bearer &lt;token&gt;</code>. A token is shown once.
       </p>
-      <ErrorBox error={tokens.error} />
-      {tokens.isPending ? <Loading what="tokens" /> : null}
+      <QueryStatus query={tokens} what="tokens" />
       {tokens.data && list.length === 0 ? <Empty>No API tokens.</Empty> : null}
       {list.length ? (
         <div className="table-wrap">

@@ -3,7 +3,7 @@ import { formatTime, timeAgo, useNow } from '../format';
 import { useAudit } from '../queries';
 import { Link } from '../router';
 import type { AuditEvent } from '../types';
-import { Badge, Empty, ErrorBox, Loading } from '../ui';
+import { Badge, Empty, QueryStatus } from '../ui';
 
 function target(t: AuditEvent['target']) {
   if (!t) return '—';
@@ -49,8 +49,7 @@ export function AuditPage() {
         </button>
       </form>
       <p className="muted small">The newest 500 entries, newest first; follows changes as they happen.</p>
-      <ErrorBox error={audit.error} />
-      {audit.isPending ? <Loading what="audit log" /> : null}
+      <QueryStatus query={audit} what="audit log" />
       {audit.data && rows.length === 0 ? <Empty>No entries.</Empty> : null}
       {rows.length ? (
         <div className="table-wrap">

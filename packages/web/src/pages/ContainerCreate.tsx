@@ -11,7 +11,7 @@ import { ContainerStatusBadge } from '../container-status';
 import { keys, opDone, useContainer, useNetworks, useOperation } from '../queries';
 import { Link, navigate } from '../router';
 import type { ContainerActionResponse, ContainerCreate } from '../types';
-import { ErrorBox, Loading, Modal, ProgressBar, ValidatedField } from '../ui';
+import { ErrorBox, FormFoot, Loading, Modal, ProgressBar, ValidatedField } from '../ui';
 import {
   checkSize,
   LABELS_HINT,
@@ -470,15 +470,14 @@ function CreateContainer({ onClose }: { onClose: () => void }) {
           )}
         />
       </div>
-      <ErrorBox error={apiError} title="The manager refused the container" />
-      <div className="modal-foot wizard-foot">
-        <button type="button" className="btn" onClick={onClose}>
-          Cancel
-        </button>
-        <button type="submit" className="btn btn-primary" disabled={busy}>
-          {busy ? 'Creating…' : 'Create container'}
-        </button>
-      </div>
+      <FormFoot
+        error={apiError}
+        refused="The manager refused the container"
+        onCancel={onClose}
+        busy={busy}
+        submit="Create container"
+        submitting="Creating…"
+      />
     </form>
   );
 }

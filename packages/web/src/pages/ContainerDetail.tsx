@@ -1,13 +1,14 @@
 /** One container: overview, actions, and the Logs, Exec (operators), Stats and Operations tabs. */
 import { lazy, Suspense, useEffect, useRef, useState } from 'react';
+import { ActionsBar, type ActionDef as Def } from '../actions-bar';
 import { ApiError, api } from '../api';
 import { formatArgv } from '../argv';
 import { ContainerStatusBadge, formatPort } from '../container-status';
 import { formatBytes, formatDuration, formatMib, formatTime, timeAgo, useNow } from '../format';
 import { useCan, useContainer, useContainerStats, useHosts, useNetworks, useTargetOps } from '../queries';
-import { Link, navigate } from '../router';
+import { Link } from '../router';
 import type { Container, ContainerActionResponse, ContainerStats, ContainerStatus } from '../types';
-import { Bar, ConfirmDialog, Empty, ErrorBox, Loading, toast, toastError } from '../ui';
+import { Bar, Empty, ErrorBox, Loading } from '../ui';
 import { ContainerLogs } from './ContainerLogs';
 import { OperationsTable } from './Operations';
 
@@ -19,13 +20,7 @@ type ActionKey = 'start' | 'stop' | 'restart' | 'pause' | 'resume' | 'delete';
 /** Statuses in which the container's VM runs (a delete then needs force). */
 const LIVE: ContainerStatus[] = ['starting', 'running', 'paused'];
 
-interface ActionDef {
-  key: ActionKey;
-  label: string;
-  allowed: (s: ContainerStatus) => boolean;
-  confirm?: (c: Container) => string;
-  danger?: boolean;
-}
+type ActionDef = Def<ActionKey, ContainerStatus, Container>;
 
 const ACTIONS: ActionDef[] = [
   { key: 'start', label: 'Start', allowed: (s) => s === 'created' || s === 'exited' || s === 'failed' },
@@ -337,48 +332,14 @@ function Stats({ c }: { c: Container }) {
 }
 
 function ContainerActions({ c }: { c: Container }) {
-  const [pending, setPending] = useState<ActionKey | null>(null);
-  const [confirming, setConfirming] = useState<ActionDef | null>(null);
-
-  const run = async (a: ActionDef) => {
-    await runAction(c, a.key);
-    toast('info', `${a.label}: ${c.name}`);
-    if (a.key === 'delete') navigate('/containers');
-  };
-  const click = async (a: ActionDef) => {
-    if (a.confirm) return setConfirming(a);
-    setPending(a.key);
-    try {
-      await run(a);
-    } catch (err) {
-      toastError(err, `${a.label} ${c.name}`);
-    } finally {
-      setPending(null);
-    }
-  };
-
   return (
-    <div className="actions-bar" data-testid="container-actions">
-      {ACTIONS.map((a) => (
-        <button
-          key={a.key}
-          type="button"
-          className={`btn${a.danger ? ' btn-danger-outline' : ''}`}
-          disabled={!a.allowed(c.status) || pending !== null}
-          onClick={() => click(a)}
-        >
-          {a.label}
-        </button>
-      ))}
-      <ConfirmDialog
-        open={confirming !== null}
-        title={confirming ? `${confirming.label} ${c.name}` : ''}
-        message={confirming?.confirm?.(c) ?? ''}
-        confirmLabel={confirming?.label ?? ''}
-        requireText={confirming?.key === 'delete' ? c.name : undefined}
-        onConfirm={() => (confirming ? run(confirming) : Promise.resolve())}
-        onClose={() => setConfirming(null)}
-      />
-    </div>
+    <ActionsBar
+      target={c}
+      state={c.status}
+      actions={ACTIONS}
+      run={runAction}
+      listPath="/containers"
+      testId="container-actions"
+    />
   );
 }

@@ -2,62 +2,31 @@
 import { useState } from 'react';
 import { CONTAINER_STATUSES, ContainerStatusBadge, formatPort } from '../container-status';
 import { formatTime, timeAgo, useNow } from '../format';
+import { FilterBar, useListFilter } from '../list-filter';
 import { useCan, useContainers } from '../queries';
-import { Link, navigate, useLocation, withSearch } from '../router';
-import { Empty, ErrorBox, Loading } from '../ui';
+import { Link } from '../router';
+import { Empty, PageHead, QueryStatus } from '../ui';
 import { CreateContainerDialog } from './ContainerCreate';
 
 export function ContainersPage() {
   const containers = useContainers();
   const canCreate = useCan('operator');
   const now = useNow();
-  const { pathname, search } = useLocation();
   const [creating, setCreating] = useState(false);
-  const q = search.get('q') ?? '';
-  const status = search.get('status') ?? '';
-  const setParam = (k: string, v: string) =>
-    navigate(withSearch(pathname, search, { [k]: v }), { replace: true });
-
-  const needle = q.trim().toLowerCase();
-  const rows = (containers.data ?? [])
-    .filter((c) => (!needle || c.name.toLowerCase().startsWith(needle)) && (!status || c.status === status))
-    .sort((a, b) => a.name.localeCompare(b.name));
+  const filter = useListFilter(containers.data, 'status', (x) => x.status);
+  const rows = filter.rows;
 
   return (
     <div className="page">
-      <div className="page-head">
-        <h1>
-          Containers <span className="count">{containers.data?.length ?? ''}</span>
-        </h1>
+      <PageHead title="Containers" count={containers.data?.length}>
         {canCreate ? (
           <button type="button" className="btn btn-primary" onClick={() => setCreating(true)}>
             Create container
           </button>
         ) : null}
-      </div>
-      <div className="toolbar">
-        <input
-          type="search"
-          placeholder="Search by name…"
-          aria-label="Search by name"
-          value={q}
-          onChange={(e) => setParam('q', e.target.value)}
-        />
-        <select
-          aria-label="Filter by status"
-          value={status}
-          onChange={(e) => setParam('status', e.target.value)}
-        >
-          <option value="">All statuses</option>
-          {CONTAINER_STATUSES.map((s) => (
-            <option key={s} value={s}>
-              {s}
-            </option>
-          ))}
-        </select>
-      </div>
-      <ErrorBox error={containers.error} />
-      {containers.isPending ? <Loading what="containers" /> : null}
+      </PageHead>
+      <FilterBar filter={filter} param="status" noun="status" options={CONTAINER_STATUSES} />
+      <QueryStatus query={containers} what="containers" />
       {containers.data && rows.length === 0 ? (
         <Empty>
           {containers.data.length === 0

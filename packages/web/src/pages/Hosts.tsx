@@ -12,8 +12,9 @@ import {
   Empty,
   ErrorBox,
   Field,
-  Loading,
   Modal,
+  PageHead,
+  QueryStatus,
   SecretOnceModal,
   toast,
   toastError,
@@ -61,13 +62,8 @@ export function HostsPage() {
 
   return (
     <div className="page">
-      <div className="page-head">
-        <h1>
-          Hosts <span className="count">{hosts.data?.length ?? ''}</span>
-        </h1>
-      </div>
-      <ErrorBox error={hosts.error} />
-      {hosts.isPending ? <Loading what="hosts" /> : null}
+      <PageHead title="Hosts" count={hosts.data?.length} />
+      <QueryStatus query={hosts} what="hosts" />
       {hosts.data?.length === 0 ? (
         <Empty>
           No hosts yet.{' '}

@@ -13,7 +13,9 @@ import {
   Loading,
   Modal,
   OpStatus,
+  PageHead,
   ProgressBar,
+  QueryStatus,
   type Tone,
   toast,
   toastError,
@@ -48,10 +50,7 @@ export function ImagesPage() {
 
   return (
     <div className="page">
-      <div className="page-head">
-        <h1>
-          Images <span className="count">{images.data?.length ?? ''}</span>
-        </h1>
+      <PageHead title="Images" count={images.data?.length}>
         {canEdit ? (
           <div className="toolbar">
             <button type="button" className="btn" onClick={() => setImporting(true)}>
@@ -62,7 +61,7 @@ export function ImagesPage() {
             </button>
           </div>
         ) : null}
-      </div>
+      </PageHead>
       <div className="toolbar">
         <select aria-label="Filter by kind" value={kind} onChange={(e) => setKind(e.target.value)}>
           <option value="">All kinds</option>
@@ -73,8 +72,7 @@ export function ImagesPage() {
           ))}
         </select>
       </div>
-      <ErrorBox error={images.error} />
-      {images.isPending ? <Loading what="images" /> : null}
+      <QueryStatus query={images} what="images" />
       {images.data && rows.length === 0 ? (
         <Empty>
           {images.data.length === 0

@@ -4,7 +4,18 @@ import { api } from '../api';
 import { formatTime, timeAgo, useNow } from '../format';
 import { useCan, useNetworks } from '../queries';
 import type { Network, NetworkCreate, NetworkKind } from '../types';
-import { Badge, ConfirmDialog, Empty, ErrorBox, Field, Loading, Modal, toast, toastError } from '../ui';
+import {
+  Badge,
+  ConfirmDialog,
+  Empty,
+  ErrorBox,
+  Field,
+  Modal,
+  PageHead,
+  QueryStatus,
+  toast,
+  toastError,
+} from '../ui';
 
 const NAME_RE = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/;
 const CIDR_RE = /^(\d{1,3}\.){3}\d{1,3}\/\d{1,2}$/;
@@ -29,18 +40,14 @@ export function NetworksPage() {
 
   return (
     <div className="page">
-      <div className="page-head">
-        <h1>
-          Networks <span className="count">{networks.data?.length ?? ''}</span>
-        </h1>
+      <PageHead title="Networks" count={networks.data?.length}>
         {isAdmin ? (
           <button type="button" className="btn btn-primary" onClick={() => setCreating(true)}>
             Create network
           </button>
         ) : null}
-      </div>
-      <ErrorBox error={networks.error} />
-      {networks.isPending ? <Loading what="networks" /> : null}
+      </PageHead>
+      <QueryStatus query={networks} what="networks" />
       {networks.data && rows.length === 0 ? (
         <Empty>
           No networks yet.

@@ -21,11 +21,14 @@ import type {
 import {
   Badge,
   ConfirmDialog,
+  DescriptionField,
   Empty,
   ErrorBox,
-  Loading,
+  FormFoot,
   Modal,
+  PageHead,
   ProgressBar,
+  QueryStatus,
   type Tone,
   toast,
   ValidatedField,
@@ -57,11 +60,7 @@ export function SnapshotsPage() {
 
   return (
     <div className="page">
-      <div className="page-head">
-        <h1>
-          Snapshots <span className="count">{snapshots.data?.length ?? ''}</span>
-        </h1>
-      </div>
+      <PageHead title="Snapshots" count={snapshots.data?.length} />
       <div className="toolbar">
         <select
           aria-label="Filter by status"
@@ -78,8 +77,7 @@ export function SnapshotsPage() {
           ))}
         </select>
       </div>
-      <ErrorBox error={snapshots.error} />
-      {snapshots.isPending ? <Loading what="snapshots" /> : null}
+      <QueryStatus query={snapshots} what="snapshots" />
       {snapshots.data && rows.length === 0 ? (
         <Empty>
           {snapshots.data.length === 0
@@ -337,15 +335,14 @@ function InstantiateSnapshot({ snapshot, onClose }: { snapshot: Snapshot; onClos
           />
         )}
       />
-      <ErrorBox error={apiError} title="The manager refused the VM" />
-      <div className="modal-foot wizard-foot">
-        <button type="button" className="btn" onClick={onClose}>
-          Cancel
-        </button>
-        <button type="submit" className="btn btn-primary" disabled={busy}>
-          {busy ? 'Creating…' : 'Create VM'}
-        </button>
-      </div>
+      <FormFoot
+        error={apiError}
+        refused="The manager refused the VM"
+        onCancel={onClose}
+        busy={busy}
+        submit="Create VM"
+        submitting="Creating…"
+      />
     </form>
   );
 }
@@ -457,29 +454,15 @@ function TakeSnapshot({ vm, onClose }: { vm: Vm; onClose: () => void }) {
           </small>
         )}
       </fieldset>
-      <ValidatedField
-        label="Description"
-        hint="optional"
-        render={(id) => (
-          <input
-            id={id}
-            name="description"
-            autoComplete="off"
-            maxLength={500}
-            value={description}
-            onChange={(e) => setDescription(e.target.value)}
-          />
-        )}
+      <DescriptionField value={description} onChange={setDescription} />
+      <FormFoot
+        error={apiError}
+        refused="The manager refused the snapshot"
+        onCancel={onClose}
+        busy={busy}
+        submit="Take snapshot"
+        submitting="Starting…"
       />
-      <ErrorBox error={apiError} title="The manager refused the snapshot" />
-      <div className="modal-foot wizard-foot">
-        <button type="button" className="btn" onClick={onClose}>
-          Cancel
-        </button>
-        <button type="submit" className="btn btn-primary" disabled={busy}>
-          {busy ? 'Starting…' : 'Take snapshot'}
-        </button>
-      </div>
     </form>
   );
 }

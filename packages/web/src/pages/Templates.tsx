@@ -5,7 +5,17 @@ import { formatMib, formatTime, timeAgo, useNow } from '../format';
 import { useCan, useImages, useNetworks, useTemplates } from '../queries';
 import { navigate } from '../router';
 import type { Template, TemplateCreate, TemplateOverrides, Vm, VmActionResponse } from '../types';
-import { ConfirmDialog, Empty, ErrorBox, Loading, Modal, toast, ValidatedField } from '../ui';
+import {
+  ConfirmDialog,
+  DescriptionField,
+  Empty,
+  FormFoot,
+  Modal,
+  PageHead,
+  QueryStatus,
+  toast,
+  ValidatedField,
+} from '../ui';
 import {
   checkGeneral,
   checkGuest,
@@ -50,18 +60,14 @@ export function TemplatesPage() {
 
   return (
     <div className="page">
-      <div className="page-head">
-        <h1>
-          Templates <span className="count">{templates.data?.length ?? ''}</span>
-        </h1>
+      <PageHead title="Templates" count={templates.data?.length}>
         {canEdit ? (
           <button type="button" className="btn btn-primary" onClick={() => setCreating(true)}>
             Create template
           </button>
         ) : null}
-      </div>
-      <ErrorBox error={templates.error} />
-      {templates.isPending ? <Loading what="templates" /> : null}
+      </PageHead>
+      <QueryStatus query={templates} what="templates" />
       {templates.data && rows.length === 0 ? (
         <Empty>
           No templates yet.
@@ -271,15 +277,14 @@ function CreateTemplate({ onClose }: { onClose: () => void }) {
         <h3 className="full form-section">Guest</h3>
         <GuestFields {...group} withHostname={false} />
       </div>
-      <ErrorBox error={apiError} title="The manager refused the template" />
-      <div className="modal-foot wizard-foot">
-        <button type="button" className="btn" onClick={onClose}>
-          Cancel
-        </button>
-        <button type="submit" className="btn btn-primary" disabled={busy}>
-          {busy ? 'Creating…' : 'Create template'}
-        </button>
-      </div>
+      <FormFoot
+        error={apiError}
+        refused="The manager refused the template"
+        onCancel={onClose}
+        busy={busy}
+        submit="Create template"
+        submitting="Creating…"
+      />
     </form>
   );
 }
@@ -416,15 +421,14 @@ function InstantiateTemplate({ template, onClose }: { template: Template; onClos
           />
         )}
       />
-      <ErrorBox error={apiError} title="The manager refused the VM" />
-      <div className="modal-foot wizard-foot">
-        <button type="button" className="btn" onClick={onClose}>
-          Cancel
-        </button>
-        <button type="submit" className="btn btn-primary" disabled={busy}>
-          {busy ? 'Creating…' : 'Create VM'}
-        </button>
-      </div>
+      <FormFoot
+        error={apiError}
+        refused="The manager refused the VM"
+        onCancel={onClose}
+        busy={busy}
+        submit="Create VM"
+        submitting="Creating…"
+      />
     </form>
   );
 }
@@ -484,29 +488,15 @@ function SaveAsTemplate({ vm, onClose }: { vm: Vm; onClose: () => void }) {
           />
         )}
       />
-      <ValidatedField
-        label="Description"
-        hint="optional"
-        render={(id) => (
-          <input
-            id={id}
-            name="description"
-            autoComplete="off"
-            maxLength={500}
-            value={description}
-            onChange={(e) => setDescription(e.target.value)}
-          />
-        )}
+      <DescriptionField value={description} onChange={setDescription} />
+      <FormFoot
+        error={apiError}
+        refused="The manager refused the template"
+        onCancel={onClose}
+        busy={busy}
+        submit="Save template"
+        submitting="Saving…"
       />
-      <ErrorBox error={apiError} title="The manager refused the template" />
-      <div className="modal-foot wizard-foot">
-        <button type="button" className="btn" onClick={onClose}>
-          Cancel
-        </button>
-        <button type="submit" className="btn btn-primary" disabled={busy}>
-          {busy ? 'Saving…' : 'Save template'}
-        </button>
-      </div>
     </form>
   );
 }

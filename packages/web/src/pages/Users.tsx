@@ -3,7 +3,18 @@ import { api } from '../api';
 import { formatTime, ROLES, timeAgo, useNow } from '../format';
 import { useUsers } from '../queries';
 import type { Me, Role, User } from '../types';
-import { Badge, ConfirmDialog, Empty, ErrorBox, Field, Loading, Modal, toast, toastError } from '../ui';
+import {
+  Badge,
+  ConfirmDialog,
+  Empty,
+  ErrorBox,
+  Field,
+  Modal,
+  PageHead,
+  QueryStatus,
+  toast,
+  toastError,
+} from '../ui';
 
 const USERNAME_RE = /^[a-zA-Z0-9][a-zA-Z0-9_.@-]{0,63}$/;
 
@@ -25,16 +36,12 @@ export function UsersPage({ me }: { me: Me }) {
 
   return (
     <div className="page">
-      <div className="page-head">
-        <h1>
-          Users <span className="count">{users.data?.length ?? ''}</span>
-        </h1>
+      <PageHead title="Users" count={users.data?.length}>
         <button type="button" className="btn btn-primary" onClick={() => setCreating(true)}>
           Create user
         </button>
-      </div>
-      <ErrorBox error={users.error} />
-      {users.isPending ? <Loading what="users" /> : null}
+      </PageHead>
+      <QueryStatus query={users} what="users" />
       {users.data && users.data.length === 0 ? <Empty>No users.</Empty> : null}
       {users.data?.length ? (
         <div className="table-wrap">

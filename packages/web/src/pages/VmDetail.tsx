@@ -1,10 +1,11 @@
 import { lazy, Suspense, useState } from 'react';
+import { ActionsBar, type ActionDef as Def } from '../actions-bar';
 import { ApiError, api } from '../api';
 import { formatMib, formatTime, timeAgo, useNow } from '../format';
 import { useCan, useHosts, useSnapshots, useTargetOps, useVm } from '../queries';
-import { Link, navigate } from '../router';
+import { Link } from '../router';
 import type { Vm, VmActionResponse, VmState } from '../types';
-import { ConfirmDialog, Empty, ErrorBox, Loading, StateBadge, toast, toastError } from '../ui';
+import { Empty, ErrorBox, Loading, StateBadge } from '../ui';
 import { OperationsTable } from './Operations';
 import { SnapshotsTable, snapshottable, TakeSnapshotDialog } from './Snapshots';
 import { SaveAsTemplateDialog } from './Templates';
@@ -17,13 +18,7 @@ type ActionKey = 'start' | 'stop' | 'force-stop' | 'pause' | 'resume' | 'reboot'
 const STOPPABLE: VmState[] = ['creating', 'starting', 'running', 'pausing', 'paused', 'unknown', 'failed'];
 const LIVE: VmState[] = ['starting', 'running', 'pausing', 'paused', 'stopping'];
 
-interface ActionDef {
-  key: ActionKey;
-  label: string;
-  allowed: (s: VmState) => boolean;
-  confirm?: (vm: Vm) => string;
-  danger?: boolean;
-}
+type ActionDef = Def<ActionKey, VmState, Vm>;
 
 const ACTIONS: ActionDef[] = [
   { key: 'start', label: 'Start', allowed: (s) => s === 'stopped' || s === 'failed' },
@@ -258,40 +253,16 @@ function VmSnapshots({ vm }: { vm: Vm }) {
 }
 
 function VmActions({ vm }: { vm: Vm }) {
-  const [pending, setPending] = useState<ActionKey | null>(null);
-  const [confirming, setConfirming] = useState<ActionDef | null>(null);
   const [dialog, setDialog] = useState<'snapshot' | 'template' | null>(null);
-
-  const run = async (a: ActionDef) => {
-    await runAction(vm, a.key);
-    toast('info', `${a.label}: ${vm.name}`);
-    if (a.key === 'delete') navigate('/vms');
-  };
-  const click = async (a: ActionDef) => {
-    if (a.confirm) return setConfirming(a);
-    setPending(a.key);
-    try {
-      await run(a);
-    } catch (err) {
-      toastError(err, `${a.label} ${vm.name}`);
-    } finally {
-      setPending(null);
-    }
-  };
-
   return (
-    <div className="actions-bar" data-testid="vm-actions">
-      {ACTIONS.map((a) => (
-        <button
-          key={a.key}
-          type="button"
-          className={`btn${a.danger ? ' btn-danger-outline' : ''}`}
-          disabled={!a.allowed(vm.state) || pending !== null}
-          onClick={() => click(a)}
-        >
-          {a.label}
-        </button>
-      ))}
+    <ActionsBar
+      target={vm}
+      state={vm.state}
+      actions={ACTIONS}
+      run={runAction}
+      listPath="/vms"
+      testId="vm-actions"
+    >
       <button
         type="button"
         className="btn"
@@ -311,15 +282,6 @@ function VmActions({ vm }: { vm: Vm }) {
       </button>
       <TakeSnapshotDialog vm={vm} open={dialog === 'snapshot'} onClose={() => setDialog(null)} />
       <SaveAsTemplateDialog vm={vm} open={dialog === 'template'} onClose={() => setDialog(null)} />
-      <ConfirmDialog
-        open={confirming !== null}
-        title={confirming ? `${confirming.label} ${vm.name}` : ''}
-        message={confirming?.confirm?.(vm) ?? ''}
-        confirmLabel={confirming?.label ?? ''}
-        requireText={confirming?.key === 'delete' ? vm.name : undefined}
-        onConfirm={() => (confirming ? run(confirming) : Promise.resolve())}
-        onClose={() => setConfirming(null)}
-      />
-    </div>
+    </ActionsBar>
   );
 }

@@ -1,8 +1,9 @@
 import { useState } from 'react';
 import { formatMib, formatTime, timeAgo, useNow, VM_STATES } from '../format';
+import { FilterBar, useListFilter } from '../list-filter';
 import { useCan, useHosts, useVms } from '../queries';
-import { Link, navigate, useLocation, withSearch } from '../router';
-import { Empty, ErrorBox, Loading, StateBadge } from '../ui';
+import { Link } from '../router';
+import { Empty, PageHead, QueryStatus, StateBadge } from '../ui';
 import { VmWizard } from './VmWizard';
 
 export function VmListPage() {
@@ -10,56 +11,23 @@ export function VmListPage() {
   const hosts = useHosts();
   const canCreate = useCan('operator');
   const now = useNow();
-  const { pathname, search } = useLocation();
   const [wizard, setWizard] = useState(false);
-  const q = search.get('q') ?? '';
-  const state = search.get('state') ?? '';
-
-  const setParam = (k: string, v: string) =>
-    navigate(withSearch(pathname, search, { [k]: v }), { replace: true });
-
-  const needle = q.trim().toLowerCase();
-  const rows = (vms.data ?? [])
-    .filter((v) => (!needle || v.name.toLowerCase().startsWith(needle)) && (!state || v.state === state))
-    .sort((a, b) => a.name.localeCompare(b.name));
+  const filter = useListFilter(vms.data, 'state', (x) => x.state);
+  const rows = filter.rows;
   const hostName = (id: string | null) =>
     id ? (hosts.data?.find((h) => h.id === id)?.name ?? id.slice(0, 8)) : '—';
 
   return (
     <div className="page">
-      <div className="page-head">
-        <h1>
-          Virtual machines <span className="count">{vms.data?.length ?? ''}</span>
-        </h1>
+      <PageHead title="Virtual machines" count={vms.data?.length}>
         {canCreate ? (
           <button type="button" className="btn btn-primary" onClick={() => setWizard(true)}>
             Create VM
           </button>
         ) : null}
-      </div>
-      <div className="toolbar">
-        <input
-          type="search"
-          placeholder="Search by name…"
-          aria-label="Search by name"
-          value={q}
-          onChange={(e) => setParam('q', e.target.value)}
-        />
-        <select
-          aria-label="Filter by state"
-          value={state}
-          onChange={(e) => setParam('state', e.target.value)}
-        >
-          <option value="">All states</option>
-          {VM_STATES.map((s) => (
-            <option key={s} value={s}>
-              {s}
-            </option>
-          ))}
-        </select>
-      </div>
-      <ErrorBox error={vms.error} />
-      {vms.isPending ? <Loading what="VMs" /> : null}
+      </PageHead>
+      <FilterBar filter={filter} param="state" noun="state" options={VM_STATES} />
+      <QueryStatus query={vms} what="VMs" />
       {vms.data && rows.length === 0 ? (
         <Empty>
           {vms.data.length === 0
