@@ -393,9 +393,15 @@ describe.concurrent.each(DATASTORES)('containers API on %s', (kind) => {
         initrd_image_id: initId,
         kernel_image_id: kernelId,
       });
+      // An update's event is published after its write: wait until the last event is the state read.
+      const now = (await api.get(`/api/v1/containers/${c.id}`)).body;
+      await until('the last event to carry the container as it is', async () => {
+        const last = (await eventsOf(c.id)).at(-1);
+        return last?.type === 'container.updated' && last.data.updated_at === now.updated_at;
+      });
       const events = await eventsOf(c.id);
       expect(events[0]).toMatchObject({ type: 'container.created', data: { status: 'starting' } });
-      expect(events.at(-1)).toMatchObject({ type: 'container.updated', data: c });
+      expect(events.at(-1)).toMatchObject({ type: 'container.updated', data: now });
       for (const e of events) StrictContainer.parse(e.data);
     });
 
@@ -619,7 +625,12 @@ describe.concurrent.each(DATASTORES)('containers API on %s', (kind) => {
       const c = await running({ name: 'reported', image: ref('test/app'), restart_policy: 'on-failure' });
       expect(c).toMatchObject({ status: 'running', restart_policy: 'on-failure', exit_code: null });
       host.processExited(c.id, { kind: 'exited', value: 3 });
-      const exited = await waitContainer(c.id, 'exited with 3', (x) => x.status === 'exited');
+      // The process's exit and the VM's power-off are two reports: wait for both.
+      const exited = await waitContainer(
+        c.id,
+        'exited with 3 and its VM stopped',
+        (x) => x.status === 'exited' && x.vm_state === 'stopped',
+      );
       expect(exited).toMatchObject({ exit_code: 3, vm_state: 'stopped', restart_count: 0 });
       expect(exited.finished_at).not.toBeNull();
       const ev = await eventsOf(c.id);
