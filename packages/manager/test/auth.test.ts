@@ -4,6 +4,7 @@
  * join tokens and host credentials, the audit log and retention pruning.
  */
 import { randomUUID } from 'node:crypto';
+import http from 'node:http';
 import { ApiToken, User } from '@nqvm/api';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isoAfter } from '../src/clock';
@@ -55,6 +56,24 @@ function expectedFor(access: string, p: PrincipalName): Expect {
 
 const MUTATING = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
 const origin = (url: string) => new URL(url).origin;
+
+/** POST /api/v1/auth/login from another loopback address (the socket bound to `localAddress`). */
+function loginFrom(url: string, localAddress: string, username: string, password: string) {
+  return new Promise<{ status: number; body: { error: { code: string } } }>((resolve, reject) => {
+    const body = JSON.stringify({ username, password });
+    const req = http.request(
+      `${url}/api/v1/auth/login`,
+      { method: 'POST', localAddress, headers: { 'content-type': 'application/json' } },
+      (res) => {
+        let text = '';
+        res.on('data', (d) => (text += d));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: JSON.parse(text) }));
+      },
+    );
+    req.on('error', reject);
+    req.end(body);
+  });
+}
 
 // The datastores run side by side (a 2-core machine runs test files one at a time); every test
 // within one datastore runs in order.
@@ -902,6 +921,19 @@ describe.concurrent.each(DATASTORES)('first start without NQVM_ADMIN_PASSWORD on
       .executeTakeFirstOrThrow();
     expect(row.password_hash).toMatch(/^scrypt\$/);
     expect(row.password_hash).not.toContain(pw!);
+  });
+
+  it.sequential('failures from one address do not lock the account out for its owner elsewhere', async () => {
+    const pw = m.manager.firstAdmin!.generatedPassword!;
+    for (let i = 0; i < 5; i++)
+      expect((await loginFrom(m.url, '127.0.0.2', 'admin', `wrong-${i}`)).status).toBe(401);
+    const blocked = await loginFrom(m.url, '127.0.0.2', 'admin', pw);
+    expect(blocked.status).toBe(429);
+    expect(blocked.body.error.code).toBe('LOGIN_THROTTLED');
+    // The attacker's address is held back; the owner's is not.
+    expect((await tryLogin('admin', pw)).status).toBe(200);
+    // Nor can the attacker reset the count by logging in to an account of their own.
+    expect((await loginFrom(m.url, '127.0.0.2', 'admin', pw)).status).toBe(429);
   });
 
   it.sequential('repeated failed logins -> 429 LOGIN_THROTTLED with Retry-After, even with the right password', async () => {

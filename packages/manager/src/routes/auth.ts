@@ -20,8 +20,8 @@ export function authRoutes(app: App, s: Services): void {
       },
     },
     async (req, reply) => {
-      const keys = [`u:${req.body.username.toLowerCase()}`, `ip:${req.ip}`];
-      const wait = s.throttle.retryAfterMs(keys);
+      const { username } = req.body;
+      const wait = s.throttle.retryAfterMs(username, req.ip);
       if (wait > 0) {
         reply.header('retry-after', Math.ceil(wait / 1000));
         throw new NqvmError(
@@ -29,12 +29,12 @@ export function authRoutes(app: App, s: Services): void {
           `too many failed logins; retry in ${Math.ceil(wait / 1000)} s`,
         );
       }
-      const user = await s.users.checkPassword(req.body.username, req.body.password);
+      const user = await s.users.checkPassword(username, req.body.password);
       if (!user) {
-        s.throttle.fail(keys);
+        s.throttle.fail(username, req.ip);
         throw new AuthenticationError('wrong user name or password', 'INVALID_CREDENTIALS');
       }
-      s.throttle.succeed(keys);
+      s.throttle.succeed(username, req.ip);
       req.principal = {
         kind: 'user',
         userId: user.id,
