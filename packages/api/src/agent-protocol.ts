@@ -10,6 +10,8 @@ import { SnapshotType } from './snapshots';
 
 export const SIGNATURE_HEADER = 'x-nqvm-signature';
 export const TIMESTAMP_HEADER = 'x-nqvm-timestamp';
+/** A random value per request, signed with it: the agent accepts each one once. */
+export const NONCE_HEADER = 'x-nqvm-nonce';
 export const SIGNATURE_MAX_SKEW_MS = 60_000;
 
 /** An image file the agent needs, with where to find it. */
@@ -222,13 +224,15 @@ export const AgentVmList = z.object({ items: z.array(AgentVmReport) });
 
 /**
  * The bytes both sides sign and verify: method, path with query, timestamp (ms since the
- * epoch, as sent in TIMESTAMP_HEADER) and the hex SHA-256 of the body (of no bytes when none).
+ * epoch, as sent in TIMESTAMP_HEADER), nonce (NONCE_HEADER) and the hex SHA-256 of the body (of
+ * no bytes when none).
  */
 export function signingInput(
   method: string,
   pathAndQuery: string,
   timestamp: string,
+  nonce: string,
   bodySha256Hex: string,
 ): Buffer {
-  return Buffer.from(`${method.toUpperCase()}\n${pathAndQuery}\n${timestamp}\n${bodySha256Hex}`);
+  return Buffer.from(`${method.toUpperCase()}\n${pathAndQuery}\n${timestamp}\n${nonce}\n${bodySha256Hex}`);
 }

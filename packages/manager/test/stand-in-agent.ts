@@ -20,6 +20,7 @@ import {
   type AgentVmStats,
   type DriverReport,
   type ExecServerMessage,
+  ReplayGuard,
   verifyManagerSignature,
 } from '@nqvm/api';
 import { WebSocketServer } from 'ws';
@@ -131,6 +132,7 @@ export class StandInAgent {
     Set<{ res: http.ServerResponse; write: (l: LogLine) => void }>
   >();
   private readonly wss = new WebSocketServer({ noServer: true });
+  private readonly replays = new ReplayGuard();
   private credential = '';
   private timer?: NodeJS.Timeout;
   private snapshotGate: Promise<void> | null = null;
@@ -311,10 +313,12 @@ export class StandInAgent {
           method,
           url,
           timestamp: req.headers['x-nqvm-timestamp'] as string | undefined,
+          nonce: req.headers['x-nqvm-nonce'] as string | undefined,
           signature: req.headers['x-nqvm-signature'] as string | undefined,
           body: raw,
         },
         this.managerKey,
+        this.replays,
       );
     } catch {
       return send(401, { error: { code: 'UNAUTHENTICATED', message: 'bad signature' } });
@@ -503,10 +507,12 @@ export class StandInAgent {
           method: 'GET',
           url,
           timestamp: req.headers['x-nqvm-timestamp'] as string | undefined,
+          nonce: req.headers['x-nqvm-nonce'] as string | undefined,
           signature: req.headers['x-nqvm-signature'] as string | undefined,
           body: Buffer.alloc(0),
         },
         this.managerKey,
+        this.replays,
       );
     } catch {
       return refuse(401, 'UNAUTHENTICATED', 'bad signature');

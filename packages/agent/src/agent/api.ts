@@ -19,8 +19,10 @@ import {
   AuthenticationError,
   ConflictError,
   checkSignatureHeaders,
+  NONCE_HEADER,
   NotFoundError,
   NqvmError,
+  ReplayGuard,
   SIGNATURE_HEADER,
   TIMESTAMP_HEADER,
   VmMetrics,
@@ -143,10 +145,12 @@ export async function buildAgentApi(deps: AgentApiDeps): Promise<FastifyInstance
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('*', { parseAs: 'buffer' }, (_req, body, done) => done(null, body));
 
+  const replays = new ReplayGuard();
   app.addHook('onRequest', async (req) => {
     if (isPublic(req)) return;
     checkSignatureHeaders({
       timestamp: req.headers[TIMESTAMP_HEADER] as string | undefined,
+      nonce: req.headers[NONCE_HEADER] as string | undefined,
       signature: req.headers[SIGNATURE_HEADER] as string | undefined,
     });
   });
@@ -160,10 +164,12 @@ export async function buildAgentApi(deps: AgentApiDeps): Promise<FastifyInstance
         method: req.method,
         url: req.url,
         timestamp: req.headers[TIMESTAMP_HEADER] as string | undefined,
+        nonce: req.headers[NONCE_HEADER] as string | undefined,
         signature: req.headers[SIGNATURE_HEADER] as string | undefined,
         body: raw,
       },
       key,
+      replays,
     );
     if (raw.length === 0) {
       req.body = undefined;

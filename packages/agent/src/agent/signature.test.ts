@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { rmSync } from 'node:fs';
-import { SIGNATURE_HEADER, signManagerRequest, TIMESTAMP_HEADER } from '@nqvm/api';
+import { NONCE_HEADER, SIGNATURE_HEADER, signManagerRequest, TIMESTAMP_HEADER } from '@nqvm/api';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Agent } from './agent';
 import { FakeDriver } from './fake-driver';
@@ -99,6 +99,29 @@ describe('manager signatures on the agent API', () => {
     expect((await client.call('GET', '/v1/vms', undefined, Date.now() - 61_000)).status).toBe(401);
     expect((await client.call('GET', '/v1/vms', undefined, Date.now() + 61_000)).status).toBe(401);
     expect((await client.call('GET', '/v1/vms', undefined, Date.now() - 30_000)).status).toBe(200);
+  });
+
+  it('accepts a signed request once: a replay of the same bytes is refused', async () => {
+    const id = randomUUID();
+    const body = JSON.stringify(vmCommand(1, 'stopped', images));
+    const headers = {
+      ...signManagerRequest(keys.privateKey, 'PUT', `/v1/vms/${id}`, body),
+      'content-type': 'application/json',
+    };
+    const send = () => fetch(`${agent.url}/v1/vms/${id}`, { method: 'PUT', headers, body });
+    expect((await send()).status).toBeLessThan(300);
+    const replayed = await send();
+    await expect401(replayed.clone());
+    expect(((await replayed.json()) as { error: { message: string } }).error.message).toContain('replayed');
+    // Two requests with the same method, path, body and millisecond are still two requests.
+    const at = Date.now();
+    for (let i = 0; i < 2; i++) expect((await client.call('GET', '/v1/vms', undefined, at)).status).toBe(200);
+  });
+
+  it('refuses a request without a nonce', async () => {
+    const headers = signManagerRequest(keys.privateKey, 'GET', '/v1/vms');
+    delete headers[NONCE_HEADER];
+    await expect401(await fetch(`${agent.url}/v1/vms`, { headers }));
   });
 
   it('refuses garbage headers', async () => {
