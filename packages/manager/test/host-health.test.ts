@@ -9,7 +9,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { registerPathImage } from '../src/images/images';
 import { client, DATASTORES, startManager, type TestManager } from './harness';
-import { until } from './helpers';
+import { SseClient, until } from './helpers';
 import { StandInAgent } from './stand-in-agent';
 
 describe.concurrent.each(DATASTORES)('host health on %s', (kind) => {
@@ -64,5 +64,39 @@ describe.concurrent.each(DATASTORES)('host health on %s', (kind) => {
     const op = (await api.get(`/api/v1/operations/${del.body.operation.id}?wait=30`)).body;
     expect(op.status).toBe('succeeded');
     expect(agent.calls.some((c) => c.method === 'DELETE' && c.path === `/v1/vms/${id}`)).toBe(true);
+  });
+});
+
+describe.concurrent.each(DATASTORES)('heartbeats on the event stream on %s', (kind) => {
+  let t: TestManager;
+  let agent: StandInAgent;
+
+  beforeAll(async () => {
+    t = await startManager(kind, { NQVM_HEARTBEAT_INTERVAL_S: '1' });
+    agent = await StandInAgent.join(
+      t.url,
+      t.adminToken,
+      t.manager.services.managerKey.publicKeyPem,
+      `beat-${kind}`,
+    );
+  });
+  afterAll(async () => {
+    await agent?.close();
+    await t?.close();
+  });
+
+  it('publishes every heartbeat as host.updated with its time, so a UI needs no polling', async () => {
+    const sse = await SseClient.open(t.url, { authorization: `Bearer ${t.adminToken}` });
+    try {
+      // No VM, same status and capacity: only the beats (every 500 ms) change the host.
+      const beats = new Set<string>();
+      await sse.waitFor((e) => {
+        if (e.event === 'host.updated' && e.data.id === agent.hostId) beats.add(e.data.last_heartbeat_at);
+        return beats.size >= 3;
+      }, 5_000);
+      expect([...beats].every((at) => !Number.isNaN(Date.parse(at)))).toBe(true);
+    } finally {
+      sse.close();
+    }
   });
 });

@@ -200,8 +200,8 @@ export class Hosts {
       })
       .where('id', '=', hostId)
       .execute();
-    if (before.status !== 'ready' || before.capacity !== JSON.stringify(hb.capacity))
-      await this.publish(hostId, 'host.updated');
+    // Every beat is an event: the UI's "last heartbeat" follows the stream instead of polling.
+    await this.publish(hostId, 'host.updated');
     return { wasDown: before.status !== 'ready' };
   }
 
