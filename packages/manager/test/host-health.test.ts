@@ -85,6 +85,31 @@ describe.concurrent.each(DATASTORES)('heartbeats on the event stream on %s', (ki
     await t?.close();
   });
 
+  it('takes a force stop while a graceful shutdown is under way', async () => {
+    const api = client(t.url, t.adminToken);
+    const kernel = path.join(t.dataDir, 'vmlinux');
+    fs.writeFileSync(kernel, Buffer.alloc(4096, 1));
+    await registerPathImage(t.manager.services.store, {
+      name: 'k',
+      kind: 'kernel',
+      path: kernel,
+      isDefault: true,
+    });
+    const r = await api.post('/api/v1/vms', { name: 'slow-stop', networks: [] });
+    expect(r.status, r.text).toBe(202);
+    const id = r.body.vm.id as string;
+    await until('running', async () => (await api.get(`/api/v1/vms/${id}`)).body.state === 'running');
+    // As the host reports a guest that is taking its time to power off (no beat overwrites it).
+    const resume = await agent.silence();
+    await t.manager.services.vms.write(id, { state: 'stopping' });
+    const force = await api.post(`/api/v1/vms/${id}/stop`, { force: true });
+    resume();
+    expect(force.status, force.text).toBe(202);
+    const op = (await api.get(`/api/v1/operations/${force.body.operation.id}?wait=30`)).body;
+    expect(op.status).toBe('succeeded');
+    expect((await api.get(`/api/v1/vms/${id}`)).body.state).toBe('stopped');
+  });
+
   it('publishes every heartbeat as host.updated with its time, so a UI needs no polling', async () => {
     const sse = await SseClient.open(t.url, { authorization: `Bearer ${t.adminToken}` });
     try {

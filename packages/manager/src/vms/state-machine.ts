@@ -14,8 +14,9 @@ interface Transition {
 
 export const TRANSITIONS: Record<VmAction, Transition> = {
   start: { from: ['stopped', 'failed'], to: 'starting', desired: 'running' },
+  // From stopping too: a force stop cuts a graceful shutdown short (a guest that ignores it).
   stop: {
-    from: ['creating', 'starting', 'running', 'pausing', 'paused', 'unknown', 'failed'],
+    from: ['creating', 'starting', 'running', 'pausing', 'paused', 'stopping', 'unknown', 'failed'],
     to: 'stopping',
     desired: 'stopped',
   },
