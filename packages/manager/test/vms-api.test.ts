@@ -624,13 +624,44 @@ describe.concurrent.each(DATASTORES)('VMs API on %s', (kind) => {
     });
 
     it('invalid JSON -> 400 INVALID_JSON', async () => {
-      for (const body of ['{"name":', '{name: "x"}', "{'a':1}", '', '\u0000']) {
+      for (const body of ['{"name":', '{name: "x"}', "{'a':1}", ' ', '\u0000', 'null x']) {
         const r = await raw(t.url, 'POST', '/api/v1/vms', {
           headers: { authorization: `Bearer ${t.adminToken}`, 'content-type': 'application/json' },
           body,
         });
         expectError(r, 400, 'INVALID_JSON');
       }
+    });
+
+    it('an empty body with Content-Type: application/json is an empty object', async () => {
+      const json = { authorization: `Bearer ${t.adminToken}`, 'content-type': 'application/json' };
+      const { vm } = await create({ name: 'empty-body', start: false });
+      await t.manager.services.vms.write(vm.id, { state: 'running', desired_state: 'running' });
+      const pause = await raw(t.url, 'PATCH', `/api/v1/vms/${vm.id}/pause`, { headers: json, body: '' });
+      expect(pause.status, pause.text).toBe(202);
+      expect(pause.body.vm).toMatchObject({ state: 'pausing', desired_state: 'paused' });
+      await t.manager.services.vms.write(vm.id, { state: 'paused' });
+      const resume = await raw(t.url, 'POST', `/api/v1/vms/${vm.id}/resume`, { headers: json, body: '' });
+      expect(resume.status, resume.text).toBe(202);
+      await t.manager.services.vms.write(vm.id, { state: 'running', desired_state: 'running' });
+      const stop = await raw(t.url, 'POST', `/api/v1/vms/${vm.id}/stop`, { headers: json, body: '' });
+      expect(stop.status, stop.text).toBe(202);
+      expect(stop.body.vm.desired_state).toBe('stopped');
+      await t.manager.services.vms.write(vm.id, { state: 'stopped', desired_state: 'stopped' });
+      const start = await raw(t.url, 'POST', `/api/v1/vms/${vm.id}/start`, { headers: json, body: '' });
+      expect(start.status, start.text).toBe(202);
+      expect(start.body.vm.desired_state).toBe('running');
+      // A create with an empty body is the create with {}: the same answer either way.
+      const [empty, braces] = await Promise.all(
+        ['', '{}'].map((body) =>
+          raw(t.url, 'POST', '/api/v1/vms', {
+            headers: { ...json, 'content-type': 'application/json; charset=utf-8' },
+            body,
+          }),
+        ),
+      );
+      expect(empty!.body?.error?.code).not.toBe('INVALID_JSON');
+      expect([empty!.status, empty!.body?.error?.code]).toEqual([braces!.status, braces!.body?.error?.code]);
     });
 
     it('prototype-poisoning JSON is refused', async () => {

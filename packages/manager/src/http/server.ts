@@ -77,6 +77,15 @@ export function findNul(root: unknown, base: string): string | null {
   return null;
 }
 
+/**
+ * The canonical path for a request URL: `/v1/...` becomes `/api/v1/...`; everything else is kept.
+ *
+ * @example aliasApiPath('/v1/containers?limit=5') // '/api/v1/containers?limit=5'
+ */
+export function aliasApiPath(url: string): string {
+  return /^\/v1(?:[/?#]|$)/.test(url) ? `/api${url}` : url;
+}
+
 export async function buildApp(
   s: Services,
   opts: BuildOptions = {},
@@ -86,6 +95,9 @@ export async function buildApp(
     bodyLimit: BODY_LIMIT,
     ...(opts.https ? { https: opts.https } : {}),
     ajv: { customOptions: { coerceTypes: false } },
+    // The seed's README shows both /v1/... and /api/v1/...: /v1 is an alias, routed (and
+    // authorised) as /api/v1. The OpenAPI document lists /api/v1 only.
+    rewriteUrl: (req) => aliasApiPath(req.url ?? '/'),
     clientErrorHandler,
     // Errors the router raises before any route runs (bad %-escapes, over-long path segments).
     frameworkErrors: (err, _req, reply) =>
@@ -98,6 +110,13 @@ export async function buildApp(
   app.setSerializerCompiler(serializerCompiler);
   // The API speaks JSON only; a text/plain body (a CORS "simple request") is refused with 415.
   app.removeContentTypeParser('text/plain');
+  // Many clients send Content-Type: application/json with no body on actions (PATCH .../pause):
+  // an empty body is an empty object; anything else goes through Fastify's own (poisoning-safe) parser.
+  const parseJson = app.getDefaultJsonParser('error', 'error');
+  app.removeContentTypeParser('application/json');
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (req, body, done) =>
+    body === '' ? done(null, {}) : parseJson(req, body, done),
+  );
 
   const routes: RegisteredRoute[] = [];
   app.addHook('onRoute', (r) => {

@@ -10,8 +10,11 @@ import fastifyStatic from '@fastify/static';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { App } from './app-type';
 
-/** Paths owned by the API and its docs: the SPA fallback must not answer them. */
-const RESERVED = /^\/(?:api|docs|swagger-ui|healthz)(?:[/?#.]|$)/;
+/**
+ * Paths owned by the API, its aliases (`/v1`), its docs, health and metrics: the SPA fallback never
+ * answers them, so an unknown one is the JSON 404 and not index.html with a 200.
+ */
+const RESERVED = /^\/(?:api|v\d+|docs|swagger-ui|healthz|readyz|livez|metrics|openapi\.json)(?:[/?#.]|$)/i;
 
 const SECURITY_HEADERS: Record<string, string> = {
   // xterm.js and React style attributes need inline styles; scripts come from our origin only.
