@@ -1,6 +1,8 @@
 /** The row of lifecycle buttons on a VM's or a container's page, with a confirmation where one is asked. */
 import { type ReactNode, useState } from 'react';
+import { followOperation } from './operation-toast';
 import { navigate } from './router';
+import type { Operation } from './types';
 import { ConfirmDialog, toast, toastError } from './ui';
 
 export interface ActionDef<K extends string, S, T> {
@@ -35,8 +37,16 @@ export function ActionsBar<K extends string, S, T extends { name: string }>({
   const [confirming, setConfirming] = useState<ActionDef<K, S, T> | null>(null);
 
   const perform = async (a: ActionDef<K, S, T>) => {
-    await run(target, a.key);
-    toast('info', `${a.label}: ${target.name}`);
+    const out = (await run(target, a.key)) as { operation?: Operation | null } | undefined;
+    const what = `${a.label} ${target.name}`;
+    // The request only started the work: the toast follows the operation to its end.
+    if (out?.operation)
+      void followOperation(out.operation, {
+        running: what,
+        succeeded: `${what}: done`,
+        failed: `${what} failed`,
+      });
+    else toast('ok', `${what}: done`);
     if (a.key === 'delete') navigate(listPath);
   };
   const click = async (a: ActionDef<K, S, T>) => {

@@ -147,6 +147,8 @@ export function applyEvent(qc: QueryClient, type: string, data: unknown): void {
     }
     case 'host':
       upsertLists(qc, keys.hosts, data as Host, { remove: removed });
+      // A heartbeat (host.updated every few seconds) is not a mutation: nothing new in the audit log.
+      if (verb === 'updated') return;
       break;
     case 'user':
       upsertLists(qc, keys.users, data as User, { remove: removed });

@@ -41,10 +41,24 @@ function trim(n: number): string {
   return n >= 100 ? n.toFixed(0) : n.toFixed(1).replace(/\.0$/, '');
 }
 
+/**
+ * One absolute format everywhere, the same in every locale: local time, ISO-like, with its
+ * offset from UTC.
+ * @example formatTime('2026-12-07T06:19:12Z') // "2026-12-07 07:19:12 UTC+01:00" in Paris
+ */
 export function formatTime(iso: string | null | undefined): string {
   if (!iso) return '—';
   const d = new Date(iso);
-  return Number.isNaN(d.getTime()) ? iso : d.toLocaleString();
+  if (Number.isNaN(d.getTime())) return iso;
+  const p2 = (n: number) => String(n).padStart(2, '0');
+  const date = `${d.getFullYear()}-${p2(d.getMonth() + 1)}-${p2(d.getDate())}`;
+  const time = `${p2(d.getHours())}:${p2(d.getMinutes())}:${p2(d.getSeconds())}`;
+  const off = -d.getTimezoneOffset();
+  const zone =
+    off === 0
+      ? 'UTC'
+      : `UTC${off > 0 ? '+' : '-'}${p2(Math.floor(Math.abs(off) / 60))}:${p2(Math.abs(off) % 60)}`;
+  return `${date} ${time} ${zone}`;
 }
 
 /** "5 min ago" / "in 2 h"; `now` (from useNow) re-renders the caller, the clock itself is read fresh. */
@@ -69,13 +83,16 @@ export function timeAgo(iso: string | null | undefined, now: number): string {
   return future ? `in ${v}` : `${v} ago`;
 }
 
-// One shared clock for relative times, ticking every 10 s.
+/** How often relative times are drawn again. */
+export const CLOCK_TICK_MS = 2000;
+
+// One shared clock for relative times.
 let now = Date.now();
 const subs = new Set<() => void>();
 setInterval(() => {
   now = Date.now();
   for (const s of subs) s();
-}, 10_000);
+}, CLOCK_TICK_MS);
 
 export function useNow(): number {
   return useSyncExternalStore(

@@ -102,22 +102,20 @@ export function useVm(id: string) {
 export const useRecentOps = () =>
   useQuery({
     queryKey: keys.recentOps,
-    queryFn: ({ signal }) => listTail<Operation>('/api/v1/operations', RECENT_OPS, signal),
+    queryFn: ({ signal }) =>
+      listTail<Operation>(withQuery('/api/v1/operations', { order: 'asc' }), RECENT_OPS, signal),
   });
 
 export const useTargetOps = (id: string) =>
   useQuery({
     queryKey: keys.targetOps(id),
-    queryFn: ({ signal }) => listAll<Operation>(withQuery('/api/v1/operations', { target_id: id }), signal),
+    queryFn: ({ signal }) =>
+      listAll<Operation>(withQuery('/api/v1/operations', { target_id: id, order: 'asc' }), signal),
   });
 
-/** Heartbeats publish no event unless status or capacity change: refresh "last heartbeat" slowly. */
+/** Every heartbeat publishes host.updated: the event stream keeps "last heartbeat" current. */
 export const useHosts = () =>
-  useQuery({
-    queryKey: keys.hosts,
-    queryFn: ({ signal }) => listAll<Host>('/api/v1/hosts', signal),
-    refetchInterval: 30_000,
-  });
+  useQuery({ queryKey: keys.hosts, queryFn: ({ signal }) => listAll<Host>('/api/v1/hosts', signal) });
 
 export const useJoinTokens = (enabled: boolean) =>
   useQuery({
@@ -149,7 +147,11 @@ export const useAudit = (action: string) =>
   useQuery({
     queryKey: keys.audit(action),
     queryFn: ({ signal }) =>
-      listTail<AuditEvent>(withQuery('/api/v1/audit', { action: action || undefined }), 500, signal),
+      listTail<AuditEvent>(
+        withQuery('/api/v1/audit', { action: action || undefined, order: 'asc' }),
+        500,
+        signal,
+      ),
     staleTime: 0,
     refetchInterval: 15_000,
   });

@@ -1,8 +1,19 @@
 /** Shared building blocks: badges, bars, dialogs, toasts, copy-once fields. */
 import { type ReactNode, useEffect, useId, useRef, useState, useSyncExternalStore } from 'react';
 import { errorMessage } from './api';
-import { formatMib, percent } from './format';
+import { formatMib, formatTime, percent, timeAgo, useNow } from './format';
 import type { Operation, VmState } from './types';
+
+/** A time as lists show it: relative ("5 min ago"), the absolute time on hover. */
+export function RelTime({ iso, never }: { iso: string | null | undefined; never?: string }) {
+  const now = useNow();
+  if (!iso) return <span className="muted">{never ?? 'never'}</span>;
+  return (
+    <time dateTime={iso} title={formatTime(iso)}>
+      {timeAgo(iso, now)}
+    </time>
+  );
+}
 
 export type Tone = 'ok' | 'warn' | 'err' | 'info' | 'muted' | 'busy';
 
@@ -445,31 +456,65 @@ export function CopyField({ value, label }: { value: string; label: string }) {
 
 interface Toast {
   id: number;
-  tone: 'ok' | 'err' | 'info';
+  tone: 'ok' | 'err' | 'info' | 'busy';
   text: string;
 }
 let toasts: Toast[] = [];
 let nextToast = 1;
 const toastSubs = new Set<() => void>();
+const toastTimers = new Map<number, ReturnType<typeof setTimeout>>();
 const emitToasts = () => {
   for (const s of toastSubs) s();
 };
 
-export function toast(tone: Toast['tone'], text: string): void {
-  const t = { id: nextToast++, tone, text };
-  toasts = [...toasts, t].slice(-4);
+function dismissToast(id: number): void {
+  clearTimeout(toastTimers.get(id));
+  toastTimers.delete(id);
+  toasts = toasts.filter((x) => x.id !== id);
   emitToasts();
-  setTimeout(
-    () => {
-      toasts = toasts.filter((x) => x.id !== t.id);
-      emitToasts();
-    },
-    tone === 'err' ? 8000 : 4000,
-  );
+}
+
+/** Shows (or, with `id`, replaces) a toast; `busy` ones stay until replaced or dismissed. */
+function showToast(t: Toast): void {
+  const i = toasts.findIndex((x) => x.id === t.id);
+  toasts = i < 0 ? [...toasts, t].slice(-5) : toasts.map((x) => (x.id === t.id ? t : x));
+  clearTimeout(toastTimers.get(t.id));
+  toastTimers.delete(t.id);
+  if (t.tone !== 'busy')
+    toastTimers.set(
+      t.id,
+      setTimeout(() => dismissToast(t.id), t.tone === 'err' ? 10_000 : 5000),
+    );
+  emitToasts();
+}
+
+export function toast(tone: 'ok' | 'err' | 'info', text: string): void {
+  showToast({ id: nextToast++, tone, text });
 }
 
 export function toastError(err: unknown, what?: string): void {
   toast('err', what ? `${what}: ${errorMessage(err)}` : errorMessage(err));
+}
+
+/** A toast for work under way, turned into its outcome later (shown again if it was dismissed). */
+export interface PendingToast {
+  update(text: string): void;
+  done(tone: 'ok' | 'err' | 'info', text: string): void;
+}
+
+export function toastPending(text: string): PendingToast {
+  const id = nextToast++;
+  let finished = false;
+  showToast({ id, tone: 'busy', text });
+  return {
+    update(next) {
+      if (!finished && toasts.some((x) => x.id === id)) showToast({ id, tone: 'busy', text: next });
+    },
+    done(tone, next) {
+      finished = true;
+      showToast({ id, tone, text: next });
+    },
+  };
 }
 
 export function Toasts() {
@@ -483,8 +528,21 @@ export function Toasts() {
   return (
     <div className="toasts" aria-live="polite">
       {list.map((t) => (
-        <div key={t.id} className={`toast toast-${t.tone}`} role={t.tone === 'err' ? 'alert' : 'status'}>
-          {t.text}
+        <div
+          key={t.id}
+          className={`toast toast-${t.tone}`}
+          role={t.tone === 'err' ? 'alert' : 'status'}
+          data-testid="toast"
+        >
+          <span>{t.text}</span>
+          <button
+            type="button"
+            className="btn-icon toast-close"
+            aria-label="Dismiss"
+            onClick={() => dismissToast(t.id)}
+          >
+            ✕
+          </button>
         </div>
       ))}
     </div>

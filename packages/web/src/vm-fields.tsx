@@ -186,18 +186,24 @@ export function GeneralFields(p: GroupProps) {
   const { f, set } = p;
   return (
     <>
-      {field(p, 'vmm', 'VMM', (id) => (
-        <select
-          id={id}
-          name="vmm"
-          value={f.vmm}
-          onChange={(e) => set('vmm', e.target.value as VmShape['vmm'])}
-        >
-          <option value="auto">auto (Firecracker where available, else QEMU)</option>
-          <option value="firecracker">Firecracker</option>
-          <option value="qemu">QEMU (microvm)</option>
-        </select>
-      ))}
+      {field(
+        p,
+        'vmm',
+        'VMM',
+        (id) => (
+          <select
+            id={id}
+            name="vmm"
+            value={f.vmm}
+            onChange={(e) => set('vmm', e.target.value as VmShape['vmm'])}
+          >
+            <option value="auto">auto</option>
+            <option value="firecracker">Firecracker</option>
+            <option value="qemu">QEMU (microvm)</option>
+          </select>
+        ),
+        f.vmm === 'auto' ? 'Firecracker where the host offers it, else QEMU' : undefined,
+      )}
       {field(p, 'restart_policy', 'Restart policy', (id) => (
         <RestartPolicySelect id={id} value={f.restart_policy} onChange={(v) => set('restart_policy', v)} />
       ))}

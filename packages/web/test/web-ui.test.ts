@@ -497,6 +497,96 @@ describe('web UI', () => {
     await shot(page, 'hosts-light');
   });
 
+  test('actions report their end where they started; force stop during a shutdown; live heartbeats; used join tokens; one date format', async () => {
+    // A host of its own: its join token is then "used", and it keeps heartbeating every 2 s.
+    await fakeHost('hv-03', { vcpu: 2, mem_mib: 4096, disk_mib: 100_000 });
+    const c = await browser.newContext({ viewport: { width: 1280, height: 800 }, colorScheme: 'light' });
+    const p = await newPage(c);
+    try {
+      await login(p, 'admin', ADMIN_PASSWORD);
+      await p.goto(`${t.url}/vms`);
+      await p.getByRole('button', { name: 'Create VM' }).click();
+      const wizard = p.getByRole('dialog', { name: 'Create virtual machine' });
+      await wizard.getByLabel('Name').fill('too-big');
+      await wizard.getByRole('button', { name: 'Next' }).click();
+      await wizard.getByLabel('Memory (MiB)').fill('200000');
+      await wizard.getByRole('button', { name: 'Next' }).click();
+      await wizard.getByRole('button', { name: 'Next' }).click();
+      await wizard.getByRole('button', { name: 'Create' }).click();
+      await wizard.waitFor({ state: 'hidden' });
+      // The toast follows the create operation to its end: the scheduler's own reason.
+      const failed = p.getByTestId('toast').filter({ hasText: 'Create VM too-big failed' });
+      await failed.waitFor({ timeout: 20_000 });
+      expect(await failed.getAttribute('role')).toBe('alert');
+      expect(await failed.textContent()).toContain('no host has room');
+      const vm = (await api.get('/api/v1/vms?name=too-big')).body.items[0];
+      expect(vm.state).toBe('failed');
+      await api.del(`/api/v1/vms/${vm.id}`);
+
+      // A VM on a host that never answers stays "stopping" after Shut down: Force stop still works.
+      const kernelPath = path.join(t.dataDir, 'slow-stop-vmlinux');
+      fs.writeFileSync(kernelPath, Buffer.alloc(4096, 1));
+      const kernel = await registerPathImage(t.manager.services.store, {
+        name: 'slow-stop-kernel',
+        kind: 'kernel',
+        path: kernelPath,
+      });
+      const slow = await api.post('/api/v1/vms', {
+        name: 'slow-stop',
+        vcpu: 1,
+        mem_mib: 256,
+        kernel_image_id: kernel,
+        start: true,
+      });
+      expect(slow.status).toBe(202);
+      await expect
+        .poll(async () => (await api.get(`/api/v1/vms/${slow.body.vm.id}`)).body.host_id, { timeout: 10_000 })
+        .toBeTruthy();
+      await p.goto(`${t.url}/vms/${slow.body.vm.id}`);
+      const actions = p.getByTestId('vm-actions');
+      await actions.getByRole('button', { name: 'Shut down' }).click();
+      await p
+        .getByRole('dialog', { name: /Shut down slow-stop/ })
+        .getByTestId('confirm')
+        .click();
+      await p.locator('.page-head').locator('.badge', { hasText: 'stopping' }).waitFor();
+      const force = actions.getByRole('button', { name: 'Force stop' });
+      expect(await force.isEnabled()).toBe(true);
+      await force.click();
+      await p
+        .getByRole('dialog', { name: /Force stop slow-stop/ })
+        .getByTestId('confirm')
+        .click();
+      await p.getByTestId('toast').filter({ hasText: 'Force stop slow-stop' }).first().waitFor();
+      await p.waitForTimeout(1000);
+      expect(
+        await p
+          .getByTestId('toast')
+          .filter({ hasText: /slow-stop failed/ })
+          .count(),
+      ).toBe(0);
+      const ops = (await api.get(`/api/v1/operations?target_id=${slow.body.vm.id}`)).body.items;
+      expect(ops.some((o: { kind: string }) => o.kind === 'vm.stop')).toBe(true);
+
+      // Hosts: the heartbeat is kept current by the event stream and redrawn every few seconds.
+      await p.goto(`${t.url}/hosts`);
+      const beat = p.locator('[data-host="hv-03"]').getByTestId('heartbeat');
+      await beat.waitFor();
+      await p.waitForTimeout(13_000);
+      expect(await beat.textContent()).toMatch(/^(just now|[1-7] s ago)$/);
+      // The hover shows the absolute time, in the one locale-neutral format.
+      expect(await beat.locator('time').getAttribute('title')).toMatch(
+        /^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} UTC([+-]\d{2}:\d{2})?$/,
+      );
+      // The join token hv-03 registered with says "used", not "expired" or "valid".
+      const tokenRow = p.getByRole('row').filter({ hasText: 'for hv-03' });
+      await tokenRow.getByText('used', { exact: true }).waitFor();
+      expect(await tokenRow.getByRole('button', { name: 'Revoke' }).count()).toBe(1);
+    } finally {
+      await c.close();
+    }
+  }, 90_000);
+
   test('users page: create a user; the password is not kept', async () => {
     await page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name: 'Users' }).click();
     await page.getByRole('button', { name: 'Create user' }).click();
@@ -891,6 +981,25 @@ describe('web UI', () => {
       await rows.filter({ hasText: BOOT_MARKER }).waitFor({ timeout: 150_000 });
       await page.getByTestId('console-status').filter({ hasText: 'Connected' }).waitFor();
       expect(await page.getByTestId('console-role').textContent()).toBe('You are typing');
+      // The writer's terminal size reached the console: a new viewer's hello carries it.
+      const size = await page.evaluate(
+        (id) =>
+          new Promise<{ cols: number; rows: number } | null>((resolve, reject) => {
+            const ws = new WebSocket(`ws://${location.host}/api/v1/vms/${id}/console/ws?scrollback=0`);
+            ws.onmessage = (e) => {
+              if (typeof e.data !== 'string') return;
+              const m = JSON.parse(e.data) as { type: string; size?: { cols: number; rows: number } | null };
+              if (m.type !== 'hello') return;
+              ws.close();
+              resolve(m.size ?? null);
+            };
+            ws.onerror = () => reject(new Error('console WebSocket failed'));
+          }),
+        vmId,
+      );
+      const rowsShown = await rows.locator(':scope > div').count();
+      expect(size?.rows).toBe(rowsShown);
+      expect(size?.cols).toBeGreaterThan(20);
 
       await page.getByTestId('console').click();
       await page.keyboard.type('echo NQVM-$((6*7))-OK');
@@ -1118,12 +1227,18 @@ describe('web UI', () => {
       const snap = (await api.get(`/api/v1/snapshots?vm_id=${src.body.vm.id}`)).body.items[0];
       expect(snap).toMatchObject({ name: 'snap-1', status: 'ready', snapshot_type: 'Full', vmm: 'qemu' });
 
-      // Restore asks first and says what is lost; cancelled here.
+      // Restore asks first and says what is lost (when, in the one date format); once confirmed,
+      // its toast follows the restore to its end.
       await row.getByRole('button', { name: 'Restore' }).click();
       const restore = page.getByRole('dialog', { name: 'Restore snap-src to snap-1' });
       await restore.getByText('what it did since is lost').waitFor();
-      await restore.getByRole('button', { name: 'Cancel' }).click();
+      expect(await restore.textContent()).toMatch(/taken \d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} UTC/);
+      await restore.getByTestId('confirm').click();
       await restore.waitFor({ state: 'hidden' });
+      await page
+        .getByTestId('toast')
+        .filter({ hasText: 'snap-src was restored to snap-1 and runs' })
+        .waitFor({ timeout: 150_000 });
 
       // Instantiate: the placement reason and the warnings are shown, then the new VM.
       await row.getByRole('button', { name: 'Instantiate' }).click();

@@ -14,7 +14,7 @@ interface Transition {
 
 export const TRANSITIONS: Record<VmAction, Transition> = {
   start: { from: ['stopped', 'failed'], to: 'starting', desired: 'running' },
-  // From stopping too: a force stop cuts a graceful shutdown short (a guest that ignores it).
+  // From stopping too: a force stop may follow a graceful one (a guest that ignores it).
   stop: {
     from: ['creating', 'starting', 'running', 'pausing', 'paused', 'stopping', 'unknown', 'failed'],
     to: 'stopping',

@@ -13,6 +13,7 @@ import {
   Field,
   Modal,
   QueryStatus,
+  RelTime,
   SecretOnceModal,
   toast,
 } from '../ui';
@@ -184,7 +185,9 @@ function Tokens({ me }: { me: Me }) {
                     <td className="hide-sm" title={formatTime(t.expires_at)}>
                       {t.expires_at ? timeAgo(t.expires_at, now) : 'never'}
                     </td>
-                    <td className="hide-sm">{timeAgo(t.last_used_at, now)}</td>
+                    <td className="hide-sm">
+                      <RelTime iso={t.last_used_at} />
+                    </td>
                     <td>
                       {t.revoked_at ? (
                         <Badge tone="err">revoked</Badge>

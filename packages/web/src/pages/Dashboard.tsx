@@ -1,8 +1,8 @@
-import { timeAgo, useNow, VM_STATES } from '../format';
+import { VM_STATES } from '../format';
 import { useHosts, useRecentOps, useVms } from '../queries';
 import { Link } from '../router';
 import type { Host, VmState } from '../types';
-import { Badge, Bar, Empty, ErrorBox, Loading, StateBadge, stateTone } from '../ui';
+import { Badge, Bar, Empty, ErrorBox, Loading, RelTime, StateBadge, stateTone } from '../ui';
 import { OperationsTable } from './Operations';
 
 const HOST_TONE = { ready: 'ok', unreachable: 'warn', lost: 'err' } as const;
@@ -11,7 +11,6 @@ export function DashboardPage() {
   const vms = useVms();
   const hosts = useHosts();
   const ops = useRecentOps();
-  const now = useNow();
 
   const counts = new Map<VmState, number>();
   for (const vm of vms.data ?? []) counts.set(vm.state, (counts.get(vm.state) ?? 0) + 1);
@@ -86,7 +85,9 @@ export function DashboardPage() {
                 <strong>{h.name}</strong>
                 <Badge tone={HOST_TONE[h.status]}>{h.status}</Badge>
                 {!h.schedulable ? <Badge tone="warn">cordoned</Badge> : null}
-                <span className="muted small">heartbeat {timeAgo(h.last_heartbeat_at, now)}</span>
+                <span className="muted small">
+                  heartbeat <RelTime iso={h.last_heartbeat_at} />
+                </span>
               </div>
               <Bar label="vCPU" used={h.allocated.vcpu} total={h.capacity.vcpu} unit="count" />
               <Bar label="Memory" used={h.allocated.mem_mib} total={h.capacity.mem_mib} unit="mib" />

@@ -1,7 +1,8 @@
 import { useQueryClient } from '@tanstack/react-query';
 import { type FormEvent, useState } from 'react';
 import { api } from '../api';
-import { formatTime, timeAgo, useNow } from '../format';
+import { formatTime, useNow } from '../format';
+import { joinTokenState } from '../join-token-state';
 import { keys, useCan, useHosts, useJoinTokens, useVms } from '../queries';
 import type { Host, JoinToken, JoinTokenCreated } from '../types';
 import {
@@ -15,6 +16,7 @@ import {
   Modal,
   PageHead,
   QueryStatus,
+  RelTime,
   SecretOnceModal,
   toast,
   toastError,
@@ -41,7 +43,6 @@ export function HostsPage() {
   const hosts = useHosts();
   const vms = useVms();
   const isAdmin = useCan('admin');
-  const now = useNow();
   const [confirm, setConfirm] = useState<{ host: Host; action: HostAction } | null>(null);
 
   const run = async (host: Host, action: HostAction) => {
@@ -90,7 +91,9 @@ export function HostsPage() {
                 <dt>Agent</dt>
                 <dd>{h.agent_version ?? '—'}</dd>
                 <dt>Heartbeat</dt>
-                <dd title={formatTime(h.last_heartbeat_at)}>{timeAgo(h.last_heartbeat_at, now)}</dd>
+                <dd data-testid="heartbeat">
+                  <RelTime iso={h.last_heartbeat_at} />
+                </dd>
                 <dt>VMs</dt>
                 <dd>{vmCount(h.id)}</dd>
                 <dt>Drivers</dt>
@@ -173,12 +176,6 @@ export function HostsPage() {
   );
 }
 
-function tokenState(t: JoinToken, now: number): { tone: 'ok' | 'muted' | 'err'; label: string } {
-  if (t.revoked_at) return { tone: 'err', label: 'revoked' };
-  if (new Date(t.expires_at).getTime() <= now) return { tone: 'muted', label: 'expired' };
-  return { tone: 'ok', label: 'valid' };
-}
-
 function JoinTokens() {
   const qc = useQueryClient();
   const tokens = useJoinTokens(true);
@@ -234,18 +231,33 @@ function JoinTokens() {
             </thead>
             <tbody>
               {list.map((t) => {
-                const st = tokenState(t, now);
+                const st = joinTokenState(t, now);
                 return (
                   <tr key={t.id}>
                     <td>{t.description ?? <span className="muted">—</span>}</td>
                     <td>
-                      <Badge tone={st.tone}>{st.label}</Badge>
+                      <Badge
+                        tone={st.tone}
+                        title={
+                          st.label === 'used'
+                            ? `an agent joined with it ${formatTime(t.last_used_at)}; ${st.usable ? 'valid until' : 'expired'} ${formatTime(t.expires_at)}`
+                            : undefined
+                        }
+                      >
+                        {st.label}
+                      </Badge>
                     </td>
-                    <td className="hide-sm">{timeAgo(t.created_at, now)}</td>
-                    <td title={formatTime(t.expires_at)}>{timeAgo(t.expires_at, now)}</td>
-                    <td className="hide-sm">{timeAgo(t.last_used_at, now)}</td>
+                    <td className="hide-sm">
+                      <RelTime iso={t.created_at} />
+                    </td>
+                    <td>
+                      <RelTime iso={t.expires_at} />
+                    </td>
+                    <td className="hide-sm">
+                      <RelTime iso={t.last_used_at} />
+                    </td>
                     <td className="actions">
-                      {st.label === 'valid' ? (
+                      {st.usable ? (
                         <button type="button" className="btn btn-small" onClick={() => setRevoke(t)}>
                           Revoke
                         </button>

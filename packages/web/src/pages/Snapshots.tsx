@@ -6,6 +6,7 @@ import { useQueryClient } from '@tanstack/react-query';
 import { type FormEvent, useEffect, useState } from 'react';
 import { api } from '../api';
 import { formatBytes, formatMib, formatTime, timeAgo, useNow } from '../format';
+import { followOperation } from '../operation-toast';
 import { keys, opDone, useCan, useHosts, useOperation, useSnapshot, useSnapshots } from '../queries';
 import { Link, navigate, useLocation, withSearch } from '../router';
 import type {
@@ -30,7 +31,6 @@ import {
   ProgressBar,
   QueryStatus,
   type Tone,
-  toast,
   ValidatedField,
 } from '../ui';
 import { LABELS_HINT, LABELS_PLACEHOLDER, NAME_RE, NAME_RULE, parseLabels } from '../vm-fields';
@@ -103,8 +103,14 @@ export function SnapshotsTable({ snapshots, showVm }: { snapshots: Snapshot[]; s
     id ? (hosts.data?.find((h) => h.id === id)?.name ?? id.slice(0, 8)) : '—';
 
   const restore = async (s: Snapshot) => {
-    await api<VmActionResponse>('POST', `/api/v1/vms/${s.vm_id}/restore`, { snapshot_id: s.id });
-    toast('info', `Restoring ${s.vm_name} to ${s.name}`);
+    const out = await api<VmActionResponse>('POST', `/api/v1/vms/${s.vm_id}/restore`, {
+      snapshot_id: s.id,
+    });
+    void followOperation(out.operation, {
+      running: `Restoring ${s.vm_name} to ${s.name}`,
+      succeeded: `${s.vm_name} was restored to ${s.name} and runs`,
+      failed: `Restore ${s.vm_name} to ${s.name} failed`,
+    });
   };
 
   return (
@@ -257,7 +263,11 @@ function InstantiateSnapshot({ snapshot, onClose }: { snapshot: Snapshot; onClos
         { name, labels: l.labels },
       );
       setDone(out);
-      toast('ok', `Creating VM ${out.vm.name} from ${snapshot.name}`);
+      void followOperation(out.operation, {
+        running: `Creating VM ${out.vm.name} from ${snapshot.name}`,
+        succeeded: `VM ${out.vm.name} (from ${snapshot.name}) is running`,
+        failed: `Create VM ${out.vm.name} from ${snapshot.name} failed`,
+      });
     } catch (err) {
       setApiError(err);
     } finally {

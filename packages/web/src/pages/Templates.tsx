@@ -2,6 +2,7 @@
 import { type FormEvent, useState } from 'react';
 import { ApiError, api, fieldErrors } from '../api';
 import { formatMib, formatTime, timeAgo, useNow } from '../format';
+import { followOperation } from '../operation-toast';
 import { useCan, useImages, useNetworks, useTemplates } from '../queries';
 import { navigate } from '../router';
 import type { Template, TemplateCreate, TemplateOverrides, Vm, VmActionResponse } from '../types';
@@ -335,7 +336,11 @@ function InstantiateTemplate({ template, onClose }: { template: Template; onClos
         name: f.name,
         overrides,
       });
-      toast('ok', `Creating VM ${out.vm.name} from ${template.name}`);
+      void followOperation(out.operation, {
+        running: `Creating VM ${out.vm.name} from ${template.name}`,
+        succeeded: `VM ${out.vm.name} (from ${template.name}) is running`,
+        failed: `Create VM ${out.vm.name} from ${template.name} failed`,
+      });
       onClose();
       navigate(`/vms/${out.vm.id}`);
     } catch (err) {

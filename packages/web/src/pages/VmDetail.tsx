@@ -1,75 +1,18 @@
 import { lazy, Suspense, useState } from 'react';
-import { ActionsBar, type ActionDef as Def } from '../actions-bar';
-import { ApiError, api } from '../api';
+import { ActionsBar } from '../actions-bar';
+import { ApiError } from '../api';
 import { formatMib, formatTime, timeAgo, useNow } from '../format';
 import { useCan, useHosts, useSnapshots, useTargetOps, useVm } from '../queries';
 import { Link } from '../router';
-import type { Vm, VmActionResponse, VmState } from '../types';
+import type { Vm } from '../types';
 import { Empty, ErrorBox, Loading, StateBadge } from '../ui';
+import { VM_ACTIONS as ACTIONS, runVmAction as runAction } from '../vm-actions';
 import { OperationsTable } from './Operations';
 import { SnapshotsTable, snapshottable, TakeSnapshotDialog } from './Snapshots';
 import { SaveAsTemplateDialog } from './Templates';
 
 // xterm.js is the largest dependency: load it only when the console tab opens.
 const VmConsole = lazy(() => import('./VmConsole'));
-
-type ActionKey = 'start' | 'stop' | 'force-stop' | 'pause' | 'resume' | 'reboot' | 'delete';
-
-const STOPPABLE: VmState[] = ['creating', 'starting', 'running', 'pausing', 'paused', 'unknown', 'failed'];
-const LIVE: VmState[] = ['starting', 'running', 'pausing', 'paused', 'stopping'];
-
-type ActionDef = Def<ActionKey, VmState, Vm>;
-
-const ACTIONS: ActionDef[] = [
-  { key: 'start', label: 'Start', allowed: (s) => s === 'stopped' || s === 'failed' },
-  {
-    key: 'stop',
-    label: 'Shut down',
-    allowed: (s) => STOPPABLE.includes(s),
-    confirm: (vm) =>
-      `Shut down ${vm.name}? The guest is asked to power off; after 30 s it is stopped by force.`,
-  },
-  { key: 'pause', label: 'Pause', allowed: (s) => s === 'running' },
-  { key: 'resume', label: 'Resume', allowed: (s) => s === 'paused' },
-  {
-    key: 'reboot',
-    label: 'Reboot',
-    allowed: (s) => s === 'running',
-    confirm: (vm) => `Reboot ${vm.name}?`,
-  },
-  {
-    key: 'force-stop',
-    label: 'Force stop',
-    allowed: (s) => STOPPABLE.includes(s),
-    confirm: (vm) =>
-      `Stop ${vm.name} immediately? The guest gets no chance to shut down; unsaved data is lost.`,
-    danger: true,
-  },
-  {
-    key: 'delete',
-    label: 'Delete',
-    allowed: (s) => s !== 'deleting',
-    confirm: (vm) =>
-      LIVE.includes(vm.state)
-        ? `${vm.name} is ${vm.state}: deleting stops it by force and removes its disks. This cannot be undone.`
-        : `Delete ${vm.name} and its disks? This cannot be undone.`,
-    danger: true,
-  },
-];
-
-function runAction(vm: Vm, key: ActionKey): Promise<VmActionResponse> {
-  const base = `/api/v1/vms/${vm.id}`;
-  switch (key) {
-    case 'delete':
-      return api('DELETE', LIVE.includes(vm.state) ? `${base}?force=true` : base);
-    case 'stop':
-      return api('POST', `${base}/stop`, { force: false });
-    case 'force-stop':
-      return api('POST', `${base}/stop`, { force: true });
-    default:
-      return api('POST', `${base}/${key}`);
-  }
-}
 
 export function VmDetailPage({ id, tab }: { id: string; tab: string }) {
   const vm = useVm(id);

@@ -3,10 +3,11 @@ import { useQueryClient } from '@tanstack/react-query';
 import { type FormEvent, useEffect, useRef, useState } from 'react';
 import { api } from '../api';
 import { formatMib } from '../format';
+import { followOperation } from '../operation-toast';
 import { keys } from '../queries';
 import { Link } from '../router';
 import type { Vm, VmActionResponse, VmCreate } from '../types';
-import { ErrorBox, Modal, toast, ValidatedField } from '../ui';
+import { ErrorBox, Modal, ValidatedField } from '../ui';
 import {
   checkGeneral,
   checkGuest,
@@ -86,7 +87,11 @@ function WizardBody({ onClose }: { onClose: () => void }) {
     setApiError(null);
     try {
       const out = await api<VmActionResponse>('POST', '/api/v1/vms', toBody(f));
-      toast('ok', `Creating VM ${out.vm.name}`);
+      void followOperation(out.operation, {
+        running: `Creating VM ${out.vm.name}`,
+        succeeded: `VM ${out.vm.name} is ${out.operation.kind === 'vm.define' ? 'created' : 'running'}`,
+        failed: `Create VM ${out.vm.name} failed`,
+      });
       onClose(); // unmounts the form: the password is gone with it
     } catch (err) {
       setApiError(err);
