@@ -29,6 +29,11 @@ export async function guestAgentToken(vmDir: string): Promise<string> {
   return token;
 }
 
+/** Whether the VM has a guest agent token (one was handed to its guest, or to a clone's). */
+export async function hasGuestAgentToken(vmDir: string): Promise<boolean> {
+  return (await readJsonFile(path.join(vmDir, TOKEN_FILE)).catch(() => null)) !== null;
+}
+
 /** Where the agent reaches the guest agent of a running VMM. */
 export function guestEndpoint(record: RunRecord, token: string): GuestAgentEndpoint {
   if (record.kind === 'qemu')

@@ -7,6 +7,7 @@
 import { mkdir, readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { AgentVmCommand, AgentVmSpec } from '@nqvm/api';
+import type { GuestAgentClient } from '@nqvm/guest-agent';
 import { writeContainerDrive } from '../containers/container-run';
 import { runPipeline } from '../drivers/pipeline';
 import type {
@@ -68,6 +69,8 @@ export interface BootedVm {
   driver: VmmDriver;
   /** What the boot could not do but did not fail for (e.g. a clone that kept its old addresses). */
   notes: string[];
+  /** A clone's guest agent connection, authenticated with the clone's own token once re-identified. */
+  guest: GuestAgentClient | null;
 }
 
 /** A clone's guest agent is asked to re-address its NICs within this time. */
@@ -121,6 +124,7 @@ export async function bootVm(req: BootRequest): Promise<BootedVm> {
   const { id, vmDir, command, drivers, restore } = req;
   const spec = command.spec;
   const notes: string[] = [];
+  let guest: GuestAgentClient | null = null;
   let driver: VmmDriver | null = null;
   let kernelPath = '';
   let initrdPath: string | undefined;
@@ -308,9 +312,11 @@ export async function bootVm(req: BootRequest): Promise<BootedVm> {
         name: 'readdress-guest',
         run: async () => {
           if (!restore || !handle || restore.record.vm_id === id) return;
-          const why = await readdress(handle, restore.record, spec, await guestAgentToken(vmDir));
-          if (why) notes.push(why);
+          const done = await readdress(handle, restore.record, spec, await guestAgentToken(vmDir));
+          if (typeof done === 'string') notes.push(done);
+          else guest = done;
         },
+        undo: () => guest?.close(),
       },
       {
         name: 'persist-run-record',
@@ -325,20 +331,21 @@ export async function bootVm(req: BootRequest): Promise<BootedVm> {
     req.signal,
   );
   if (!handle || !driver) throw new Error('boot pipeline ended without a VMM');
-  return { handle, driver, notes };
+  return { handle, driver, notes, guest };
 }
 
 /**
  * Gives a clone's guest its own MACs, addresses and host name, then its own guest agent token;
- * answers why it could not (the clone runs, cut off by the anti-spoofing rules until its guest
- * reconfigures its NICs), or null.
+ * answers the connection, now authenticated with that token (kept open: the VM's first exec
+ * needs no new handshake), or why it could not (the clone runs, cut off by the anti-spoofing
+ * rules until its guest reconfigures its NICs).
  */
 async function readdress(
   handle: VmHandle,
   snapshot: SnapshotRecord,
   spec: BootRequest['command']['spec'],
   token: string,
-): Promise<string | null> {
+): Promise<GuestAgentClient | string> {
   const readdressing = needsReaddress(snapshot.nics, spec.nics);
   const kept = readdressing
     ? "the clone's NICs keep the snapshot's MAC and address"
@@ -350,10 +357,11 @@ async function readdress(
       const nics = readdressing ? spec.nics : [];
       await readdressGuest(guest, snapshot.nics, nics, spec.guest_config?.hostname ?? null);
       await guest.setToken(token);
-    } finally {
+    } catch (err) {
       guest.close();
+      throw err;
     }
-    return null;
+    return guest;
   } catch (err) {
     return `${kept}: ${errorMessage(err)}`;
   }

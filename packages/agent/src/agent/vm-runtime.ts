@@ -36,7 +36,7 @@ import {
 } from '../snapshots/snapshot-store';
 import type { VolumeStore } from '../volumes/volume-store';
 import type { DriverSet } from './driver-set';
-import { guestAgentToken } from './guest-channel';
+import { guestAgentToken, hasGuestAgentToken } from './guest-channel';
 import { GuestLink } from './guest-link';
 import { type AgentLogger, errorMessage } from './logger';
 import { DESIRED_FILE, RUN_FILE, readJsonFile, vmDirOf, writeJsonAtomic } from './state-files';
@@ -82,6 +82,12 @@ export function truncateError(message: string): string {
 const FORCED_STOP_TIMEOUT_MS = 10_000;
 /** How long a snapshot waits for the guest agent to answer (it tells whether a clone can be re-addressed). */
 const GUEST_PROBE_TIMEOUT_MS = 2_000;
+/** A restored guest's agent (running in the restored memory) answers within this time. */
+const RESTORED_GUEST_TIMEOUT_MS = 15_000;
+/** After a VMM starts, its guest agent is looked for this long, ... */
+const GUEST_SEARCH_MS = 180_000;
+/** ...one attempt this long at a time. */
+const GUEST_SEARCH_ATTEMPT_MS = 10_000;
 /** How long an exec waits for the guest agent to answer. */
 const GUEST_CONNECT_TIMEOUT_MS = 5_000;
 /** A container's VM gets this long past the stop timeout to end once its process was signalled. */
@@ -125,8 +131,18 @@ export class VmRuntime {
   private readonly guest = new GuestLink(
     () => this.handle?.record ?? null,
     () => guestAgentToken(this.vmDir),
-    (client) => this.container?.watch(client),
+    (client) => {
+      this.guestAnswered = true;
+      this.container?.watch(client);
+    },
   );
+  /**
+   * Whether the guest agent of the running VMM has answered: a snapshot of a paused VM, whose
+   * guest cannot answer then, still records its token, so clones of it can be re-identified.
+   */
+  private guestAnswered = false;
+  /** Whether the search for the guest agent after the VMM started gave up (a guest without one). */
+  private guestSilent = false;
   /** Container VMs: the process the init runs, its output and exit. */
   private container: ContainerRun | null = null;
   /** Log followers told when the VMM is down. */
@@ -349,7 +365,8 @@ export class VmRuntime {
     const live = this.handle !== null || this.bootAbort !== null;
     let next = this.state;
     if (cmd.desired === 'stopped') next = live ? 'stopping' : 'stopped';
-    else if (!live || cmd.reboot) next = 'starting';
+    // A restore replaces the VMM: the old one's state is not the answer to it.
+    else if (!live || cmd.reboot || cmd.restore) next = 'starting';
     else if (cmd.desired === 'paused' && this.state === 'running') next = 'pausing';
     // A resume shows a transition too, so an acknowledgement never reads as the old state.
     else if (cmd.desired === 'running' && this.state === 'paused') next = 'starting';
@@ -387,7 +404,8 @@ export class VmRuntime {
       }
       let parent: string | null = null;
       const token = await guestAgentToken(this.vmDir);
-      const guestAgent = await this.guestAgentAnswers();
+      // A paused guest cannot answer: what it answered before it was paused counts.
+      const guestAgent = this.guestAnswered || (!this.vmmPaused && (await this.guestAgentAnswers()));
       const dir = store.dirOf(snapshotId);
       const createdAt = new Date().toISOString();
       await rm(dir, { recursive: true, force: true });
@@ -669,7 +687,7 @@ export class VmRuntime {
     this.consoleRoom.starting();
     try {
       const restore = await this.restoreSource(cmd);
-      const { handle, notes } = await bootVm({
+      const { handle, notes, guest } = await bootVm({
         id: this.id,
         vmDir: this.vmDir,
         command: cmd,
@@ -683,7 +701,17 @@ export class VmRuntime {
       });
       if (restore)
         await writeJsonAtomic(path.join(this.vmDir, RESTORED_FILE), { generation: cmd.generation });
-      await this.attach(handle, 'running');
+      // A restored guest had its agent running: the VM runs once it answers (a clone's, with its own token).
+      const reidentified = Boolean(
+        restore?.record.guest_agent_token && (guest || restore.record.vm_id === this.id),
+      );
+      await this.attach(handle, 'running', async () => {
+        if (guest) this.guest.adopt(guest);
+        if (!reidentified) return;
+        await this.guest.get(RESTORED_GUEST_TIMEOUT_MS).catch((err: unknown) => {
+          notes.push(`the restored guest's agent does not answer: ${errorMessage(err)}`);
+        });
+      });
       if (notes.length) this.setState(this.state, notes.join('; '));
     } catch (err) {
       if (abort.signal.aborted) {
@@ -699,14 +727,23 @@ export class VmRuntime {
     }
   }
 
-  private async attach(handle: VmHandle, state: 'running' | 'paused'): Promise<void> {
+  /** Takes on a started or adopted VMM; `ready` runs before its state is shown (the guest answers). */
+  private async attach(
+    handle: VmHandle,
+    state: 'running' | 'paused',
+    ready?: () => Promise<void>,
+  ): Promise<void> {
     this.guest.reset();
+    this.guestAnswered = false;
+    this.guestSilent = false;
     this.handle = handle;
     this.vmmPaused = state === 'paused';
     this.vmm = handle.record.kind;
     this.startedAt = Date.now();
     void handle.exited.then((exit) => this.onExit(handle, exit));
     this.consoleRoom.starting();
+    await ready?.();
+    if (this.handle !== handle) return;
     this.setState(state, null);
     await this.console?.close();
     this.console = await this.deps.openConsole(handle).catch((err: unknown) => {
@@ -722,6 +759,24 @@ export class VmRuntime {
       await this.releaseHandle(handle);
     }
     if (this.container && this.handle === handle) void this.keepLinked(handle);
+    else if (this.handle === handle) void this.findGuestAgent(handle);
+  }
+
+  /**
+   * Connects to the guest agent once it is up (a fresh guest starts it a few seconds into its
+   * boot), so that a later snapshot of the VM paused knows whether its clones can be re-identified.
+   */
+  private async findGuestAgent(handle: VmHandle): Promise<void> {
+    // Without a token no guest agent could be told apart from a stranger: there is none to find.
+    if (!(await hasGuestAgentToken(this.vmDir))) return;
+    const deadline = Date.now() + GUEST_SEARCH_MS;
+    while (this.handle === handle && !this.guestAnswered && !this.closing && !this.deleting) {
+      if (Date.now() > deadline) {
+        this.guestSilent = true;
+        return;
+      }
+      await this.guest.get(GUEST_SEARCH_ATTEMPT_MS).catch(() => sleep(1_000, undefined, { ref: false }));
+    }
   }
 
   /** A container's VM stays connected to its guest agent: its output and exit come that way. */
@@ -873,6 +928,9 @@ export class VmRuntime {
     const handle = this.handle;
     if (!handle) return;
     this.setState('pausing', null);
+    // A paused guest cannot answer: whether it runs a guest agent (its clones can be re-identified) is asked now.
+    if (!this.guestAnswered && !this.guestSilent && (await hasGuestAgentToken(this.vmDir)))
+      await this.guestAgentAnswers();
     try {
       await this.driverOf(handle).pause(handle);
       this.vmmPaused = true;

@@ -165,6 +165,27 @@ describe('VM snapshots on the agent (fake driver)', () => {
     expect(reportOf(agent, vm)!.pid).not.toBe(running.pid);
   });
 
+  it('a restore in place answers starting, and shows running only once the restored VMM runs', async () => {
+    const vm = await runningVm();
+    const before = reportOf(agent, vm)!;
+    const snap = randomUUID();
+    expect((await take(vm, snap)).json.status).toBe('ready');
+    driver.bootDelayMs = 300;
+    const put = await client.put(vm, vmCommand(2, 'running', images, { restore: { snapshot_id: snap } }));
+    // The old VMM still runs: "running" at generation 2 would end the restore before it began.
+    expect(put.json).toMatchObject({ generation: 2, state: 'starting' });
+    const seen = new Set<string>();
+    const running = await waitFor('the restored VMM', () => {
+      const r = reportOf(agent, vm)!;
+      seen.add(r.state);
+      return r.state === 'running' ? r : undefined;
+    });
+    expect(driver.restores).toHaveLength(1);
+    expect(running.pid).not.toBe(before.pid);
+    expect(driver.isAlive(vm)).toBe(true);
+    expect([...seen].every((s) => s === 'starting' || s === 'stopping' || s === 'running')).toBe(true);
+  });
+
   it('restores a snapshot into another VM (a clone) and deletes snapshots no Diff depends on', async () => {
     const source = await runningVm();
     const snap = randomUUID();
