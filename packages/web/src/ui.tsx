@@ -1,6 +1,7 @@
 /** Shared building blocks: badges, bars, dialogs, toasts, copy-once fields. */
 import { type ReactNode, useEffect, useId, useRef, useState, useSyncExternalStore } from 'react';
 import { errorMessage } from './api';
+import type { CapacityFigures } from './capacity';
 import { formatMib, formatTime, percent, timeAgo, useNow } from './format';
 import type { Operation, VmState } from './types';
 
@@ -66,11 +67,14 @@ export function Bar({
   used,
   total,
   unit,
+  note,
 }: {
   label: string;
   used: number;
   total: number;
   unit: 'count' | 'mib';
+  /** A line under the bar, e.g. what the total is made of and what is free. */
+  note?: ReactNode;
 }) {
   const p = percent(used, total);
   const fmt = (n: number) => (unit === 'mib' ? formatMib(n) : String(n));
@@ -93,6 +97,45 @@ export function Bar({
       >
         <div className={`bar-fill bar-${tone}`} style={{ width: `${p}%` }} />
       </div>
+      {note ? <div className="bar-note muted small">{note}</div> : null}
+    </div>
+  );
+}
+
+/**
+ * vCPU, memory and disk of a host (or of all of them) exactly as the scheduler counts them:
+ * allocated / what it places up to, the vCPU overcommit ratio, and what is free.
+ */
+export function CapacityBars({ figures }: { figures: CapacityFigures }) {
+  const { vcpu, mem_mib, disk_mib } = figures;
+  return (
+    <div data-testid="capacity-bars">
+      <Bar
+        label="vCPU"
+        used={vcpu.allocated}
+        total={vcpu.capacity}
+        unit="count"
+        note={
+          <>
+            {vcpu.cores} {vcpu.cores === 1 ? 'core' : 'cores'} × {vcpu.overcommit} overcommit · {vcpu.free}{' '}
+            free
+          </>
+        }
+      />
+      <Bar
+        label="Memory"
+        used={mem_mib.allocated}
+        total={mem_mib.capacity}
+        unit="mib"
+        note={`${formatMib(mem_mib.free)} free`}
+      />
+      <Bar
+        label="Disk"
+        used={disk_mib.allocated}
+        total={disk_mib.capacity}
+        unit="mib"
+        note={`${formatMib(disk_mib.free)} free`}
+      />
     </div>
   );
 }

@@ -493,7 +493,15 @@ describe('web UI', () => {
     await expect
       .poll(async () => (await api.get(`/api/v1/hosts/${hostA}`)).body.allocated.vcpu, { timeout: 10_000 })
       .toBeGreaterThan(0);
-    await card.getByText(/^[1-9]\d* \/ 16/).waitFor();
+    // The bars count as the scheduler does: 16 cores x 4 (the default overcommit) = 64 vCPUs.
+    await card.getByText(/^[1-9]\d* \/ 64 \(\d+%\)$/).waitFor();
+    await expect
+      .poll(async () => {
+        const alloc = (await api.get(`/api/v1/hosts/${hostA}`)).body.allocated.vcpu as number;
+        const note = await card.getByTestId('capacity-bars').locator('.bar-note').first().textContent();
+        return note === `16 cores × 4 overcommit · ${64 - alloc} free`;
+      })
+      .toBe(true);
     await shot(page, 'hosts-light');
   });
 

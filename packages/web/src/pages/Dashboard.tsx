@@ -1,8 +1,9 @@
+import { hostFigures, totalFigures } from '../capacity';
 import { VM_STATES } from '../format';
 import { useHosts, useRecentOps, useVms } from '../queries';
 import { Link } from '../router';
-import type { Host, VmState } from '../types';
-import { Badge, Bar, Empty, ErrorBox, Loading, RelTime, StateBadge, stateTone } from '../ui';
+import type { VmState } from '../types';
+import { Badge, CapacityBars, Empty, ErrorBox, Loading, RelTime, StateBadge, stateTone } from '../ui';
 import { OperationsTable } from './Operations';
 
 const HOST_TONE = { ready: 'ok', unreachable: 'warn', lost: 'err' } as const;
@@ -15,7 +16,6 @@ export function DashboardPage() {
   const counts = new Map<VmState, number>();
   for (const vm of vms.data ?? []) counts.set(vm.state, (counts.get(vm.state) ?? 0) + 1);
   const ready = (hosts.data ?? []).filter((h) => h.status === 'ready');
-  const total = sumCapacity(ready);
   const attention = (vms.data ?? []).filter((v) => v.state === 'failed' || v.state === 'unknown');
 
   return (
@@ -56,15 +56,7 @@ export function DashboardPage() {
             Capacity <span className="muted small">({ready.length} ready hosts)</span>
           </h2>
           <ErrorBox error={hosts.error} />
-          {hosts.data ? (
-            <>
-              <Bar label="vCPU" used={total.used.vcpu} total={total.cap.vcpu} unit="count" />
-              <Bar label="Memory" used={total.used.mem} total={total.cap.mem} unit="mib" />
-              <Bar label="Disk" used={total.used.disk} total={total.cap.disk} unit="mib" />
-            </>
-          ) : (
-            <Loading />
-          )}
+          {hosts.data ? <CapacityBars figures={totalFigures(ready)} /> : <Loading />}
         </section>
       </div>
 
@@ -89,9 +81,7 @@ export function DashboardPage() {
                   heartbeat <RelTime iso={h.last_heartbeat_at} />
                 </span>
               </div>
-              <Bar label="vCPU" used={h.allocated.vcpu} total={h.capacity.vcpu} unit="count" />
-              <Bar label="Memory" used={h.allocated.mem_mib} total={h.capacity.mem_mib} unit="mib" />
-              <Bar label="Disk" used={h.allocated.disk_mib} total={h.capacity.disk_mib} unit="mib" />
+              <CapacityBars figures={hostFigures(h)} />
             </div>
           ))}
         </div>
@@ -108,18 +98,4 @@ export function DashboardPage() {
       </section>
     </div>
   );
-}
-
-function sumCapacity(hosts: Host[]) {
-  const cap = { vcpu: 0, mem: 0, disk: 0 };
-  const used = { vcpu: 0, mem: 0, disk: 0 };
-  for (const h of hosts) {
-    cap.vcpu += h.capacity.vcpu;
-    cap.mem += h.capacity.mem_mib;
-    cap.disk += h.capacity.disk_mib;
-    used.vcpu += h.allocated.vcpu;
-    used.mem += h.allocated.mem_mib;
-    used.disk += h.allocated.disk_mib;
-  }
-  return { cap, used };
 }

@@ -1,13 +1,14 @@
 import { useQueryClient } from '@tanstack/react-query';
 import { type FormEvent, useState } from 'react';
 import { api } from '../api';
+import { hostFigures } from '../capacity';
 import { formatTime, useNow } from '../format';
 import { joinTokenState } from '../join-token-state';
 import { keys, useCan, useHosts, useJoinTokens, useVms } from '../queries';
 import type { Host, JoinToken, JoinTokenCreated } from '../types';
 import {
   Badge,
-  Bar,
+  CapacityBars,
   ConfirmDialog,
   CopyField,
   Empty,
@@ -122,9 +123,7 @@ export function HostsPage() {
                 ) : null}
               </dl>
               <div>
-                <Bar label="vCPU" used={h.allocated.vcpu} total={h.capacity.vcpu} unit="count" />
-                <Bar label="Memory" used={h.allocated.mem_mib} total={h.capacity.mem_mib} unit="mib" />
-                <Bar label="Disk" used={h.allocated.disk_mib} total={h.capacity.disk_mib} unit="mib" />
+                <CapacityBars figures={hostFigures(h)} />
               </div>
             </div>
             {isAdmin ? (
