@@ -200,7 +200,11 @@ export const Operation = z.object({
 });
 export type Operation = z.infer<typeof Operation>;
 
+/** Time-ordered logs (operations, audit) list newest first unless asked otherwise. */
+const LogOrder = z.enum(['desc', 'asc']).default('desc').describe('desc: newest first; asc: oldest first');
+
 export const OperationListQuery = ListQuery.extend({
+  order: LogOrder,
   status: OperationStatus.optional(),
   kind: z.string().max(64).optional(),
   target_id: z.string().max(64).optional(),
@@ -400,10 +404,21 @@ export const AuditEvent = z.object({
   status_code: z.number().int(),
   ip: z.string().nullable(),
 });
+/** An RFC 3339 time in a query (any offset; the manager compares it in UTC). */
+const QueryTime = z.iso.datetime({ offset: true });
+
 export const AuditListQuery = ListQuery.extend({
-  action: z.string().max(100).optional(),
-  actor_id: z.string().max(64).optional(),
+  order: LogOrder,
+  action: z.string().max(100).optional().describe('exact action, e.g. vm.create'),
+  actor_id: z.string().max(64).optional().describe('user, token or host id'),
+  actor_name: z.string().max(64).optional().describe('user name (also for their API tokens) or host name'),
+  actor_type: AuditEvent.shape.actor.shape.type.optional(),
+  target_type: z.string().max(64).optional().describe('e.g. vm, user'),
   target_id: z.string().max(64).optional(),
+  result: AuditEvent.shape.result.optional(),
+  since: QueryTime.optional().describe('events at or after this time'),
+  until: QueryTime.optional().describe('events before this time'),
 });
+export type AuditListQuery = z.infer<typeof AuditListQuery>;
 
 export const Health = z.object({ status: z.literal('ok'), version: z.string() });

@@ -2,6 +2,7 @@ import { VERSION } from '@nqvm/manager/manager';
 import { Command, Option } from 'commander';
 import { hostCommand, joinTokenCommand, opCommand, tokenCommand, userCommand } from './commands/admin';
 import { agentCommand } from './commands/agent';
+import { auditCommand } from './commands/audit';
 import { completionCommand } from './commands/completion';
 import { containerCommand } from './commands/container';
 import { imageCommand } from './commands/image';
@@ -64,6 +65,7 @@ Servers are configured from the environment; see README.md ("Configuration").`,
   program.addCommand(tokenCommand());
   program.addCommand(userCommand());
   program.addCommand(opCommand());
+  program.addCommand(auditCommand());
   program.addCommand(completionCommand(() => program));
   // Usage mistakes exit 2 (commander's own default is 1); --help and --version exit 0.
   const walk = (c: Command) => {

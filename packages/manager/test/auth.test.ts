@@ -21,6 +21,7 @@ import {
 import {
   CAPACITY,
   expectError,
+  failingFields,
   login,
   registerHost,
   type Session,
@@ -782,12 +783,90 @@ describe.concurrent.each(DATASTORES)('auth on %s', (kind) => {
       );
       expect(missing).toEqual([]);
       expect(audited.length).toBeGreaterThanOrEqual(25);
-      // Reads are not audited; times are ordered.
+      // Reads are not audited; newest first.
       expect(all.some((a) => a.action.startsWith('GET'))).toBe(false);
-      expect(all.map((a) => a.at)).toEqual([...all.map((a) => a.at)].sort());
+      expect(all.map((a) => a.at)).toEqual([...all.map((a) => a.at)].sort().reverse());
       const byAction = await api.get('/api/v1/audit?action=user.delete&limit=500');
       expect(byAction.body.items.length).toBeGreaterThan(0);
       expect(byAction.body.items.every((a: { action: string }) => a.action === 'user.delete')).toBe(true);
+    });
+  });
+
+  describe.sequential('audit filters', () => {
+    // Rows of their own (a unique action) at known times, so the filters can be checked exactly.
+    const action = `test.filter-${kind}`;
+    const base = Date.parse('2030-01-01T00:00:00.000Z');
+    const rows = Array.from({ length: 7 }, (_, i) => ({
+      id: randomUUID(),
+      at: new Date(base + i * 60_000).toISOString(),
+      actor_type: (i % 2 ? 'token' : 'user') as 'token' | 'user',
+      actor_id: i % 2 ? 'tok-1' : 'usr-1',
+      actor_name: i < 4 ? 'alice' : 'bob',
+      action,
+      target_type: i % 3 ? 'vm' : 'user',
+      target_id: `t-${i}`,
+      result: (i === 5 ? 'failure' : 'success') as 'success' | 'failure',
+      status_code: i === 5 ? 409 : 200,
+      ip: null,
+    }));
+    const ids = async (query: string) => {
+      const r = await api.get(`/api/v1/audit?action=${action}&limit=500${query}`);
+      expect(r.status, r.text).toBe(200);
+      return (r.body.items as Array<{ target: { id: string } }>).map((e) => e.target.id);
+    };
+
+    beforeAll(async () => {
+      await t.manager.services.store.db.insertInto('audit_events').values(rows).execute();
+    });
+
+    it('lists newest first and pages by cursor without gaps or repeats; order=asc is oldest first', async () => {
+      const newest = ['t-6', 't-5', 't-4', 't-3', 't-2', 't-1', 't-0'];
+      expect(await ids('')).toEqual(newest);
+      expect(await ids('&order=asc')).toEqual([...newest].reverse());
+      const paged: string[] = [];
+      let cursor: string | null = null;
+      do {
+        const r = await api.get(`/api/v1/audit?action=${action}&limit=3${cursor ? `&cursor=${cursor}` : ''}`);
+        expect(r.body.items.length).toBeLessThanOrEqual(3);
+        paged.push(...r.body.items.map((e: { target: { id: string } }) => e.target.id));
+        cursor = r.body.next;
+      } while (cursor);
+      expect(paged).toEqual(newest);
+    });
+
+    it('filters by actor, target, result and time (since inclusive, until exclusive, any offset)', async () => {
+      expect(await ids('&actor_name=bob')).toEqual(['t-6', 't-5', 't-4']);
+      expect(await ids('&actor_type=token')).toEqual(['t-5', 't-3', 't-1']);
+      expect(await ids('&actor_id=usr-1&actor_name=alice')).toEqual(['t-2', 't-0']);
+      expect(await ids('&target_type=user')).toEqual(['t-6', 't-3', 't-0']);
+      expect(await ids('&target_id=t-4')).toEqual(['t-4']);
+      expect(await ids('&result=failure')).toEqual(['t-5']);
+      expect(await ids('&since=2030-01-01T00:02:00Z&until=2030-01-01T00:05:00Z')).toEqual([
+        't-4',
+        't-3',
+        't-2',
+      ]);
+      // 01:03+01:00 is 00:03 UTC.
+      expect(await ids(`&since=${encodeURIComponent('2030-01-01T01:03:00+01:00')}`)).toEqual([
+        't-6',
+        't-5',
+        't-4',
+        't-3',
+      ]);
+    });
+
+    it('refuses malformed filters with 400 and the failing field', async () => {
+      for (const [query, field] of [
+        ['since=yesterday', 'querystring.since'],
+        ['until=2030-13-01T00:00:00Z', 'querystring.until'],
+        ['result=maybe', 'querystring.result'],
+        ['actor_type=robot', 'querystring.actor_type'],
+        ['order=sideways', 'querystring.order'],
+      ]) {
+        const r = await api.get(`/api/v1/audit?${query}`);
+        expectError(r, 400, 'VALIDATION_FAILED');
+        expect(failingFields(r), query).toEqual([field]);
+      }
     });
   });
 

@@ -76,6 +76,54 @@ describe.concurrent.each(DATASTORES)('operations and events on %s', (kind) => {
       expect(got.body).toMatchObject({ id: made[0]!.id, progress: { percent: 100 }, error: null });
     });
 
+    it('lists newest first, pages by cursor without gaps or repeats; order=asc is oldest first', async () => {
+      // Rows of their own kind at known times (one second apart), so the order is exact.
+      const kindName = `test.order-${kind}`;
+      const base = Date.parse('2030-01-01T00:00:00.000Z');
+      const rows = Array.from({ length: 7 }, (_, i) => {
+        const at = new Date(base + i * 1000).toISOString();
+        return {
+          id: randomUUID(),
+          kind: kindName,
+          target_type: 'vm',
+          target_id: randomUUID(),
+          status: 'succeeded' as const,
+          progress_percent: 100,
+          progress_message: 'done',
+          error_code: null,
+          error_message: null,
+          params: '{}',
+          created_by: 'admin',
+          created_at: at,
+          updated_at: at,
+          finished_at: at,
+        };
+      });
+      await t.manager.services.store.db.insertInto('operations').values(rows).execute();
+      const newest = rows.map((r) => r.id).reverse();
+
+      const first = await api.get(`/api/v1/operations?kind=${kindName}`);
+      expect(first.body.items.map((o: Operation) => o.id)).toEqual(newest);
+      const asc = await api.get(`/api/v1/operations?kind=${kindName}&order=asc`);
+      expect(asc.body.items.map((o: Operation) => o.id)).toEqual([...newest].reverse());
+      // Unfiltered, the first page starts with the newest operation of all.
+      expect((await api.get('/api/v1/operations?limit=1')).body.items[0].id).toBe(newest[0]);
+
+      const paged: string[] = [];
+      let cursor: string | null = null;
+      do {
+        const r = await api.get(
+          `/api/v1/operations?kind=${kindName}&limit=3${cursor ? `&cursor=${cursor}` : ''}`,
+        );
+        expect(r.status, r.text).toBe(200);
+        expect(r.body.items.length).toBeLessThanOrEqual(3);
+        paged.push(...r.body.items.map((o: Operation) => o.id));
+        cursor = r.body.next;
+      } while (cursor);
+      expect(paged).toEqual(newest);
+      expectError(await api.get('/api/v1/operations?order=up'), 400, 'VALIDATION_FAILED');
+    });
+
     it('unknown and malformed ids, bad filters', async () => {
       expectError(await api.get(`/api/v1/operations/${randomUUID()}`), 404, 'OPERATION_NOT_FOUND');
       expectError(await api.get(`/api/v1/operations/${randomUUID()}?wait=1`), 404, 'OPERATION_NOT_FOUND');

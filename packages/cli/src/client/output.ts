@@ -148,3 +148,19 @@ export function age(iso: string | null | undefined, now = Date.now()): string {
   if (s < 86_400) return `${Math.floor(s / 3600)}h`;
   return `${Math.floor(s / 86_400)}d`;
 }
+
+export interface Page<T> {
+  items: T[];
+  next: string | null;
+}
+
+/**
+ * Prints one page of a paged list: JSON/YAML get the page as the API answers it (`{items,
+ * next}`), a table gets its rows and, when there is more, how to get the next page on stderr.
+ */
+export function printPage<T>(p: Printer, page: Page<T>, columns: Column<T>[]): void {
+  printList(p, page, page.items, columns);
+  if (p.format === 'table' && page.next) {
+    process.stderr.write(`more: run the same command with --cursor ${page.next}\n`);
+  }
+}

@@ -7,7 +7,7 @@ import { normalizeFingerprint } from '@nqvm/api/tls-pin';
 import type { Command } from 'commander';
 import { ApiClient, ApiError } from './api';
 import { type Context, loadConfig, TlsSettings } from './config';
-import { makePrinter, type Printer, UsageError } from './output';
+import { makePrinter, type Printer, printData, UsageError } from './output';
 import { Progress } from './progress';
 
 export interface GlobalOptions {
@@ -199,4 +199,34 @@ export async function waitOperation(
     );
   }
   return current;
+}
+
+/**
+ * What a command run with --no-wait prints: JSON/YAML get the API's whole answer, operation
+ * included; a table gets `table()` on stdout (unchanged, so scripts that read it keep working)
+ * and each operation's id on stderr, to follow with `nqvm op wait`.
+ */
+export function printAccepted(
+  print: Printer,
+  answer: unknown,
+  operations: Array<Pick<OperationLike, 'id' | 'status'>>,
+  table: () => void,
+): void {
+  if (print.format !== 'table') {
+    printData(print, answer);
+    return;
+  }
+  table();
+  for (const op of operations) {
+    process.stderr.write(`operation ${op.id} ${op.status} (follow: nqvm op wait ${op.id})\n`);
+  }
+}
+
+/** `--limit` of a paged list: 1 to 500, as the API takes it. */
+export function parseLimit(text: string): number {
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 1 || n > 500) {
+    throw new UsageError(`--limit must be a whole number from 1 to 500, not "${text}"`);
+  }
+  return n;
 }

@@ -3,9 +3,18 @@
  * and the operations the manager runs.
  */
 import { Command, Option } from 'commander';
-import { age, formatMib, printItem, printList, stateColour } from '../client/output';
+import { age, formatMib, type Page, printItem, printList, printPage, stateColour } from '../client/output';
 import { askHidden, readStdinLine } from '../client/prompt';
-import { action, KINDS, type OperationLike, resolveId, session, waitOperation } from '../client/session';
+import {
+  action,
+  KINDS,
+  type OperationLike,
+  parseLimit,
+  printAccepted,
+  resolveId,
+  session,
+  waitOperation,
+} from '../client/session';
 
 interface HostJson {
   id: string;
@@ -93,14 +102,18 @@ export function hostCommand(): Command {
           `/api/v1/hosts/${id}/drain`,
           { mode: opts.release ? 'release' : 'stop', timeout_s: Number(opts.grace) },
         );
-        if (opts.wait) {
-          for (const op of res.operations) await waitOperation(api, op, { label: `stopping VMs on ${name}` });
+        const table = () =>
+          printItem(print, res, [
+            ['host', res.host.name],
+            ['stopping', res.operations.length],
+            ['released', res.released.length],
+          ]);
+        if (!opts.wait) {
+          printAccepted(print, res, res.operations, table);
+          return;
         }
-        printItem(print, res, [
-          ['host', res.host.name],
-          ['stopping', res.operations.length],
-          ['released', res.released.length],
-        ]);
+        for (const op of res.operations) await waitOperation(api, op, { label: `stopping VMs on ${name}` });
+        table();
       }),
     );
   host
@@ -296,27 +309,43 @@ export function opCommand(): Command {
   );
   op.command('list')
     .alias('ls')
-    .description('list recent operations')
+    .description('list operations, newest first, one page at a time')
     .addOption(
       new Option('--status <status>', 'only this status').choices([
-        'pending',
+        'queued',
         'running',
         'succeeded',
         'failed',
         'cancelled',
       ]),
     )
+    .option('--kind <kind>', 'only this kind, e.g. vm.create')
     .option('--target <id>', 'only operations on this resource id')
-    .option('--limit <n>', 'at most this many', '50')
+    .option('--limit <n>', 'operations per page (1-500)', '50')
+    .option('--cursor <cursor>', 'the page after a previous one (its "next")')
+    .option('--all', 'every page')
+    .addHelpText(
+      'after',
+      `
+Examples:
+  $ nqvm op list                                  # the 50 newest
+  $ nqvm op list --status failed --kind vm.create
+  $ nqvm op list --limit 20 --cursor <next>       # the page after (table: printed on stderr)
+  $ nqvm op list --all -o json | jq -r '.items[].id'`,
+    )
     .action(
       action(async (opts, cmd: Command) => {
         const { api, print } = await session(cmd);
-        const page = await api.get<{ items: OperationJson[] }>('/api/v1/operations', {
-          status: opts.status,
-          target_id: opts.target,
-          limit: Number(opts.limit),
-        });
-        printList(print, page.items, page.items, [
+        const query = { status: opts.status, kind: opts.kind, target_id: opts.target };
+        const limit = parseLimit(opts.limit);
+        const page: Page<OperationJson> = opts.all
+          ? { items: await api.all<OperationJson>('/api/v1/operations', query), next: null }
+          : await api.get<Page<OperationJson>>('/api/v1/operations', {
+              ...query,
+              limit,
+              cursor: opts.cursor,
+            });
+        printPage(print, page, [
           { header: 'KIND', value: (o) => o.kind },
           { header: 'STATUS', value: (o) => o.status, colour: stateColour },
           { header: 'PROGRESS', value: (o) => `${Math.round(o.progress.percent)}%` },

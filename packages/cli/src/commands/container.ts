@@ -24,6 +24,7 @@ import {
   action,
   KINDS,
   type OperationLike,
+  printAccepted,
   reportError,
   resolveId,
   session,
@@ -353,8 +354,7 @@ Examples:
       }
       const res = await api.post<ContainerAction>('/api/v1/containers', body);
       if (!opts.wait) {
-        if (print.format === 'table') process.stdout.write(`${res.container.id}\n`);
-        else printData(print, res.container);
+        printAccepted(print, res, [res.operation], () => process.stdout.write(`${res.container.id}\n`));
         return;
       }
       await waitOperation(api, res.operation, {
@@ -438,7 +438,7 @@ Examples:
         const { api, print } = await session(cmd);
         const id = await resolveId(api, KINDS.container, name);
         const res = await api.post<ContainerAction>(`/api/v1/containers/${id}/${verb}`, {});
-        printContainer(print, await finishContainer(api, res, opts, `${label} ${name}`));
+        await finishContainer(api, print, res, opts, `${label} ${name}`);
       }),
     );
   }
@@ -460,7 +460,7 @@ Examples:
       const res = await api.post<ContainerAction>(`/api/v1/containers/${id}/stop`, {
         timeout_s: Number(opts.time),
       });
-      printContainer(print, await finishContainer(api, res, opts, `stopping ${name}`));
+      await finishContainer(api, print, res, opts, `stopping ${name}`);
     }),
   );
 
@@ -474,12 +474,16 @@ Examples:
       .addHelpText('after', '\nExamples:\n  $ nqvm container rm web\n  $ nqvm container rm -f web'),
   ).action(
     action(async (name: string, opts, cmd: Command) => {
-      const { api } = await session(cmd);
+      const { api, print } = await session(cmd);
       const id = await resolveId(api, KINDS.container, name);
       const res = await api.delete<{ operation?: OperationLike } | null>(`/api/v1/containers/${id}`, {
         force: opts.force ? 'true' : undefined,
       });
-      if (opts.wait && res?.operation) {
+      if (!opts.wait && res?.operation) {
+        printAccepted(print, res, [res.operation], () => undefined);
+        return;
+      }
+      if (res?.operation) {
         await waitOperation(api, res.operation, {
           timeoutS: Number(opts.timeout),
           label: `deleting ${name}`,
@@ -537,13 +541,18 @@ Examples:
   return container;
 }
 
+/** Prints the container once its operation ended, or at once (with the operation) under --no-wait. */
 async function finishContainer(
   api: ApiClient,
+  print: Printer,
   res: ContainerAction,
   opts: { wait: boolean; timeout: string },
   label: string,
-): Promise<Container> {
-  if (!opts.wait) return res.container;
+): Promise<void> {
+  if (!opts.wait) {
+    printAccepted(print, res, [res.operation], () => printContainer(print, res.container));
+    return;
+  }
   await waitOperation(api, res.operation, { timeoutS: Number(opts.timeout), label });
-  return api.get<Container>(`/api/v1/containers/${res.container.id}`);
+  printContainer(print, await api.get<Container>(`/api/v1/containers/${res.container.id}`));
 }

@@ -5,7 +5,15 @@ import { Command, Option } from 'commander';
 import { age, formatBytes, printItem, printList, stateColour, UsageError } from '../client/output';
 import { Progress } from '../client/progress';
 import { readStdinLine } from '../client/prompt';
-import { action, KINDS, type OperationLike, resolveId, session, waitOperation } from '../client/session';
+import {
+  action,
+  KINDS,
+  type OperationLike,
+  printAccepted,
+  resolveId,
+  session,
+  waitOperation,
+} from '../client/session';
 
 export interface ImageJson {
   id: string;
@@ -157,15 +165,18 @@ Examples:
           img = await api.get<ImageJson>(`/api/v1/images/${img.id}`);
         }
         if (opts.default) img = await api.patch<ImageJson>(`/api/v1/images/${img.id}`, { is_default: true });
-        printItem(print, img, [
-          ['id', img.id],
-          ['name', img.name],
-          ['kind', img.kind],
-          ['status', img.status],
-          ['format', img.format],
-          ['size', formatBytes(img.size_bytes)],
-          ['sha256', img.sha256],
-        ]);
+        const table = () =>
+          printItem(print, img, [
+            ['id', img.id],
+            ['name', img.name],
+            ['kind', img.kind],
+            ['status', img.status],
+            ['format', img.format],
+            ['size', formatBytes(img.size_bytes)],
+            ['sha256', img.sha256],
+          ]);
+        if (operation && !opts.wait) printAccepted(print, { image: img, operation }, [operation], table);
+        else table();
       }),
     );
 

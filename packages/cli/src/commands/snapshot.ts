@@ -15,8 +15,16 @@ import {
   stateColour,
 } from '../client/output';
 import { ask } from '../client/prompt';
-import { action, KINDS, type OperationLike, resolveId, session, waitOperation } from '../client/session';
-import { collect, finish, makeVmPrinter, parseLabels, type VmAction, waitOptions } from './vm';
+import {
+  action,
+  KINDS,
+  type OperationLike,
+  printAccepted,
+  resolveId,
+  session,
+  waitOperation,
+} from '../client/session';
+import { collect, finish, parseLabels, type VmAction, waitOptions } from './vm';
 
 interface SnapshotAction {
   snapshot: Snapshot;
@@ -140,15 +148,15 @@ Examples:
         snapshot_type: opts.diff ? 'Diff' : 'Full',
         description: opts.description,
       });
-      let out = res.snapshot;
-      if (opts.wait) {
-        await waitOperation(api, res.operation, {
-          timeoutS: Number(opts.timeout),
-          label: `snapshotting ${vm}`,
-        });
-        out = await api.get<Snapshot>(`/api/v1/snapshots/${out.id}`);
+      if (!opts.wait) {
+        printAccepted(print, res, [res.operation], () => printSnapshot(print, res.snapshot));
+        return;
       }
-      printSnapshot(print, out);
+      await waitOperation(api, res.operation, {
+        timeoutS: Number(opts.timeout),
+        label: `snapshotting ${vm}`,
+      });
+      printSnapshot(print, await api.get<Snapshot>(`/api/v1/snapshots/${res.snapshot.id}`));
     }),
   );
 
@@ -188,7 +196,7 @@ Example:
         if (!/^y(es)?$/i.test(answer.trim())) throw new Error('cancelled: nothing was restored');
       }
       const res = await api.post<VmAction>(`/api/v1/vms/${vmId}/restore`, { snapshot_id: snap.id });
-      makeVmPrinter(print)(await finish(api, res, opts, `restoring ${vmName}`));
+      await finish(api, print, res, opts, `restoring ${vmName}`);
     }),
   );
 
@@ -218,7 +226,7 @@ Example:
       });
       process.stderr.write(`placement: ${res.placement.reason}\n`);
       for (const w of res.warnings) process.stderr.write(`warning: ${w}\n`);
-      makeVmPrinter(print)(await finish(api, res as VmAction, opts, `starting ${opts.name}`));
+      await finish(api, print, res as VmAction, opts, `starting ${opts.name}`);
     }),
   );
 

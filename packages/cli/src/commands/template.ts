@@ -5,7 +5,7 @@ import type { ApiClient } from '../client/api';
 import { age, formatMib, printItem, printList } from '../client/output';
 import { askHidden, readStdinLine } from '../client/prompt';
 import { action, KINDS, resolveId, session } from '../client/session';
-import { collect, finish, makeVmPrinter, parseLabels, parseMib, type VmAction, waitOptions } from './vm';
+import { collect, finish, parseLabels, parseMib, type VmAction, waitOptions } from './vm';
 
 interface TemplateJson {
   id: string;
@@ -223,7 +223,7 @@ Examples:
         name: opts.name,
         overrides,
       });
-      makeVmPrinter(print)(await finish(api, res, opts, `creating ${opts.name}`));
+      await finish(api, print, res, opts, `creating ${opts.name}`);
     }),
   );
 

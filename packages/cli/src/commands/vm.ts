@@ -2,9 +2,25 @@
 import { readFileSync } from 'node:fs';
 import { Command, Option } from 'commander';
 import type { ApiClient } from '../client/api';
-import { age, formatMib, printItem, printList, stateColour, UsageError } from '../client/output';
+import {
+  age,
+  formatMib,
+  type Printer,
+  printItem,
+  printList,
+  stateColour,
+  UsageError,
+} from '../client/output';
 import { askHidden, readStdinLine } from '../client/prompt';
-import { action, KINDS, type OperationLike, resolveId, session, waitOperation } from '../client/session';
+import {
+  action,
+  KINDS,
+  type OperationLike,
+  printAccepted,
+  resolveId,
+  session,
+  waitOperation,
+} from '../client/session';
 import { addConsoleCommand } from './console';
 import { addExecCommand } from './exec';
 
@@ -56,15 +72,68 @@ export function waitOptions(cmd: Command): Command {
     .option('--timeout <s>', 'give up waiting after this many seconds', '600');
 }
 
+/** Prints the VM once its operation ended, or at once (with the operation) under --no-wait. */
 export async function finish(
   api: ApiClient,
+  print: Printer,
   res: VmAction,
   opts: { wait: boolean; timeout: string },
   label: string,
-): Promise<VmJson> {
-  if (!opts.wait) return res.vm;
+): Promise<void> {
+  if (!opts.wait) {
+    printAccepted(print, res, [res.operation], () => makeVmPrinter(print)(res.vm));
+    return;
+  }
   await waitOperation(api, res.operation, { timeoutS: Number(opts.timeout), label });
-  return api.get<VmJson>(`/api/v1/vms/${res.vm.id}`);
+  makeVmPrinter(print)(await api.get<VmJson>(`/api/v1/vms/${res.vm.id}`));
+}
+
+/**
+ * Adds `--network NAME_OR_ID[=IP]` (repeatable) and `--no-network` to `cmd`; the function it
+ * answers turns them into a create body's `networks`: undefined (neither flag) lets the manager
+ * put one NIC on the default network, as the API and the web UI do.
+ */
+export function networkOptions(
+  cmd: Command,
+): (api: ApiClient, value: string[] | boolean | undefined) => Promise<VmNetworkBody[] | undefined> {
+  let some = false;
+  let none = false;
+  cmd
+    .option(
+      '--network <network[=ip]>',
+      'a NIC on this network (name or id), optionally at this address; repeatable (default: one NIC on the default network)',
+      (v: string, prev: unknown) => {
+        some = true;
+        return [...(Array.isArray(prev) ? prev : []), v];
+      },
+      [],
+    )
+    .option('--no-network', 'no NIC at all');
+  cmd.on('option:no-network', () => {
+    none = true;
+  });
+  return async (api, value) => {
+    if (some && none) throw new UsageError('--network and --no-network contradict each other');
+    if (none) return [];
+    const list = Array.isArray(value) ? value : [];
+    if (!list.length) return undefined;
+    return Promise.all(
+      list.map(async (item) => {
+        const at = item.indexOf('=');
+        const ref = at < 0 ? item : item.slice(0, at);
+        const ip = at < 0 ? undefined : item.slice(at + 1);
+        if (!ref || ip === '') {
+          throw new UsageError(`--network must be NAME_OR_ID or NAME_OR_ID=IP, not "${item}"`);
+        }
+        return { network_id: await resolveId(api, KINDS.network, ref), ...(ip ? { ip } : {}) };
+      }),
+    );
+  };
+}
+
+export interface VmNetworkBody {
+  network_id: string;
+  ip?: string;
 }
 
 export function makeVmPrinter(print: Parameters<typeof printItem>[0]) {
@@ -147,50 +216,50 @@ export function vmCommand(): Command {
       }),
     );
 
-  waitOptions(
-    vm
-      .command('create')
-      .argument('<name>', 'VM name (letters, digits, . _ -)')
-      .description('create a VM (and start it, unless --no-start)')
-      .option('--vcpu <n>', 'virtual CPUs', '1')
-      .option('--mem <size>', 'memory, e.g. 256M or 1G', '256M')
-      .option('--kernel <image>', 'kernel image (name or id; default: the default kernel)')
-      .option('--initrd <image>', 'initrd image (name or id)')
-      .option('--rootfs <image>', 'root file system image (name or id; default: the default rootfs)')
-      .option('--disk-size <size>', "grow the VM's root disk to this size, e.g. 2G")
-      .option('--boot-args <args>', 'kernel command line')
-      .addOption(
-        new Option('--vmm <vmm>', 'VMM (default: the host chooses)').choices(['firecracker', 'qemu']),
-      )
-      .option('--network <network>', 'attach a NIC on this network (name or id; repeatable)', collect, [])
-      .option('--volume <volume>', 'attach this data volume (name or id; repeatable)', collect, [])
-      .option('--hostname <name>', 'guest host name (default: the VM name)')
-      .option('--user <name>', 'guest user to create')
-      .option('--password-stdin', "read the guest user's password from standard input")
-      .option('--ask-password', "ask for the guest user's password")
-      .option('--ssh-key <key-or-file>', 'an SSH public key, or a file holding one (repeatable)', collect, [])
-      .option('--user-data <file>', 'cloud-init user-data to merge in')
-      .addOption(
-        new Option('--guest-config <mode>', 'how the settings reach the guest')
-          .choices(['auto', 'cloud-init', 'inject', 'none'])
-          .default('auto'),
-      )
-      .addOption(
-        new Option('--restart <policy>', 'restart policy')
-          .choices(['never', 'on-failure', 'always'])
-          .default('never'),
-      )
-      .option('-l, --label <key=value>', 'label (repeatable)', collect, [])
-      .option('--no-start', 'create it stopped')
-      .addHelpText(
-        'after',
-        `
+  const create = vm
+    .command('create')
+    .argument('<name>', 'VM name (letters, digits, . _ -)')
+    .description('create a VM (and start it, unless --no-start)')
+    .option('--vcpu <n>', 'virtual CPUs', '1')
+    .option('--mem <size>', 'memory, e.g. 256M or 1G', '256M')
+    .option('--kernel <image>', 'kernel image (name or id; default: the default kernel)')
+    .option('--initrd <image>', 'initrd image (name or id)')
+    .option('--rootfs <image>', 'root file system image (name or id; default: the default rootfs)')
+    .option('--disk-size <size>', "grow the VM's root disk to this size, e.g. 2G")
+    .option('--boot-args <args>', 'kernel command line')
+    .addOption(new Option('--vmm <vmm>', 'VMM (default: the host chooses)').choices(['firecracker', 'qemu']))
+    .option('--volume <volume>', 'attach this data volume (name or id; repeatable)', collect, [])
+    .option('--hostname <name>', 'guest host name (default: the VM name)')
+    .option('--user <name>', 'guest user to create')
+    .option('--password-stdin', "read the guest user's password from standard input")
+    .option('--ask-password', "ask for the guest user's password")
+    .option('--ssh-key <key-or-file>', 'an SSH public key, or a file holding one (repeatable)', collect, [])
+    .option('--user-data <file>', 'cloud-init user-data to merge in')
+    .addOption(
+      new Option('--guest-config <mode>', 'how the settings reach the guest')
+        .choices(['auto', 'cloud-init', 'inject', 'none'])
+        .default('auto'),
+    )
+    .addOption(
+      new Option('--restart <policy>', 'restart policy')
+        .choices(['never', 'on-failure', 'always'])
+        .default('never'),
+    )
+    .option('-l, --label <key=value>', 'label (repeatable)', collect, [])
+    .option('--no-start', 'create it stopped')
+    .addHelpText(
+      'after',
+      `
 Examples:
-  $ nqvm vm create web1
+  $ nqvm vm create web1                                # one NIC on the default network
+  $ nqvm vm create web2 --network lan --network dmz=10.20.0.5
+  $ nqvm vm create offline --no-network
   $ nqvm vm create db1 --vcpu 2 --mem 1G --disk-size 4G --user alice --ssh-key ~/.ssh/id_ed25519.pub
-  $ echo "$PW" | nqvm vm create box --user alice --password-stdin -o json`,
-      ),
-  ).action(
+  $ echo "$PW" | nqvm vm create box --user alice --password-stdin -o json
+  $ nqvm vm create web3 --no-wait -o json | jq -r .operation.id`,
+    );
+  const networks = networkOptions(create);
+  waitOptions(create).action(
     action(async (name: string, opts, cmd: Command) => {
       const { api, print } = await session(cmd);
       const image = (v: string | undefined) =>
@@ -211,11 +280,7 @@ Examples:
         disk_size_mib: opts.diskSize ? parseMib(opts.diskSize, '--disk-size') : undefined,
         boot_args: opts.bootArgs,
         vmm: opts.vmm,
-        networks: await Promise.all(
-          (opts.network as string[]).map(async (n) => ({
-            network_id: await resolveId(api, KINDS.network, n),
-          })),
-        ),
+        networks: await networks(api, opts.network),
         ...((opts.volume as string[]).length
           ? {
               volumes: await Promise.all(
@@ -238,8 +303,7 @@ Examples:
         start: opts.start,
       };
       const res = await api.post<VmAction>('/api/v1/vms', body);
-      const out = await finish(api, res, opts, `creating ${name}`);
-      makeVmPrinter(print)(out);
+      await finish(api, print, res, opts, `creating ${name}`);
     }),
   );
 
@@ -255,7 +319,7 @@ Examples:
         const { api, print } = await session(cmd);
         const id = await resolveId(api, KINDS.vm, name);
         const res = await api.post<VmAction>(`/api/v1/vms/${id}/${verb}`, {});
-        makeVmPrinter(print)(await finish(api, res, opts, `${label} ${name}`));
+        await finish(api, print, res, opts, `${label} ${name}`);
       }),
     );
   }
@@ -275,7 +339,7 @@ Examples:
         force: Boolean(opts.force),
         timeout_s: Number(opts.grace),
       });
-      makeVmPrinter(print)(await finish(api, res, opts, `stopping ${name}`));
+      await finish(api, print, res, opts, `stopping ${name}`);
     }),
   );
 
@@ -289,13 +353,17 @@ Examples:
       .option('--delete-volumes', 'delete its data volumes too (kept by default)'),
   ).action(
     action(async (name: string, opts, cmd: Command) => {
-      const { api } = await session(cmd);
+      const { api, print } = await session(cmd);
       const id = await resolveId(api, KINDS.vm, name);
       const res = await api.delete<{ operation?: OperationLike } | null>(`/api/v1/vms/${id}`, {
         force: opts.force ? 'true' : undefined,
         delete_volumes: opts.deleteVolumes ? 'true' : undefined,
       });
-      if (opts.wait && res?.operation) {
+      if (!opts.wait && res?.operation) {
+        printAccepted(print, res, [res.operation], () => undefined);
+        return;
+      }
+      if (res?.operation) {
         await waitOperation(api, res.operation, {
           timeoutS: Number(opts.timeout),
           label: `deleting ${name}`,

@@ -1,5 +1,6 @@
 /** The audit log: who did what to which target, with what result, and when. Admins read it. */
 import { randomUUID } from 'node:crypto';
+import type { AuditListQuery } from '@nqvm/api';
 import { nowIso } from '../clock';
 import type { Datastore } from '../db/datastore';
 import { paginate } from '../db/pagination';
@@ -35,12 +36,20 @@ export class AuditLog {
       .execute();
   }
 
-  async list(q: { limit: number; cursor?: string; action?: string; actor_id?: string; target_id?: string }) {
+  /** Keyset-paged, newest first unless `order` is `asc`; every filter given must match. */
+  async list(q: AuditListQuery) {
     let query = this.store.db.selectFrom('audit_events').selectAll();
     if (q.action) query = query.where('action', '=', q.action);
     if (q.actor_id) query = query.where('actor_id', '=', q.actor_id);
+    if (q.actor_name) query = query.where('actor_name', '=', q.actor_name);
+    if (q.actor_type) query = query.where('actor_type', '=', q.actor_type);
+    if (q.target_type) query = query.where('target_type', '=', q.target_type);
     if (q.target_id) query = query.where('target_id', '=', q.target_id);
-    const page = await paginate(query, 'at', q);
+    if (q.result) query = query.where('result', '=', q.result);
+    // Stored times are UTC ISO strings, so comparing normalised text compares times.
+    if (q.since) query = query.where('at', '>=', new Date(q.since).toISOString());
+    if (q.until) query = query.where('at', '<', new Date(q.until).toISOString());
+    const page = await paginate(query, 'at', q, q.order);
     return {
       items: page.items.map((r) => ({
         id: r.id,

@@ -34,7 +34,8 @@ export function decodeCursor(cursor: string): [string, string] {
 }
 
 /**
- * Applies the cursor and limit to a query ordered by `timeCol, id` ascending, and builds the page.
+ * Applies the cursor and limit to a query ordered by `timeCol, id` (ascending, or newest first
+ * with `order: 'desc'`), and builds the page.
  * @example const page = await paginate(db.selectFrom('vms').selectAll(), 'created_at', q);
  */
 // biome-ignore lint/suspicious/noExplicitAny: generic over every table that has an id column
@@ -42,16 +43,18 @@ export async function paginate<DB, TB extends keyof DB, R extends { id: string }
   query: SelectQueryBuilder<DB, TB, R>,
   timeCol: string,
   opts: { limit: number; cursor?: string },
+  order: 'asc' | 'desc' = 'asc',
 ): Promise<Page<R>> {
   // biome-ignore lint/suspicious/noExplicitAny: column names are checked by the callers' tables
   let q = query as SelectQueryBuilder<any, any, R>;
+  const past = order === 'asc' ? '>' : '<';
   if (opts.cursor) {
     const [at, id] = decodeCursor(opts.cursor);
-    q = q.where((eb) => eb.or([eb(timeCol, '>', at), eb.and([eb(timeCol, '=', at), eb('id', '>', id)])]));
+    q = q.where((eb) => eb.or([eb(timeCol, past, at), eb.and([eb(timeCol, '=', at), eb('id', past, id)])]));
   }
   const rows = await q
-    .orderBy(timeCol)
-    .orderBy('id')
+    .orderBy(timeCol, order)
+    .orderBy('id', order)
     .limit(opts.limit + 1)
     .execute();
   const more = rows.length > opts.limit;

@@ -92,12 +92,20 @@ export class Operations {
     return row;
   }
 
-  async list(q: { limit: number; cursor?: string; status?: string; kind?: string; target_id?: string }) {
+  /** Keyset-paged, newest first unless `order` is `asc`. */
+  async list(q: {
+    limit: number;
+    cursor?: string;
+    order?: 'asc' | 'desc';
+    status?: string;
+    kind?: string;
+    target_id?: string;
+  }) {
     let query = this.store.db.selectFrom('operations').selectAll();
     if (q.status) query = query.where('status', '=', q.status as OperationStatus);
     if (q.kind) query = query.where('kind', '=', q.kind);
     if (q.target_id) query = query.where('target_id', '=', q.target_id);
-    const page = await paginate(query, 'created_at', q);
+    const page = await paginate(query, 'created_at', q, q.order ?? 'desc');
     return { items: page.items.map(toOperation), next: page.next };
   }
 

@@ -9,7 +9,7 @@ export function auditRoutes(app: App, s: Services): void {
       config: { access: 'admin' },
       schema: {
         tags: ['audit'],
-        summary: 'The audit log, oldest first',
+        summary: 'The audit log, newest first; filters by actor, action, target, result and time',
         querystring: AuditListQuery,
         response: { 200: listOf(AuditEvent) },
       },

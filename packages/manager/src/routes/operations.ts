@@ -10,7 +10,7 @@ export function operationRoutes(app: App, s: Services): void {
       config: { access: 'viewer' },
       schema: {
         tags,
-        summary: 'List operations',
+        summary: 'List operations, newest first',
         querystring: OperationListQuery,
         response: { 200: listOf(Operation) },
       },
