@@ -119,7 +119,7 @@ describe.concurrent.each(DATASTORES)('HTTP routing on %s', (kind) => {
         '/healthz/x',
         '/openapi.json',
       ]) {
-        for (const auth of [{}, { authorization: `Bearer ${t.adminToken}` }]) {
+        for (const auth of [{}, { authorization: `Bearer ${t.adminToken}` }] as Record<string, string>[]) {
           const r = await raw(t.url, 'GET', p, { headers: auth });
           expectError(r, 404, 'ROUTE_NOT_FOUND');
           expect(r.text).not.toContain('<!doctype');

@@ -115,7 +115,7 @@ export async function buildApp(
   const parseJson = app.getDefaultJsonParser('error', 'error');
   app.removeContentTypeParser('application/json');
   app.addContentTypeParser('application/json', { parseAs: 'string' }, (req, body, done) =>
-    body === '' ? done(null, {}) : parseJson(req, body, done),
+    body.length === 0 ? done(null, {}) : parseJson(req, body.toString(), done),
   );
 
   const routes: RegisteredRoute[] = [];
