@@ -15,7 +15,8 @@ export function DashboardPage() {
 
   const counts = new Map<VmState, number>();
   for (const vm of vms.data ?? []) counts.set(vm.state, (counts.get(vm.state) ?? 0) + 1);
-  const ready = (hosts.data ?? []).filter((h) => h.status === 'ready');
+  // What the scheduler can place on: ready hosts that are not cordoned.
+  const open = (hosts.data ?? []).filter((h) => h.status === 'ready' && h.schedulable);
   const attention = (vms.data ?? []).filter((v) => v.state === 'failed' || v.state === 'unknown');
 
   return (
@@ -53,10 +54,13 @@ export function DashboardPage() {
 
         <section className="card">
           <h2>
-            Capacity <span className="muted small">({ready.length} ready hosts)</span>
+            Capacity{' '}
+            <span className="muted small">
+              ({open.length} schedulable {open.length === 1 ? 'host' : 'hosts'})
+            </span>
           </h2>
           <ErrorBox error={hosts.error} />
-          {hosts.data ? <CapacityBars figures={totalFigures(ready)} /> : <Loading />}
+          {hosts.data ? <CapacityBars figures={totalFigures(open)} /> : <Loading />}
         </section>
       </div>
 
