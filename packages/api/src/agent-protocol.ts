@@ -102,6 +102,14 @@ export const AgentPortForward = z.object({
 });
 export type AgentPortForward = z.infer<typeof AgentPortForward>;
 
+/** `GET /v1/host/ports/{proto}/{port}`: whether a program on the host listens on that port. */
+export const AgentHostPortParams = z.object({
+  proto: z.enum(['tcp', 'udp']),
+  port: z.coerce.number().int().min(1).max(65_535),
+});
+export const AgentHostPort = AgentHostPortParams.extend({ listening: z.boolean() });
+export type AgentHostPort = z.infer<typeof AgentHostPort>;
+
 /**
  * A container VM: the rootfs is the OCI image, the initrd nqvm's container init, which runs this
  * argv (entrypoint + cmd, overrides applied) with this environment as the given user.

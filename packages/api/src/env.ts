@@ -51,3 +51,27 @@ export function parseEnv<T extends z.ZodType>(schema: T, env: NodeJS.ProcessEnv)
   const issue = parsed.error.issues[0]!;
   throw new ConfigError(String(issue.path[0]), issue.message);
 }
+
+/**
+ * What a server tells its user when it cannot listen on its configured address: which address,
+ * why in words, and the setting that picks another (a bare `EADDRINUSE` names neither).
+ * Answers `err` unchanged when it is not a listen failure.
+ */
+export function listenError(
+  err: unknown,
+  what: string,
+  bind: { host: string; port: number },
+  setting: string,
+): unknown {
+  const code = (err as NodeJS.ErrnoException | null)?.code;
+  const at = `${bind.host.includes(':') ? `[${bind.host}]` : bind.host}:${bind.port}`;
+  const why: Record<string, string> = {
+    EADDRINUSE: `port ${bind.port} is taken on ${bind.host} (another nqvm, or another program, listens there)`,
+    EACCES: `listening on port ${bind.port} needs privileges this process does not have`,
+    EADDRNOTAVAIL: `${bind.host} is not an address of this machine`,
+  };
+  if (!code || !why[code]) return err;
+  return new Error(`${what} cannot listen on ${at}: ${why[code]}; pick another with ${setting}`, {
+    cause: err,
+  });
+}

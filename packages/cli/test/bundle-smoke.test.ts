@@ -2,7 +2,8 @@
  * What a new user runs, through the built bundle: `scripts/quickstart.sh` exactly as the README
  * shows it (packages, build, `nqvm up` on the embedded SQLite store), then the CLI as the
  * README drives it: login, an OCI image imported from a local registry, `container run`,
- * `vm create` on the defaults, `vm exec`. Tests elsewhere run the manager from its sources, where
+ * `vm create` on the defaults, `vm exec`; a second `nqvm up` beside it says which port is taken
+ * and how to pick another. Tests elsewhere run the manager from its sources, where
  * npm resolves each workspace's own dependencies; only this one sees what the bundle loads.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
@@ -19,18 +20,11 @@ import {
   startOciRegistry,
 } from '@nqvm/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { waitFor } from './stack';
+import { type CliRun, runNqvm, waitFor } from './stack';
 
 const REPO = path.resolve(__dirname, '..', '..', '..');
-const NQVM = path.join(REPO, 'packages', 'cli', 'bin', 'nqvm.mjs');
 const BUNDLE = path.join(REPO, 'packages', 'cli', 'dist', 'nqvm.mjs');
 const PASSWORD = 'smoke-test-admin-pw';
-
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
 
 describe('the built nqvm as the README starts it', () => {
   let home: string;
@@ -38,21 +32,11 @@ describe('the built nqvm as the README starts it', () => {
   let up: ChildProcess;
   let upOutput = '';
   let url: string;
+  let managerPort: number;
+  let agentPort: number;
 
-  const nqvm = (args: string[], input = ''): Promise<Run> =>
-    new Promise((resolve, reject) => {
-      const p = spawn(process.execPath, [NQVM, ...args], {
-        env: { ...process.env, NQVM_CONFIG: path.join(home, 'config.json'), NO_COLOR: '1' },
-        stdio: ['pipe', 'pipe', 'pipe'],
-      });
-      let stdout = '';
-      let stderr = '';
-      p.stdout.on('data', (d) => (stdout += d));
-      p.stderr.on('data', (d) => (stderr += d));
-      p.on('error', reject);
-      p.on('close', (code) => resolve({ code: code ?? -1, stdout, stderr }));
-      p.stdin.end(input);
-    });
+  const nqvm = (args: string[], input = ''): Promise<CliRun> =>
+    runNqvm(args, { NQVM_CONFIG: path.join(home, 'config.json') }, input);
   const ok = async (args: string[], input = ''): Promise<string> => {
     const r = await nqvm(args, input);
     expect(r.code, `nqvm ${args.join(' ')}\n${r.stdout}\n${r.stderr}\n--- nqvm up:\n${upOutput}`).toBe(0);
@@ -74,8 +58,8 @@ describe('the built nqvm as the README starts it', () => {
         },
       }),
     );
-    const managerPort = await freePort();
-    const agentPort = await freePort();
+    managerPort = await freePort();
+    agentPort = await freePort();
     url = `http://127.0.0.1:${managerPort}`;
     up = spawn('bash', [path.join(REPO, 'scripts', 'quickstart.sh')], {
       cwd: home,
@@ -142,4 +126,31 @@ describe('the built nqvm as the README starts it', () => {
       () => 'the VM kept running after its delete',
     );
   }, 600_000);
+
+  it('a second nqvm up on the same ports names the taken one and the setting that picks another', async () => {
+    const second = (env: Record<string, string>) =>
+      runNqvm(['up', '--no-builtin-images', '--no-default-network'], {
+        NQVM_DATA_DIR: fs.mkdtempSync(path.join(home, 'second-')),
+        NQVM_ADMIN_PASSWORD: PASSWORD,
+        ...env,
+      });
+    const agentTaken = await second({
+      MANAGER_BIND: `127.0.0.1:${await freePort()}`,
+      AGENT_BIND: `127.0.0.1:${agentPort}`,
+    });
+    expect(agentTaken.code, agentTaken.stdout).toBe(1);
+    expect(agentTaken.stderr).toContain(
+      `nqvm: the agent API cannot listen on 127.0.0.1:${agentPort}: port ${agentPort} is taken`,
+    );
+    expect(agentTaken.stderr).toContain('pick another with AGENT_BIND=HOST:PORT (nqvm up --agent-bind');
+    const managerTaken = await second({
+      MANAGER_BIND: `127.0.0.1:${managerPort}`,
+      AGENT_BIND: `127.0.0.1:${await freePort()}`,
+    });
+    expect(managerTaken.code, managerTaken.stdout).toBe(1);
+    expect(managerTaken.stderr).toContain(
+      `nqvm: the manager cannot listen on 127.0.0.1:${managerPort}: port ${managerPort} is taken`,
+    );
+    expect(managerTaken.stderr).toContain('pick another with MANAGER_BIND=HOST:PORT');
+  }, 120_000);
 });

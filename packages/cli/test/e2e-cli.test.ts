@@ -9,39 +9,16 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ADMIN_PASSWORD, userWithRole } from '../../manager/test/harness';
-import { type AgentProcess, startAgent, startStack, stopAgent } from './stack';
-
-const NQVM = path.resolve(__dirname, '..', 'bin', 'nqvm.mjs');
-
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
+import { type AgentProcess, type CliRun, NQVM, runNqvm, startAgent, startStack, stopAgent } from './stack';
 
 let home: string;
 
-function nqvm(args: string[], opts: { input?: string; env?: Record<string, string> } = {}): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const p = spawn(process.execPath, [NQVM, ...args], {
-      env: {
-        ...process.env,
-        NQVM_CONFIG: path.join(home, 'config.json'),
-        NQVM_URL: '',
-        NQVM_TOKEN: '',
-        NO_COLOR: '1',
-        ...opts.env,
-      },
-      stdio: ['pipe', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    p.stdout.on('data', (d) => (stdout += d));
-    p.stderr.on('data', (d) => (stderr += d));
-    p.on('error', reject);
-    p.on('close', (code) => resolve({ code: code ?? -1, stdout, stderr }));
-    p.stdin.end(opts.input ?? '');
-  });
+function nqvm(args: string[], opts: { input?: string; env?: Record<string, string> } = {}): Promise<CliRun> {
+  return runNqvm(
+    args,
+    { NQVM_CONFIG: path.join(home, 'config.json'), NQVM_URL: '', NQVM_TOKEN: '', ...opts.env },
+    opts.input,
+  );
 }
 
 describe('the nqvm CLI against a real stack', () => {

@@ -21,30 +21,33 @@ export interface CliRun {
 }
 
 /**
- * Runs the built `nqvm` as a separate process against `t` as its admin (NQVM_URL, NQVM_TOKEN, no
- * colour); `input` is its whole standard input (a pipe, so never a terminal).
+ * Runs the built `nqvm` as a separate process with `env` over this one's (no colour) until it
+ * exits; `input` is its whole standard input (a pipe, so never a terminal).
  */
+export function runNqvm(args: string[], env: Record<string, string>, input = ''): Promise<CliRun> {
+  return new Promise((resolve, reject) => {
+    const p = spawn(process.execPath, [NQVM, ...args], {
+      env: { ...process.env, NO_COLOR: '1', ...env },
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    p.stdout.on('data', (d) => (stdout += d));
+    p.stderr.on('data', (d) => (stderr += d));
+    p.on('error', reject);
+    p.on('close', (code) => resolve({ code: code ?? -1, stdout, stderr }));
+    p.stdin.end(input);
+  });
+}
+
+/** Runs the built `nqvm` against `t` as its admin (NQVM_URL, NQVM_TOKEN). */
 export function cli(t: TestManager) {
   return (args: string[], opts: { input?: string } = {}): Promise<CliRun> =>
-    new Promise((resolve, reject) => {
-      const p = spawn(process.execPath, [NQVM, ...args], {
-        env: {
-          ...process.env,
-          NQVM_CONFIG: path.join(t.dataDir, 'cli-config.json'),
-          NQVM_URL: t.url,
-          NQVM_TOKEN: t.adminToken,
-          NO_COLOR: '1',
-        },
-        stdio: ['pipe', 'pipe', 'pipe'],
-      });
-      let stdout = '';
-      let stderr = '';
-      p.stdout.on('data', (d) => (stdout += d));
-      p.stderr.on('data', (d) => (stderr += d));
-      p.on('error', reject);
-      p.on('close', (code) => resolve({ code: code ?? -1, stdout, stderr }));
-      p.stdin.end(opts.input ?? '');
-    });
+    runNqvm(
+      args,
+      { NQVM_CONFIG: path.join(t.dataDir, 'cli-config.json'), NQVM_URL: t.url, NQVM_TOKEN: t.adminToken },
+      opts.input,
+    );
 }
 
 export interface AgentProcess {

@@ -5,6 +5,7 @@
  */
 import { createHash, X509Certificate } from 'node:crypto';
 import fs from 'node:fs';
+import { listenError } from '@nqvm/api';
 import pino from 'pino';
 import { AuditLog } from './audit/audit';
 import { LoginThrottle } from './auth/throttle';
@@ -72,7 +73,7 @@ export async function createManager(config: ManagerConfig, opts: ManagerOptions 
   // One logger for the HTTP layer and the background loops, at NQVM_LOG_LEVEL.
   const log = pino({ level: config.logLevel });
   const images = new ImageService(store, bus, ops, config, log);
-  const portForwards = new PortForwards(store, vms);
+  const portForwards = new PortForwards(store, vms, agents);
   const reconciler = new Reconciler(store, vms, ops, scheduler, agents, log);
   const hosts = new Hosts(store, bus, config.heartbeatIntervalS, fingerprint);
   const services: Services = {
@@ -168,7 +169,11 @@ export async function createManager(config: ManagerConfig, opts: ManagerOptions 
     routes,
     firstAdmin,
     async listen() {
-      return app.listen({ host: config.bind.host, port: config.bind.port });
+      try {
+        return await app.listen({ host: config.bind.host, port: config.bind.port });
+      } catch (err) {
+        throw listenError(err, 'the manager', config.bind, 'MANAGER_BIND=HOST:PORT');
+      }
     },
     async close() {
       stopped = true;

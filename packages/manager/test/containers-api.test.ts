@@ -257,6 +257,14 @@ describe.concurrent.each(DATASTORES)('containers API on %s', (kind) => {
         ),
       ).toEqual(['body.network_id']);
       await refused({ name: 'held-by-vm' }, 409, 'NAME_TAKEN');
+      // A port a program on the (only) host listens on: refused before anything is pulled.
+      host.listening.add('tcp/18997');
+      const listened = await refused(
+        { ports: [{ host_port: 18997, container_port: 80 }] },
+        409,
+        'PORT_IN_USE',
+      );
+      expect(listened.body.error.message).toContain(`taken on host ctr-${kind}`);
       const missing = await refused({ image: ref('test/absent') }, 422, 'REGISTRY_IMAGE_NOT_FOUND');
       expect(missing.body.error.message).toContain('not found');
       await refused({ image: ref('test/app', 'v9') }, 422, 'REGISTRY_IMAGE_NOT_FOUND');

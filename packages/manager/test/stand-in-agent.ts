@@ -115,6 +115,8 @@ export class StandInAgent {
   /** The snapshots this host keeps, by id. */
   readonly snapshots = new Map<string, AgentSnapshot>();
   volumeDeletes: VolumeDeleteMode = 'removed';
+  /** Ports a program on this host listens on, as `tcp/8080`, as `GET /v1/host/ports` answers. */
+  listening = new Set<string>();
   snapshotDeletes: VolumeDeleteMode = 'removed';
   snapshotAnswer: SnapshotAnswer = { status: 'ready', error: null, guest_agent: false };
   /** How the process of a container VM that boots starts. */
@@ -404,6 +406,10 @@ export class StandInAgent {
       if (this.volumeDeletes === 'in-use')
         return send(409, { error: { code: 'VOLUME_IN_USE', message: `a VM here uses volume ${id}` } });
       return send(204);
+    }
+    if (kind === 'host' && id === 'ports' && method === 'GET') {
+      const [proto, port] = url.split('/').slice(4);
+      return send(200, { proto, port: Number(port), listening: this.listening.has(`${proto}/${port}`) });
     }
     send(404, { error: { code: 'ROUTE_NOT_FOUND', message: `no route ${method} ${url}` } });
   }

@@ -9,7 +9,7 @@ import { mkdir } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import type { AgentVmReport } from '@nqvm/api';
+import { type AgentVmReport, listenError } from '@nqvm/api';
 import type { FastifyBaseLogger } from 'fastify';
 import { pino } from 'pino';
 import type { AgentConfig } from '../config';
@@ -147,8 +147,19 @@ export async function createAgent(config: AgentConfig, options: AgentOptions = {
     volumes,
     managerKey: () => managerKey,
     logger: log,
+    listensOn: (proto, port) => network.listensOn(proto, port),
   });
-  await app.listen({ host: config.bind.host, port: config.bind.port });
+  try {
+    await app.listen({ host: config.bind.host, port: config.bind.port });
+  } catch (err) {
+    await app.close();
+    throw listenError(
+      err,
+      'the agent API',
+      config.bind,
+      'AGENT_BIND=HOST:PORT (nqvm up --agent-bind, nqvm agent --bind)',
+    );
+  }
   const port = (app.server.address() as AddressInfo).port;
   const url = `http://${urlHost(config.bind.host)}:${port}`;
   const wildcard = config.bind.host === '0.0.0.0' || config.bind.host === '::';

@@ -8,6 +8,8 @@ import { PassThrough } from 'node:stream';
 import {
   AgentExec,
   AgentExecResult,
+  AgentHostPort,
+  AgentHostPortParams,
   AgentLogsQuery,
   AgentSnapshot,
   AgentSnapshotCreate,
@@ -72,6 +74,8 @@ export interface AgentApiDeps {
   /** The manager's public key; null before registration (then every signed route answers 401). */
   managerKey: () => KeyObject | null;
   logger: FastifyBaseLogger;
+  /** Whether a program on the host listens on a port (a forward of it would shadow it). */
+  listensOn?: (proto: 'tcp' | 'udp', port: number) => Promise<boolean>;
 }
 
 declare module 'fastify' {
@@ -193,6 +197,15 @@ export async function buildAgentApi(deps: AgentApiDeps): Promise<FastifyInstance
   );
 
   app.get('/v1/healthz', { config: { public: true } }, async () => ({ status: 'ok' }));
+
+  app.get(
+    '/v1/host/ports/:proto/:port',
+    { schema: { params: AgentHostPortParams, response: { 200: AgentHostPort } } },
+    async (req) => ({
+      ...req.params,
+      listening: (await deps.listensOn?.(req.params.proto, req.params.port)) ?? false,
+    }),
+  );
 
   app.get('/v1/vms', { schema: { response: { 200: AgentVmList } } }, async () => ({
     items: deps.vms.reports(),

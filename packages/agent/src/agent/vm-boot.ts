@@ -267,7 +267,9 @@ export async function bootVm(req: BootRequest): Promise<BootedVm> {
         run: async () => {
           if (!spec.nics.length && !spec.port_forwards.length) return;
           if (!req.network) throw new Error('this agent has no host networking for the VM’s NICs');
-          nics = await prepareVmNetwork(req.network, id, spec);
+          const made = await prepareVmNetwork(req.network, id, spec);
+          nics = made.nics;
+          if (made.refusedForwards) notes.push(`port forward not applied: ${made.refusedForwards}`);
         },
         // A failed boot leaves no TAP or forward behind; the next boot makes them again.
         undo: async () => {

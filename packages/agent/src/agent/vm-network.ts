@@ -23,12 +23,15 @@ export function hostNetworkInput(n: AgentNetwork): HostNetworkInput {
   };
 }
 
-/** Makes the VM's networks and TAPs and its port forwards; answers the driver's NICs, by index. */
+/**
+ * Makes the VM's networks and TAPs and its port forwards; answers the driver's NICs, by index,
+ * and why forwards the host refused were not applied (the VM boots without them).
+ */
 export async function prepareVmNetwork(
   net: HostNetwork,
   vmId: string,
   spec: AgentVmSpec,
-): Promise<NicSpec[]> {
+): Promise<{ nics: NicSpec[]; refusedForwards: string | null }> {
   const nics: NicSpec[] = [];
   const made = new Set<string>();
   for (const nic of spec.nics) {
@@ -45,11 +48,19 @@ export async function prepareVmNetwork(
     });
     nics.push(nicSpec(tap, nic.nic_index));
   }
-  await syncPortForwards(net, [], spec.port_forwards);
-  return nics;
+  try {
+    await syncPortForwards(net, [], spec.port_forwards);
+    return { nics, refusedForwards: null };
+  } catch (err) {
+    return { nics, refusedForwards: err instanceof Error ? err.message : String(err) };
+  }
 }
 
-/** Removes the forwards of `before` that `after` lacks, and makes those of `after`. */
+/**
+ * Removes the forwards of `before` that `after` lacks, and makes those of `after`, each on its
+ * own: one the host refuses (its port taken) does not keep the others from their rules. Throws
+ * once all were tried, naming every refused one.
+ */
 export async function syncPortForwards(
   net: HostNetwork,
   before: AgentPortForward[],
@@ -57,14 +68,21 @@ export async function syncPortForwards(
 ): Promise<void> {
   const keep = new Set(after.map((f) => f.id));
   for (const f of before) if (!keep.has(f.id)) await net.removePortForward(f.id);
-  for (const f of after)
-    await net.ensurePortForward({
-      id: f.id,
-      proto: f.proto,
-      hostPort: f.host_port,
-      guestIp: f.guest_ip,
-      guestPort: f.guest_port,
-    });
+  const refused: string[] = [];
+  for (const f of after) {
+    try {
+      await net.ensurePortForward({
+        id: f.id,
+        proto: f.proto,
+        hostPort: f.host_port,
+        guestIp: f.guest_ip,
+        guestPort: f.guest_port,
+      });
+    } catch (err) {
+      refused.push(`${f.proto} ${f.host_port}: ${err instanceof Error ? err.message : String(err)}`);
+    }
+  }
+  if (refused.length) throw new Error(refused.join('; '));
 }
 
 /**

@@ -739,11 +739,16 @@ export class HostNetwork {
     }
   }
 
-  private async assertPortFree(proto: 'tcp' | 'udp', port: number): Promise<void> {
+  /** Whether a program on the host listens on the port (TCP) or has it bound (UDP). */
+  async listensOn(proto: 'tcp' | 'udp', port: number): Promise<boolean> {
     const tables = await Promise.all(
       procNetFiles(proto).map((f) => this.host.run('cat', [f]).catch(() => '')),
     );
-    if (tables.some((t) => takenPorts(t, proto).has(port))) {
+    return tables.some((t) => takenPorts(t, proto).has(port));
+  }
+
+  private async assertPortFree(proto: 'tcp' | 'udp', port: number): Promise<void> {
+    if (await this.listensOn(proto, port)) {
       throw new ConflictError('CONFLICT', `the host already listens on ${proto} port ${port}`, {
         proto,
         hostPort: port,

@@ -411,7 +411,10 @@ export class Containers {
   /** 409 PORT_IN_USE as a port forward would answer, also for the ports of containers being created. */
   private async checkPortsFree(ports: ContainerCreate['ports']): Promise<void> {
     const db = this.d.store.db;
-    for (const p of ports) await checkPortFree(db, p.protocol ?? 'tcp', p.host_port, null);
+    for (const p of ports) {
+      await checkPortFree(db, p.protocol ?? 'tcp', p.host_port, null);
+      await this.d.portForwards.checkHostsFree(p.protocol ?? 'tcp', p.host_port, null);
+    }
     const creating = await db
       .selectFrom('containers')
       .select(['id', 'ports'])

@@ -9,6 +9,7 @@ import type { Readable } from 'node:stream';
 import {
   type AgentExec,
   AgentExecResult,
+  AgentHostPort,
   AgentSnapshot,
   type AgentSnapshotCreate,
   type AgentVmCommand,
@@ -200,6 +201,15 @@ export class AgentClient {
     await this.refuseOn4xx(answer, 'logs');
     await this.expectOk(answer, 'logs');
     throw new ServiceUnavailableError('HOST_UNAVAILABLE', `logs: the host answered ${status}`);
+  }
+
+  /** Whether a program on the host listens on the port (a forward of it would shadow it). */
+  async listensOn(address: string, proto: 'tcp' | 'udp', port: number): Promise<boolean> {
+    const res = await this.expectOk(
+      await this.request(address, 'GET', `/v1/host/ports/${proto}/${port}`, undefined, { timeoutMs: 3_000 }),
+      'port check',
+    );
+    return AgentHostPort.parse(await res.json()).listening;
   }
 
   /** The VMM process's and the guest's figures for a VM on its host. */

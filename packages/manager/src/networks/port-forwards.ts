@@ -1,7 +1,8 @@
 /**
  * Port forwards: a host port opened on the VM's host, forwarded to a port of one of its NICs.
  * A (proto, port) is forwarded at most once per host; while a VM is not placed, its forwards
- * clash with every other forward of that port, since it may land on any host. Adding or
+ * clash with every other forward of that port, since it may land on any host. A port a program
+ * on the host listens on is refused too (asked of the host's agent when the forward is made). Adding or
  * removing one changes what the VM's host must do, so it bumps the VM's generation.
  */
 import { randomUUID } from 'node:crypto';
@@ -16,6 +17,7 @@ import type { Kysely } from 'kysely';
 import { nowIso } from '../clock';
 import type { Datastore } from '../db/datastore';
 import type { Database, PortForwardRow } from '../db/schema';
+import type { AgentClient } from '../hosts/agent-client';
 import type { Vms } from '../vms/vms';
 
 export function toPortForward(r: PortForwardRow, hostId: string | null): PortForward {
@@ -62,7 +64,33 @@ export class PortForwards {
   constructor(
     private readonly store: Datastore,
     private readonly vms: Vms,
+    private readonly agents: Pick<AgentClient, 'listensOn'>,
   ) {}
+
+  /**
+   * 409 PORT_IN_USE when a program on the host already listens on the port: the VM's host, or,
+   * for a VM not placed yet, every ready host it could land on. Hosts that do not answer are
+   * not held against the forward (their agent refuses it when it applies it, and says why).
+   */
+  async checkHostsFree(proto: 'tcp' | 'udp', port: number, hostId: string | null): Promise<void> {
+    let q = this.store.db.selectFrom('hosts').select(['id', 'name', 'address']).where('status', '=', 'ready');
+    q = hostId === null ? q.where('schedulable', '=', 1) : q.where('id', '=', hostId);
+    const hosts = await q.execute();
+    const answers = await Promise.all(
+      hosts.map((h) => this.agents.listensOn(h.address, proto, port).catch(() => false)),
+    );
+    const taken = hosts.filter((_, i) => answers[i]);
+    if (taken.length === 0 || taken.length < hosts.length) return;
+    const where =
+      taken.length === 1
+        ? `host ${taken[0]!.name}`
+        : `every ready host (${taken.map((h) => h.name).join(', ')})`;
+    throw new ConflictError(
+      'PORT_IN_USE',
+      `${proto} port ${port} is taken on ${where}: a program there listens on it; pick another host port`,
+      { host_ids: taken.map((h) => h.id) },
+    );
+  }
 
   async list(vmId: string): Promise<PortForward[]> {
     const vm = await this.vms.getRow(vmId);
@@ -87,6 +115,8 @@ export class PortForwards {
       guest_port: input.guest_port,
       created_at: nowIso(),
     };
+    // Asked outside the transaction (an agent's answer takes a round trip).
+    await this.checkHostsFree(input.proto, input.host_port, (await this.vms.getRow(vmId)).host_id);
     const hostId = await this.store.db.transaction().execute(async (trx) => {
       const vm = await trx.selectFrom('vms').selectAll().where('id', '=', vmId).executeTakeFirst();
       if (!vm) throw new NotFoundError('VM_NOT_FOUND', 'VM', vmId);
