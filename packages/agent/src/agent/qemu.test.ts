@@ -149,4 +149,25 @@ describe('agent with QEMU and the test guest', () => {
     expect(qemuPids(id)).toEqual([]);
     expect(existsSync(vmDir)).toBe(false);
   }, 60_000);
+
+  it('stops a guest that is still booting in seconds, not after the whole graceful timeout', async () => {
+    const early = randomUUID();
+    await client.put(early, vmCommand(1, 'running', images()));
+    await waitForState(agent, early, 'running', 30_000);
+    // The VMM runs; the guest's kernel is only starting: a single power button press is lost.
+    const t0 = Date.now();
+    await client.put(early, vmCommand(2, 'stopped', images(), { stop: { force: false, timeout_s: 60 } }));
+    const stopped = await waitForState(agent, early, 'stopped', 60_000);
+    const tookMs = Date.now() - t0;
+    // 5 s for the booting guest to take the power button, then forced: 25 s is five times that.
+    expect(tookMs).toBeLessThan(25_000);
+    expect(qemuPids(early)).toEqual([]);
+    // Either a later press was taken (graceful), or the user is told it was forced.
+    if (stopped.error !== null)
+      expect(stopped.error).toBe(
+        'stopped by force: the guest was still booting and did not take the power button within 5 s',
+      );
+    await client.del(early);
+    await waitForState(agent, early, 'deleted', 20_000);
+  }, 120_000);
 });

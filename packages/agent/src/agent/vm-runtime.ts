@@ -88,6 +88,10 @@ const RESTORED_GUEST_TIMEOUT_MS = 15_000;
 const GUEST_SEARCH_MS = 180_000;
 /** ...one attempt this long at a time. */
 const GUEST_SEARCH_ATTEMPT_MS = 10_000;
+/** A VMM started less than this ago whose guest agent has not answered runs a guest still booting. */
+const BOOTING_MS = 30_000;
+/** How long a graceful stop waits for a guest still booting to take the power button. */
+const BOOTING_STOP_GRACE_MS = 5_000;
 /** How long an exec waits for the guest agent to answer. */
 const GUEST_CONNECT_TIMEOUT_MS = 5_000;
 /** A container's VM gets this long past the stop timeout to end once its process was signalled. */
@@ -879,18 +883,30 @@ export class VmRuntime {
     if (cmd.desired === 'paused' && this.handle) await this.pause();
   }
 
-  /** Stops the VMM; false (and state failed) when the driver could not. */
+  /**
+   * Stops the VMM; false (and state failed) when the driver could not. A graceful stop of a
+   * guest still booting (its guest agent has not answered, the VMM started moments ago) gives
+   * it a few seconds to take the power button, not the whole timeout: a guest that does not
+   * listen for it yet would only make the user wait. A graceful stop that ended forced says so.
+   */
   private async stopVmm(opts: ShutdownOptions): Promise<boolean> {
     const handle = this.handle;
     if (!handle) return true;
     this.stopRequested.add(handle);
     this.setState('stopping', null);
+    const booting = opts.graceful && !this.guestAnswered && Date.now() - this.startedAt < BOOTING_MS;
+    const shutdown = booting ? { ...opts, timeoutMs: Math.min(opts.timeoutMs, BOOTING_STOP_GRACE_MS) } : opts;
+    let note: string | null = null;
     try {
       const { graceful } =
         this.container && opts.graceful && (await this.stopContainerProcess(handle, opts.timeoutMs))
           ? { graceful: true }
-          : await this.driverOf(handle).shutdown(handle, opts);
-      this.deps.log.info({ vmId: this.id, graceful }, 'VM stopped');
+          : await this.driverOf(handle).shutdown(handle, shutdown);
+      this.deps.log.info({ vmId: this.id, graceful, booting }, 'VM stopped');
+      if (opts.graceful && !graceful)
+        note = booting
+          ? `stopped by force: the guest was still booting and did not take the power button within ${shutdown.timeoutMs / 1000} s`
+          : `stopped by force: the guest did not shut down within ${shutdown.timeoutMs / 1000} s`;
     } catch (err) {
       this.stopRequested.delete(handle);
       this.setState('failed', `stop failed: ${errorMessage(err)}`);
@@ -899,7 +915,7 @@ export class VmRuntime {
     if (this.handle === handle) this.handle = null;
     if (!this.deleting) this.consoleRoom.end('vm-stopped', 'the VM was stopped');
     await this.forgetRun();
-    this.setState('stopped', null);
+    this.setState('stopped', note);
     return true;
   }
 

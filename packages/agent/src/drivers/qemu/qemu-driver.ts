@@ -73,6 +73,9 @@ interface QemuSnapshotManifest {
   disks: { id: string; file: string; format: DiskFormat }[];
 }
 
+/** How often a graceful stop presses the power button again while the guest has not taken it. */
+const POWER_BUTTON_REPEAT_MS = 1_000;
+
 export class QemuDriver implements VmmDriver {
   readonly kind = 'qemu' as const;
   private probed: Promise<DriverInfo> | null = null;
@@ -130,8 +133,21 @@ export class QemuDriver implements VmmDriver {
     if (vm.isGone) return { graceful: (await vm.exited).reason === 'shutdown' };
     if (opts.graceful) {
       try {
-        await vm.qmp.execute('system_powerdown');
-        if (await vm.waitExit(opts.timeoutMs)) {
+        // A press the guest is not listening for yet (still booting: no ACPI button driver, no
+        // acpid) is lost, so the button is pressed again until the guest takes it or time is up.
+        const deadline = Date.now() + opts.timeoutMs;
+        let exited = false;
+        while (!exited && Date.now() < deadline) {
+          // Refused once QEMU is on its way out (the guest took an earlier press): wait for that.
+          const pressed = await vm.qmp.execute('system_powerdown').then(
+            () => true,
+            () => false,
+          );
+          const wait = pressed ? Math.min(POWER_BUTTON_REPEAT_MS, deadline - Date.now()) : 2_000;
+          exited = await vm.waitExit(Math.max(0, wait));
+          if (!pressed && !exited) throw new Error('QEMU refused the power button');
+        }
+        if (exited) {
           const exit = await vm.exited;
           return { graceful: exit.reason === 'shutdown' && exit.message === 'guest-shutdown' };
         }
