@@ -6,6 +6,7 @@ import { execFileSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { existsSync, readFileSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
+import type { AgentGuestConfig } from '@nqvm/api';
 import { BOOT_MARKER, ensureTestGuest, qemuPidsOf as qemuPids, type TestGuest } from '@nqvm/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadAgentConfig } from '../config';
@@ -170,4 +171,62 @@ describe('agent with QEMU and the test guest', () => {
     await client.del(early);
     await waitForState(agent, early, 'deleted', 20_000);
   }, 120_000);
+
+  it(
+    'fails a guest whose kernel panics at boot with the panic and the console’s last lines',
+    async () => {
+      // The built-in kernel has its disk driver as a module: without its initrd it finds no root.
+      const panics = randomUUID();
+      await client.put(panics, vmCommand(1, 'running', { ...images(), initrd: null }));
+      const failed = await waitForState(agent, panics, 'failed', BOOT_TIMEOUT_MS);
+      expect(failed.error).toMatch(/^the guest kernel panicked \(Kernel panic - not syncing: [^)]*\)/);
+      expect(failed.error).toContain("its console's last lines:\n");
+      // The lines show where it stopped, e.g. "VFS: Unable to mount root fs on unknown-block(0,0)".
+      expect(failed.error).toMatch(/root/i);
+      expect(qemuPids(panics)).toEqual([]);
+      await client.del(panics);
+      await waitForState(agent, panics, 'deleted', 20_000);
+    },
+    BOOT_TIMEOUT_MS + 30_000,
+  );
+
+  it(
+    'boots again when the guest reboots itself, and stays running',
+    async () => {
+      const rebooting = randomUUID();
+      const tail = async () =>
+        (await client.call('GET', `/v1/vms/${rebooting}/console?tail=262144`)).bytes.toString('utf8');
+      // With a config drive: its guest agent takes the exec.
+      const guest_config: AgentGuestConfig = {
+        mode: 'auto',
+        instance_id: rebooting,
+        hostname: 'rebooting',
+        username: null,
+        password_hash: null,
+        ssh_authorized_keys: [],
+        user_data: null,
+        network_config: null,
+      };
+      await client.put(rebooting, vmCommand(1, 'running', images(), { spec: { guest_config } }));
+      await waitForState(agent, rebooting, 'running', 30_000);
+      await waitFor('the boot marker', async () => (await tail()).includes(BOOT_MARKER), BOOT_TIMEOUT_MS);
+      const first = reportOf(agent, rebooting)!.pid;
+      const exec = await client.call('POST', `/v1/vms/${rebooting}/exec`, {
+        argv: ['reboot'],
+        timeout_s: 10,
+      });
+      expect(exec.status, JSON.stringify(exec.json)).toBeLessThan(500);
+      await waitFor(
+        'a second boot marker',
+        async () => (await tail()).split(BOOT_MARKER).length - 1 >= 2,
+        BOOT_TIMEOUT_MS,
+      );
+      const again = await waitForState(agent, rebooting, 'running', 30_000);
+      expect(again.pid).not.toBe(first);
+      expect(again.error).toBeNull();
+      await client.del(rebooting);
+      await waitForState(agent, rebooting, 'deleted', 20_000);
+    },
+    2 * BOOT_TIMEOUT_MS,
+  );
 });

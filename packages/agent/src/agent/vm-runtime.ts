@@ -88,6 +88,10 @@ const RESTORED_GUEST_TIMEOUT_MS = 15_000;
 const GUEST_SEARCH_MS = 180_000;
 /** ...one attempt this long at a time. */
 const GUEST_SEARCH_ATTEMPT_MS = 10_000;
+/** Console bytes searched for a kernel panic when a VM ends by itself. */
+const PANIC_SCAN_BYTES = 256 * 1024;
+/** Console lines a panicked VM's error carries. */
+const PANIC_CONSOLE_LINES = 12;
 /** A VMM started less than this ago whose guest agent has not answered runs a guest still booting. */
 const BOOTING_MS = 30_000;
 /** How long a graceful stop waits for a guest still booting to take the power button. */
@@ -809,14 +813,39 @@ export class VmRuntime {
       void this.onContainerVmExit(exit);
       return;
     }
-    const crashed = exit.reason !== 'shutdown';
-    const detail =
-      exit.message ??
-      `VMM exited with ${exit.signal ? `signal ${exit.signal}` : `code ${exit.code ?? 'unknown'}`}`;
-    this.deps.log.info({ vmId: this.id, exit }, crashed ? 'VM crashed' : 'VM powered off');
+    void this.guestEnded(exit);
+  }
+
+  /**
+   * Why a VM ended by itself, from its exit and the console of its last boot: a kernel panic (at
+   * boot: no root disk, no init, a missing driver) fails the VM with the panic and the console's
+   * last lines; a reset the guest asked for (`reboot` inside; QEMU runs with -no-reboot) boots it
+   * again; a power-off stops it. Then the restart policy applies.
+   */
+  private async guestEnded(exit: VmExit): Promise<void> {
+    const boot = lastBoot((await this.consoleTail(PANIC_SCAN_BYTES)).toString('utf8'));
+    const panic = /Kernel panic - not syncing:[^\r\n]*/.exec(boot)?.[0] ?? null;
+    const crashed = exit.reason !== 'shutdown' || panic !== null;
+    const rebooted = !crashed && exit.message === 'guest-reset';
+    const detail = panic
+      ? `the guest kernel panicked (${panic}); its console's last lines:\n${lastLines(boot, PANIC_CONSOLE_LINES)}`
+      : (exit.message ??
+        `VMM exited with ${exit.signal ? `signal ${exit.signal}` : `code ${exit.code ?? 'unknown'}`}`);
+    this.deps.log.info(
+      { vmId: this.id, exit, panic },
+      crashed ? 'VM crashed' : rebooted ? 'guest rebooted' : 'VM powered off',
+    );
+    if (rebooted && this.command && this.command.desired !== 'stopped' && !this.deleting && !this.closing) {
+      this.consoleRoom.starting();
+      void this.enqueue(async () => {
+        await this.forgetRun();
+        await this.restart();
+      });
+      return;
+    }
+    void this.enqueue(() => this.forgetRun());
     this.setState(crashed ? 'failed' : 'stopped', crashed ? detail : null);
     this.consoleRoom.end('vm-stopped', crashed ? `the VM crashed: ${detail}` : 'the VM powered off');
-    void this.enqueue(() => this.forgetRun());
     const cmd = this.command;
     const policy = cmd?.spec.restart_policy ?? 'never';
     const restart = policy === 'always' || (policy === 'on-failure' && crashed);
@@ -1059,4 +1088,24 @@ export function parseGuestProc(text: string): AgentVmStats['guest'] {
     processes,
   };
   return Object.values(stats).every(Number.isFinite) ? stats : null;
+}
+
+/** The console output of the last boot: from the last kernel banner on (all of it when none). */
+export function lastBoot(text: string): string {
+  const at = text.lastIndexOf('Linux version ');
+  return at < 0 ? text : text.slice(at);
+}
+
+/** The last `n` non-empty lines of `text`, without terminal control sequences. */
+export function lastLines(text: string, n: number): string {
+  return (
+    text
+      // biome-ignore lint/suspicious/noControlCharactersInRegex: stripping escape sequences is the point
+      .replace(/\x1b\[[0-9;?]*[A-Za-z]/g, '')
+      .split(/\r?\n/)
+      .map((l) => l.replace(/\r/g, '').trimEnd())
+      .filter((l) => l.length > 0)
+      .slice(-n)
+      .join('\n')
+  );
 }
