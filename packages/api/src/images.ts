@@ -40,6 +40,11 @@ export const ImageMetadata = z.object({
   /** ext4 root filesystems: whether /usr/bin/cloud-init exists in the image. */
   has_cloud_init: z.boolean().optional(),
   oci: z.object({ reference: z.string(), manifest_digest: z.string(), config: OciImageConfig }).optional(),
+  /**
+   * Kernels whose drivers are modules: the initrd a VM naming this kernel and no initrd boots
+   * with (the built-in kernel's is the built-in initrd); without one it could not mount its root.
+   */
+  companion_initrd_id: Uuid.optional(),
 });
 export type ImageMetadata = z.infer<typeof ImageMetadata>;
 

@@ -2,7 +2,7 @@
  * What a new user runs, through the built bundle: `scripts/quickstart.sh` exactly as the README
  * shows it (packages, build, `nqvm up` on the embedded SQLite store), then the CLI as the
  * README drives it: login, an OCI image imported from a local registry, `container run`,
- * `vm create` on the defaults, `vm exec`; a second `nqvm up` beside it says which port is taken
+ * `vm create` on the defaults and in the reference system's kernel + rootfs form, `vm exec`; a second `nqvm up` beside it says which port is taken
  * and how to pick another. Tests elsewhere run the manager from its sources, where
  * npm resolves each workspace's own dependencies; only this one sees what the bundle loads.
  */
@@ -88,6 +88,7 @@ describe('the built nqvm as the README starts it', () => {
     if (home) {
       await nqvm(['container', 'rm', '--force', 'hello']).catch(() => undefined);
       await nqvm(['vm', 'delete', '--force', 'smoke']).catch(() => undefined);
+      await nqvm(['vm', 'delete', '--force', 'plain']).catch(() => undefined);
     }
     if (up && up.exitCode === null) {
       const done = new Promise((r) => up.once('exit', r));
@@ -118,6 +119,23 @@ describe('the built nqvm as the README starts it', () => {
     expect(ip, JSON.stringify(vm)).toMatch(/^\d+\.\d+\.\d+\.\d+$/);
     expect(addr).toContain(`inet ${ip}/`);
 
+    // The reference system's form, a kernel and a root disk and no initrd, boots too: the
+    // built-in kernel's drivers are modules, its companion initrd carries them.
+    await ok([
+      'vm',
+      'create',
+      'plain',
+      '--kernel',
+      'builtin-kernel',
+      '--rootfs',
+      'builtin-rootfs',
+      '--no-network',
+    ]);
+    const plain = JSON.parse(await ok(['vm', 'show', 'plain', '-o', 'json']));
+    expect(plain, JSON.stringify(plain)).toMatchObject({ state: 'running', last_error: null });
+    expect(await ok(['vm', 'exec', 'plain', '--', 'cat', '/proc/mounts'])).toMatch(/^\/dev\/vda \/ ext4/m);
+
+    await ok(['vm', 'delete', '--force', 'plain']);
     await ok(['vm', 'delete', '--force', 'smoke']);
     await ok(['container', 'rm', '--force', 'hello']);
     await waitFor(

@@ -4,6 +4,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { createAgent, loadAgentConfig } from '@nqvm/agent';
 import { createManager, type Manager } from '@nqvm/manager';
+import { setCompanionInitrd } from '@nqvm/manager/images/boot-images';
 import { ensureContainerInit, ensureTestGuest } from '@nqvm/testkit';
 import { Command } from 'commander';
 import { ensureDefaultNetwork } from './default-network';
@@ -29,8 +30,18 @@ export async function registerBuiltinGuest(manager: Manager, log: (m: string) =>
   const at = (dir: string, f: string) => path.join(dir, path.basename(f));
   // Inspected like an import: the bzImage kernel also gets the vmlinux Firecracker loads.
   const images = manager.services.images;
-  await images.registerBuiltin({ name: 'builtin-kernel', kind: 'kernel', path: at(guestDir, guest.kernel) });
-  await images.registerBuiltin({ name: 'builtin-initrd', kind: 'initrd', path: at(guestDir, guest.initrd) });
+  const kernel = await images.registerBuiltin({
+    name: 'builtin-kernel',
+    kind: 'kernel',
+    path: at(guestDir, guest.kernel),
+  });
+  const initrd = await images.registerBuiltin({
+    name: 'builtin-initrd',
+    kind: 'initrd',
+    path: at(guestDir, guest.initrd),
+  });
+  // Its drivers are modules in that initrd: a VM naming the kernel alone boots with it.
+  await setCompanionInitrd(manager.services.store, kernel, initrd);
   await images.registerBuiltin({ name: 'builtin-rootfs', kind: 'rootfs', path: at(guestDir, guest.rootfs) });
   // What containers boot (POST /api/v1/containers finds it by this name); not a default initrd.
   await images.registerBuiltin({

@@ -11,6 +11,7 @@ import { isoAfter, nowIso } from '../clock';
 import type { Datastore } from '../db/datastore';
 import type { HostRow, OperationRow, VmRow } from '../db/schema';
 import type { AgentClient } from '../hosts/agent-client';
+import { resolveInitrd } from '../images/boot-images';
 import { resolveImage } from '../images/images';
 import { type VmNetworking, vmNetworking } from '../networks/agent-networking';
 import { recordFoundAddresses } from '../networks/vm-nics';
@@ -176,10 +177,7 @@ export class Reconciler {
     const spec = JSON.parse(vm.spec) as StoredSpec;
     const [kernel, initrd, rootfs] = await Promise.all([
       resolveImage(this.store, 'kernel', spec.kernel_image_id),
-      resolveImage(this.store, 'initrd', spec.initrd_image_id, {
-        optional: true,
-        useDefault: spec.kernel_image_id === null,
-      }),
+      resolveInitrd(this.store, spec),
       resolveImage(this.store, 'rootfs', spec.rootfs_image_id, { optional: true }),
     ]);
     const volumes = await this.store.db

@@ -27,6 +27,7 @@ import { paginate } from '../db/pagination';
 import type { Database, HostRow, SnapshotRow, VmRow } from '../db/schema';
 import type { EventBus } from '../events/bus';
 import type { AgentClient } from '../hosts/agent-client';
+import { resolveInitrd } from '../images/boot-images';
 import { resolveImage } from '../images/images';
 import type { Operations } from '../operations/operations';
 import type { StoredSpec, Vms } from '../vms/vms';
@@ -613,10 +614,7 @@ export class Snapshots {
     const spec = JSON.parse(vm.spec) as StoredSpec;
     const [kernel, initrd, rootfs] = await Promise.all([
       resolveImage(this.store, 'kernel', spec.kernel_image_id, { optional: true }),
-      resolveImage(this.store, 'initrd', spec.initrd_image_id, {
-        optional: true,
-        useDefault: spec.kernel_image_id === null,
-      }),
+      resolveInitrd(this.store, spec),
       resolveImage(this.store, 'rootfs', spec.rootfs_image_id, { optional: true }),
     ]);
     const nics = await this.store.db
