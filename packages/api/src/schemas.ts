@@ -138,6 +138,10 @@ export const VmStop = z.strictObject({
   timeout_s: z.number().int().min(1).max(3600).default(30),
 });
 
+/** What said a guest is up: its guest agent's hello, or its console (a login prompt, cloud-init done). */
+export const GuestReadySignal = z.enum(['guest-agent', 'console']);
+export type GuestReadySignal = z.infer<typeof GuestReadySignal>;
+
 export const Vm = z.object({
   id: Uuid,
   name: z.string(),
@@ -159,6 +163,11 @@ export const Vm = z.object({
   labels: z.record(z.string(), z.string()),
   generation: z.number().int(),
   last_error: z.string().nullable(),
+  guest_ready_at: Timestamp.nullable().describe(
+    'when the guest of the running VM came up (its guest agent answered, or its console showed a ' +
+      'login prompt or cloud-init finishing); null while it boots, or when it is not running',
+  ),
+  guest_ready_signal: GuestReadySignal.nullable().describe('what said the guest is up'),
   created_at: Timestamp,
   updated_at: Timestamp,
 });
@@ -331,6 +340,8 @@ export const AgentVmReport = z.object({
       restarts: z.number().int().min(0),
     })
     .optional(),
+  /** When the guest of the running VMM came up and what said so; null while it boots (or is down). */
+  guest_ready: z.object({ at: Timestamp, signal: GuestReadySignal }).nullable().optional(),
 });
 export type AgentVmReport = z.infer<typeof AgentVmReport>;
 

@@ -110,9 +110,12 @@ describe('the built nqvm as the README starts it', () => {
     expect(run.code, `${run.stdout}\n${run.stderr}\n${upOutput}`).toBe(7);
     expect(run.stdout).toContain('hello from Linux in a container');
 
-    await ok(['vm', 'create', 'smoke']);
+    // `--wait ready` returns once the guest is up (its guest agent answered), not when the VMM runs.
+    await ok(['vm', 'create', 'smoke', '--wait', 'ready']);
     const vm = JSON.parse(await ok(['vm', 'show', 'smoke', '-o', 'json']));
     expect(vm.state).toBe('running');
+    expect(vm.guest_ready_signal, JSON.stringify(vm)).toBe('guest-agent');
+    expect(Date.parse(vm.guest_ready_at)).toBeGreaterThan(Date.parse(vm.created_at));
     // On the defaults a VM gets a NIC on the default network, with its address in the guest.
     const addr = await ok(['vm', 'exec', 'smoke', '--', 'ip', '-4', 'addr', 'show', 'eth0']);
     const ip = vm.networks?.[0]?.ip;

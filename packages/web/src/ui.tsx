@@ -3,7 +3,7 @@ import { type ReactNode, useEffect, useId, useRef, useState, useSyncExternalStor
 import { errorMessage } from './api';
 import type { CapacityFigures } from './capacity';
 import { formatMib, formatTime, percent, timeAgo, useNow } from './format';
-import type { Operation, VmState } from './types';
+import type { Operation, Vm, VmState } from './types';
 
 /** A time as lists show it: relative ("5 min ago"), the absolute time on hover. */
 export function RelTime({ iso, never }: { iso: string | null | undefined; never?: string }) {
@@ -46,6 +46,23 @@ export function StateBadge({ state }: { state: VmState }) {
     <Badge tone={stateTone(state)}>
       <span className="dot" aria-hidden="true" />
       {state}
+    </Badge>
+  );
+}
+
+/**
+ * Whether a running VM's guest is up (its guest agent answered, or its console showed a login
+ * prompt or cloud-init finishing) or still booting; nothing for a VM that is not running.
+ */
+export function GuestBadge({ vm }: { vm: Pick<Vm, 'state' | 'guest_ready_at' | 'guest_ready_signal'> }) {
+  if (vm.state !== 'running') return null;
+  return vm.guest_ready_at ? (
+    <Badge tone="ok" title={`up since ${formatTime(vm.guest_ready_at)} (${vm.guest_ready_signal})`}>
+      guest up
+    </Badge>
+  ) : (
+    <Badge tone="busy" title="the VMM runs; the guest has not said it is up yet">
+      booting
     </Badge>
   );
 }

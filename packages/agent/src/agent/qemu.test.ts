@@ -210,6 +210,13 @@ describe('agent with QEMU and the test guest', () => {
       await client.put(rebooting, vmCommand(1, 'running', images(), { spec: { guest_config } }));
       await waitForState(agent, rebooting, 'running', 30_000);
       await waitFor('the boot marker', async () => (await tail()).includes(BOOT_MARKER), BOOT_TIMEOUT_MS);
+      // Up once its guest agent said hello, which the VMM running alone does not say.
+      const up = await waitFor(
+        'the guest up',
+        () => reportOf(agent, rebooting)?.guest_ready,
+        BOOT_TIMEOUT_MS,
+      );
+      expect(up.signal).toBe('guest-agent');
       const first = reportOf(agent, rebooting)!.pid;
       const exec = await client.call('POST', `/v1/vms/${rebooting}/exec`, {
         argv: ['reboot'],
@@ -224,6 +231,13 @@ describe('agent with QEMU and the test guest', () => {
       const again = await waitForState(agent, rebooting, 'running', 30_000);
       expect(again.pid).not.toBe(first);
       expect(again.error).toBeNull();
+      // The new run's guest comes up on its own again.
+      const upAgain = await waitFor(
+        'the rebooted guest up',
+        () => reportOf(agent, rebooting)?.guest_ready,
+        BOOT_TIMEOUT_MS,
+      );
+      expect(Date.parse(upAgain.at)).toBeGreaterThan(Date.parse(up.at));
       await client.del(rebooting);
       await waitForState(agent, rebooting, 'deleted', 20_000);
     },

@@ -15,6 +15,7 @@ import {
   type AgentVmState,
   type AgentVmStats,
   ConflictError,
+  type GuestReadySignal,
   InputError,
   NqvmError,
   type SnapshotType,
@@ -38,6 +39,7 @@ import type { VolumeStore } from '../volumes/volume-store';
 import type { DriverSet } from './driver-set';
 import { guestAgentToken, hasGuestAgentToken } from './guest-channel';
 import { GuestLink } from './guest-link';
+import { watchConsoleReady } from './guest-ready';
 import { type AgentLogger, errorMessage } from './logger';
 import { DESIRED_FILE, RUN_FILE, readJsonFile, vmDirOf, writeJsonAtomic } from './state-files';
 import { bootVm, type RestoreSource } from './vm-boot';
@@ -141,9 +143,13 @@ export class VmRuntime {
     () => guestAgentToken(this.vmDir),
     (client) => {
       this.guestAnswered = true;
+      this.markGuestReady('guest-agent');
       this.container?.watch(client);
     },
   );
+  /** When the guest of the running VMM came up, and what said so; null while it boots. */
+  private guestReady: { at: string; signal: GuestReadySignal } | null = null;
+  private stopReadyWatch: (() => void) | null = null;
   /**
    * Whether the guest agent of the running VMM has answered: a snapshot of a paused VM, whose
    * guest cannot answer then, still records its token, so clones of it can be re-identified.
@@ -178,7 +184,17 @@ export class VmRuntime {
       pid: this.handle?.record.pid ?? null,
       ...(this.found.length ? { nics: this.found } : {}),
       ...(this.container ? { container: this.container.report() } : {}),
+      guest_ready: this.handle ? this.guestReady : null,
     };
+  }
+
+  /** The guest is up (its agent said hello, or its console shows boot finished): reported once per run. */
+  private markGuestReady(signal: GuestReadySignal): void {
+    if (this.guestReady || !this.handle) return;
+    this.stopReadyWatch?.();
+    this.stopReadyWatch = null;
+    this.guestReady = { at: new Date().toISOString(), signal };
+    this.deps.onChange();
   }
 
   /** A container's output: the last `tail` lines, and with `follow` each new one until it stops. */
@@ -298,7 +314,7 @@ export class VmRuntime {
     }
     if (handle) {
       this.deps.log.info({ vmId: this.id, pid: handle.record.pid }, 'adopted VM');
-      await this.attach(handle, cmd.desired === 'paused' ? 'paused' : 'running');
+      await this.attach(handle, cmd.desired === 'paused' ? 'paused' : 'running', undefined, true);
       if (cmd.desired === 'stopped') void this.enqueue(() => this.enact(cmd, false));
       return;
     }
@@ -740,10 +756,14 @@ export class VmRuntime {
     handle: VmHandle,
     state: 'running' | 'paused',
     ready?: () => Promise<void>,
+    adopted = false,
   ): Promise<void> {
     this.guest.reset();
     this.guestAnswered = false;
     this.guestSilent = false;
+    this.guestReady = null;
+    this.stopReadyWatch?.();
+    this.stopReadyWatch = null;
     this.handle = handle;
     this.vmmPaused = state === 'paused';
     this.vmm = handle.record.kind;
@@ -761,6 +781,9 @@ export class VmRuntime {
     if (this.handle === handle) {
       if (this.console) this.consoleRoom.attach(this.console);
       else this.consoleRoom.end('internal-error', 'the console of this VM cannot be opened');
+      // A fresh boot is watched from now on; an adopted VM's scrollback may hold its prompt already.
+      if (this.console && !this.guestReady)
+        this.stopReadyWatch = watchConsoleReady(this.console, adopted, () => this.markGuestReady('console'));
     }
     if (this.closing && this.handle === handle) {
       this.handle = null;

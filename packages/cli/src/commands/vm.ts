@@ -1,7 +1,7 @@
 /** `nqvm vm ...`: VMs from a terminal. Names or ids wherever a VM, image or volume is taken. */
 import { readFileSync } from 'node:fs';
-import { Command, Option } from 'commander';
-import type { ApiClient } from '../client/api';
+import { Command, InvalidArgumentError, Option } from 'commander';
+import { type ApiClient, ApiError } from '../client/api';
 import {
   age,
   formatMib,
@@ -11,6 +11,7 @@ import {
   stateColour,
   UsageError,
 } from '../client/output';
+import { Progress } from '../client/progress';
 import { askHidden, readStdinLine } from '../client/prompt';
 import {
   action,
@@ -37,6 +38,8 @@ export interface VmJson {
   networks: Array<{ network_id: string; ip: string | null; mac: string | null }>;
   labels: Record<string, string>;
   last_error: string | null;
+  guest_ready_at?: string | null;
+  guest_ready_signal?: string | null;
   created_at: string;
 }
 
@@ -68,24 +71,69 @@ export const collect = (v: string, prev: string[]) => [...prev, v];
 
 export function waitOptions(cmd: Command): Command {
   return cmd
+    .addOption(
+      new Option(
+        '--wait [until]',
+        'wait for the operation (the default); `--wait ready` also waits until the guest is up (its guest agent answered, or its console showed a login prompt or cloud-init finishing)',
+      )
+        .argParser((v: string) => {
+          if (v !== 'ready') throw new InvalidArgumentError('the only value --wait takes is "ready"');
+          return v;
+        })
+        .default(true),
+    )
     .option('--no-wait', 'return as soon as the manager accepted the request')
     .option('--timeout <s>', 'give up waiting after this many seconds', '600');
 }
 
-/** Prints the VM once its operation ended, or at once (with the operation) under --no-wait. */
+/**
+ * Prints the VM once its operation ended (and under `--wait ready` its guest is up), or at once
+ * (with the operation) under --no-wait.
+ */
 export async function finish(
   api: ApiClient,
   print: Printer,
   res: VmAction,
-  opts: { wait: boolean; timeout: string },
+  opts: { wait: boolean | string; timeout: string },
   label: string,
 ): Promise<void> {
   if (!opts.wait) {
     printAccepted(print, res, [res.operation], () => makeVmPrinter(print)(res.vm));
     return;
   }
+  const deadline = Date.now() + Number(opts.timeout) * 1000;
   await waitOperation(api, res.operation, { timeoutS: Number(opts.timeout), label });
-  makeVmPrinter(print)(await api.get<VmJson>(`/api/v1/vms/${res.vm.id}`));
+  let vm = await api.get<VmJson>(`/api/v1/vms/${res.vm.id}`);
+  if (opts.wait === 'ready') vm = await waitGuestReady(api, vm, deadline);
+  makeVmPrinter(print)(vm);
+}
+
+/** Polls the VM until its guest is up; an error when it stops running or time runs out. */
+export async function waitGuestReady(api: ApiClient, first: VmJson, deadline: number): Promise<VmJson> {
+  let vm = first;
+  const progress = new Progress(`waiting for the guest of ${vm.name} to be up`);
+  try {
+    while (!vm.guest_ready_at) {
+      progress.update(null);
+      if (vm.state !== 'running' && vm.state !== 'starting')
+        throw new ApiError(
+          0,
+          'VM_INVALID_STATE',
+          `the VM is ${vm.state}${vm.last_error ? ` (${vm.last_error})` : ''}: its guest will not be up`,
+        );
+      if (Date.now() > deadline)
+        throw new ApiError(
+          0,
+          'TIMEOUT',
+          `the guest of ${vm.name} was not up in time (the VM runs; see its console)`,
+        );
+      await new Promise((r) => setTimeout(r, 500));
+      vm = await api.get<VmJson>(`/api/v1/vms/${vm.id}`);
+    }
+  } finally {
+    progress.done(Boolean(vm.guest_ready_at));
+  }
+  return vm;
 }
 
 /**
@@ -155,6 +203,7 @@ export function makeVmPrinter(print: Parameters<typeof printItem>[0]) {
           .join(', ') || null,
       ],
       ['labels', Object.keys(vm.labels).length ? vm.labels : null],
+      ['guest up', vm.guest_ready_at ? `${vm.guest_ready_at} (${vm.guest_ready_signal})` : null],
       ['last error', vm.last_error],
       ['created', vm.created_at],
     ]);

@@ -405,6 +405,15 @@ const steps6: Record<string, Step> = {
 };
 Object.assign(steps, steps6);
 
+const steps8: Record<string, Step> = {
+  async '0008_vm_guest_ready'(db) {
+    // When the running VM's guest came up (its agent answered, or its console said so), and what said so.
+    await db.schema.alterTable('vms').addColumn('guest_ready_at', 'text').execute();
+    await db.schema.alterTable('vms').addColumn('guest_ready_signal', 'text').execute();
+  },
+};
+Object.assign(steps, steps8);
+
 class StaticProvider implements MigrationProvider {
   constructor(private readonly dialect: DialectName) {}
   async getMigrations(): Promise<Record<string, Migration>> {

@@ -93,6 +93,9 @@ export interface VmsTable {
   observed_generation: Generated<number>;
   commanded_at: Time | null;
   pid: number | null;
+  /** When the guest of the running VMM came up, as its host reported it; null while it boots. */
+  guest_ready_at: Time | null;
+  guest_ready_signal: 'guest-agent' | 'console' | null;
 }
 
 export interface VmLabelsTable {

@@ -313,8 +313,13 @@ export class Reconciler {
     }
     if (vm.state === 'creating' && (state === 'stopping' || state === 'stopped') && !current)
       state = 'creating';
+    const ready = r.guest_ready ?? null;
     const changed =
-      vm.state !== state || vm.last_error !== r.error || vm.desired_state !== desired || vm.pid !== r.pid;
+      vm.state !== state ||
+      vm.last_error !== r.error ||
+      vm.desired_state !== desired ||
+      vm.pid !== r.pid ||
+      vm.guest_ready_at !== (ready?.at ?? null);
     await this.store.db
       .updateTable('vms')
       .set({
@@ -331,7 +336,13 @@ export class Reconciler {
       await this.vms.writeIf(
         vm.id,
         { state: vm.state, generation: vm.generation },
-        { state, last_error: r.error, desired_state: desired },
+        {
+          state,
+          last_error: r.error,
+          desired_state: desired,
+          guest_ready_at: ready?.at ?? null,
+          guest_ready_signal: ready?.signal ?? null,
+        },
       );
     if (current) await this.settleOperations(vm.id, state, r.error, r.generation);
   }

@@ -100,6 +100,9 @@ export function toVm(r: VmRow, volumes: VmVolume[], nics: VmNic[]): Vm {
     labels: JSON.parse(r.labels),
     generation: r.generation,
     last_error: r.last_error,
+    // Only a running VM's guest is up; a stale time from before a stop is not shown.
+    guest_ready_at: r.state === 'running' ? (r.guest_ready_at ?? null) : null,
+    guest_ready_signal: r.state === 'running' ? (r.guest_ready_signal ?? null) : null,
     created_at: r.created_at,
     updated_at: r.updated_at,
   };
@@ -252,6 +255,8 @@ export class Vms {
       observed_generation: 0,
       commanded_at: null,
       pid: null,
+      guest_ready_at: null,
+      guest_ready_signal: null,
     };
     try {
       await this.store.db.transaction().execute(async (trx) => {
@@ -474,7 +479,12 @@ export class Vms {
   /** Writes reconciler or agent-reported fields and publishes the change. */
   async write(
     id: string,
-    set: Partial<Pick<VmRow, 'state' | 'desired_state' | 'host_id' | 'generation' | 'last_error'>>,
+    set: Partial<
+      Pick<
+        VmRow,
+        'state' | 'desired_state' | 'host_id' | 'generation' | 'last_error' | 'guest_ready_at' | 'guest_ready_signal'
+      >
+    >,
   ): Promise<Vm> {
     return (await this.writeIf(id, null, set))!;
   }
@@ -487,7 +497,12 @@ export class Vms {
   async writeIf(
     id: string,
     expected: Pick<VmRow, 'state' | 'generation'> | null,
-    set: Partial<Pick<VmRow, 'state' | 'desired_state' | 'host_id' | 'generation' | 'last_error'>>,
+    set: Partial<
+      Pick<
+        VmRow,
+        'state' | 'desired_state' | 'host_id' | 'generation' | 'last_error' | 'guest_ready_at' | 'guest_ready_signal'
+      >
+    >,
   ): Promise<Vm | null> {
     // A new generation goes out at once, not after the resend window of the previous command.
     const fresh = set.generation !== undefined ? { commanded_at: null } : {};

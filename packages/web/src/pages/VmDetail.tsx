@@ -5,7 +5,7 @@ import { formatMib, formatTime, timeAgo, useNow } from '../format';
 import { useCan, useHosts, useSnapshots, useTargetOps, useVm } from '../queries';
 import { Link } from '../router';
 import type { Vm } from '../types';
-import { Empty, ErrorBox, Loading, StateBadge } from '../ui';
+import { Empty, ErrorBox, GuestBadge, Loading, StateBadge } from '../ui';
 import { VM_ACTIONS as ACTIONS, runVmAction as runAction } from '../vm-actions';
 import { OperationsTable } from './Operations';
 import { SnapshotsTable, snapshottable, TakeSnapshotDialog } from './Snapshots';
@@ -47,7 +47,7 @@ export function VmDetailPage({ id, tab }: { id: string; tab: string }) {
       </nav>
       <div className="page-head">
         <h1>
-          {v.name} <StateBadge state={v.state} />
+          {v.name} <StateBadge state={v.state} /> <GuestBadge vm={v} />
           {v.desired_state !== v.state && !['running', 'stopped', 'paused'].includes(v.state) ? (
             <span className="small muted"> → {v.desired_state}</span>
           ) : null}

@@ -3,7 +3,7 @@ import { formatMib, formatTime, timeAgo, useNow, VM_STATES } from '../format';
 import { FilterBar, useListFilter } from '../list-filter';
 import { useCan, useHosts, useVms } from '../queries';
 import { Link } from '../router';
-import { Empty, PageHead, QueryStatus, StateBadge } from '../ui';
+import { Empty, GuestBadge, PageHead, QueryStatus, StateBadge } from '../ui';
 import { VmWizard } from './VmWizard';
 
 export function VmListPage() {
@@ -66,7 +66,7 @@ export function VmListPage() {
                     ) : null}
                   </td>
                   <td>
-                    <StateBadge state={vm.state} />
+                    <StateBadge state={vm.state} /> <GuestBadge vm={vm} />
                     {vm.desired_state !== vm.state && !['stopped', 'running', 'paused'].includes(vm.state) ? (
                       <span className="small muted"> → {vm.desired_state}</span>
                     ) : null}
