@@ -8,8 +8,11 @@ import { ListQuery, Name, Operation, Timestamp, Uuid } from './schemas';
 export const ImageKind = z.enum(['kernel', 'initrd', 'rootfs']);
 export type ImageKind = z.infer<typeof ImageKind>;
 
-/** `importing` while bytes arrive or a source is converted; `failed` keeps the error. */
-export const ImageStatus = z.enum(['importing', 'ready', 'failed']);
+/**
+ * `importing` while bytes arrive or a source is converted, then `ready`. A failed or cancelled
+ * import leaves no image: its operation carries the error.
+ */
+export const ImageStatus = z.enum(['importing', 'ready']);
 export type ImageStatus = z.infer<typeof ImageStatus>;
 
 export const Sha256 = z.string().regex(/^[a-f0-9]{64}$/, '64 lowercase hexadecimal digits');
@@ -54,12 +57,19 @@ export const Image = z.object({
   kind: ImageKind,
   status: ImageStatus,
   sha256: Sha256.nullable(),
-  size_bytes: z.number().int().nullable(),
+  size_bytes: z.number().int().nullable().describe('length of the image file (its apparent size)'),
+  stored_bytes: z
+    .number()
+    .int()
+    .nullable()
+    .describe(
+      "bytes it takes on the manager's disk (allocated blocks): zero blocks are stored as holes, " +
+        'so a sparse image (a mostly empty ext4) takes less than size_bytes; null while importing',
+    ),
   /** kernel: bzimage | vmlinux; initrd: cpio, cpio.gz, cpio.zst...; rootfs: ext4 | qcow2 | raw. */
   format: z.string().nullable(),
   source: ImageSource,
   is_default: z.boolean(),
-  error: z.string().nullable(),
   metadata: ImageMetadata,
   created_at: Timestamp,
   updated_at: Timestamp,

@@ -14,6 +14,7 @@ import { isoAfter } from './clock';
 import type { ManagerConfig } from './config';
 import { Containers } from './containers/containers';
 import { type Datastore, openDatastore } from './db/datastore';
+import { openPresence } from './db/presence';
 import { EventBus } from './events/bus';
 import { AgentClient } from './hosts/agent-client';
 import { Hosts } from './hosts/hosts';
@@ -72,7 +73,9 @@ export async function createManager(config: ManagerConfig, opts: ManagerOptions 
   const agents = new AgentClient(managerKey);
   // One logger for the HTTP layer and the background loops, at NQVM_LOG_LEVEL.
   const log = pino({ level: config.logLevel });
-  const images = new ImageService(store, bus, ops, config, log);
+  // Marks this process as running, so what it leaves when killed is resolved at once.
+  const presence = await openPresence(store, config.databaseUrl);
+  const images = new ImageService(store, bus, ops, config, log, presence);
   const portForwards = new PortForwards(store, vms, agents);
   const reconciler = new Reconciler(store, vms, ops, scheduler, agents, log);
   const hosts = new Hosts(store, bus, config.heartbeatIntervalS, fingerprint);
@@ -111,7 +114,7 @@ export async function createManager(config: ManagerConfig, opts: ManagerOptions 
     version: VERSION,
   };
   const firstAdmin = await services.users.ensureFirstAdmin(config.adminPassword);
-  services.images.start();
+  await services.images.start();
   const { app, routes } = await buildApp(services, { ...opts, https, logger: log });
 
   const interval = opts.loopIntervalMs ?? 1000;
@@ -180,6 +183,7 @@ export async function createManager(config: ManagerConfig, opts: ManagerOptions 
       if (timer) clearTimeout(timer);
       await services.containers.stop();
       await services.images.stop();
+      await presence.close();
       bus.stop();
       await app.close();
       if (!opts.store) await store.close();

@@ -1,8 +1,9 @@
 /**
  * The image registry over HTTP on both datastores: streamed uploads with progress, size limit,
- * checksums, dedupe, URL imports from a local server (success, mismatch, 404, cancel), host
- * path registration and its refusals, format detection (a real bzImage yields its vmlinux),
- * delete refused while in use, and the agent blob route.
+ * checksums, dedupe, sparse images stored sparse (upload, URL, OCI), URL imports from a local
+ * server (success, mismatch, 404, cancel: none leaves an image), host path registration and its
+ * refusals, format detection (a real bzImage yields its vmlinux), delete refused while in use,
+ * and the agent blob route.
  */
 import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
@@ -23,67 +24,15 @@ import {
   type TestGuest,
 } from '@nqvm/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { openPresence } from '../src/db/presence';
 import { parseRange } from '../src/routes/images';
 import { client, DATASTORES, startManager, type TestManager, userWithRole } from './harness';
-import { expectError, type Reply, registerHost, rowsOf, sleep, tableNames } from './helpers';
+import { expectError, registerHost, rowsOf, tableNames } from './helpers';
+import { chunksOf, upload } from './image-upload';
 
 const StrictImage = Image.strict();
 const MiB = 1024 * 1024;
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
-
-/** A raw-body request with full control of headers and pacing (fetch hides Content-Length). */
-function upload(
-  url: string,
-  token: string,
-  query: string,
-  chunks: Buffer[],
-  opts: { contentLength?: number | null; delayMs?: number } = {},
-): Promise<Reply> {
-  const total = chunks.reduce((n, c) => n + c.length, 0);
-  const length = opts.contentLength === undefined ? total : opts.contentLength;
-  return new Promise((resolve, reject) => {
-    const req = http.request(`${url}/api/v1/images/upload?${query}`, {
-      method: 'POST',
-      headers: {
-        authorization: `Bearer ${token}`,
-        'content-type': 'application/octet-stream',
-        ...(length === null ? { 'transfer-encoding': 'chunked' } : { 'content-length': String(length) }),
-      },
-    });
-    req.on('response', (res) => {
-      const parts: Buffer[] = [];
-      res.on('data', (d) => parts.push(d));
-      res.on('end', () => {
-        const text = Buffer.concat(parts).toString('utf8');
-        let body: unknown;
-        try {
-          body = JSON.parse(text);
-        } catch {
-          body = undefined;
-        }
-        const headers = new Headers();
-        for (const [k, v] of Object.entries(res.headers)) if (typeof v === 'string') headers.set(k, v);
-        resolve({ status: res.statusCode ?? 0, body, text, headers });
-      });
-    });
-    // The server may answer (and close) before the whole body went out.
-    req.on('error', reject);
-    void (async () => {
-      for (const c of chunks) {
-        if (req.destroyed) return;
-        if (!req.write(c)) await new Promise((r) => req.once('drain', r));
-        if (opts.delayMs) await sleep(opts.delayMs);
-      }
-      req.end();
-    })();
-  });
-}
-
-function chunksOf(b: Buffer, size = 256 * 1024): Buffer[] {
-  const out: Buffer[] = [];
-  for (let i = 0; i < b.length; i += size) out.push(b.subarray(i, i + size));
-  return out;
-}
 
 /** The upstream of URL imports: a file, a redirect to it, a 404, a slow endpoint. */
 let upstream: http.Server;
@@ -98,10 +47,20 @@ let registry: OciRegistry;
 const OCI_USER = 'puller';
 const OCI_PASSWORD = `registry-secret-${randomBytes(6).toString('hex')}`;
 const workDir = fs.mkdtempSync(path.join(os.tmpdir(), 'nqvm-images-test-'));
+/** A 128 MiB ext4 holding 3 MiB of files, sparse as mkfs.ext4 writes it, and what it takes. */
+let sparseExt4: { bytes: Buffer; storedBytes: number };
 
 beforeAll(async () => {
+  const tree = fs.mkdtempSync(path.join(workDir, 'sparse-tree-'));
+  fs.writeFileSync(path.join(tree, 'data.bin'), randomBytes(3 * MiB));
+  const file = path.join(workDir, 'sparse.ext4');
+  execFileSync('mkfs.ext4', ['-q', '-F', '-d', tree, file, '128M']);
+  sparseExt4 = { bytes: fs.readFileSync(file), storedBytes: fs.statSync(file).blocks * 512 };
   upstream = http.createServer((req, res) => {
-    if (req.url === '/file.img') {
+    if (req.url === '/sparse.ext4') {
+      res.writeHead(200, { 'content-length': sparseExt4.bytes.length });
+      res.end(sparseExt4.bytes);
+    } else if (req.url === '/file.img') {
       res.writeHead(200, { 'content-length': payload.length, 'content-type': 'application/octet-stream' });
       res.end(payload);
     } else if (req.url === '/redirect') {
@@ -212,7 +171,6 @@ describe.concurrent.each(DATASTORES)('images API on %s', (kind) => {
         format: 'ext4',
         source: { type: 'upload' },
         is_default: false,
-        error: null,
         metadata: { has_cloud_init: true },
       });
       expect(r.body.operation).toMatchObject({
@@ -229,6 +187,24 @@ describe.concurrent.each(DATASTORES)('images API on %s', (kind) => {
       expect(events).toContain('image.updated');
       expect(fs.readFileSync(path.join(blobDir(t), image.sha256!)).equals(big)).toBe(true);
       expect((await api.get(`/api/v1/images/${image.id}`)).body).toEqual(image);
+    });
+
+    it('stores a sparse ext4 sparse: both sizes reported, the blob takes what the file system holds', async () => {
+      const { bytes, storedBytes } = sparseExt4;
+      expect(storedBytes).toBeLessThan(bytes.length / 8);
+      const image = await uploadOk('sparse-rootfs', 'rootfs', bytes);
+      expect(image).toMatchObject({ sha256: sha(bytes), size_bytes: bytes.length, format: 'ext4' });
+      const blob = path.join(blobDir(t), sha(bytes));
+      const st = fs.statSync(blob);
+      expect(st.size).toBe(bytes.length);
+      // Zero blocks mkfs.ext4 wrote out count as holes too: at most what the source takes.
+      expect(st.blocks * 512).toBeLessThanOrEqual(storedBytes + 64 * 1024);
+      expect(image.stored_bytes).toBe(st.blocks * 512);
+      expect(sha(fs.readFileSync(blob))).toBe(sha(bytes));
+      expect((await api.get(`/api/v1/images/${image.id}`)).body).toMatchObject({
+        size_bytes: bytes.length,
+        stored_bytes: st.blocks * 512,
+      });
     });
 
     it('detects formats: ext4 without cloud-init, qcow2, raw, a gzip initrd; refuses a non-kernel', async () => {
@@ -406,22 +382,20 @@ describe.concurrent.each(DATASTORES)('images API on %s', (kind) => {
         url: `${upstreamUrl}/file.img`,
         sha256: 'b'.repeat(64),
       });
-      expect(await waitOp(t, operation.id)).toMatchObject({
-        status: 'failed',
-        error: { code: 'CHECKSUM_MISMATCH' },
-      });
-      expect((await api.get(`/api/v1/images/${image.id}`)).body).toMatchObject({
-        status: 'failed',
-        sha256: null,
-        error: expect.stringContaining('b'.repeat(64)),
-      });
+      const op = await waitOp(t, operation.id);
+      expect(op).toMatchObject({ status: 'failed', error: { code: 'CHECKSUM_MISMATCH' } });
+      expect(op.error?.message).toContain('b'.repeat(64));
+      // A failed import leaves no image: nothing listed, nothing to back a VM, the name free.
+      expectError(await api.get(`/api/v1/images/${image.id}`), 404, 'IMAGE_NOT_FOUND');
+      expect((await api.get('/api/v1/images?name=url-mismatch')).body.items).toEqual([]);
       expect(blobFiles(t)).toEqual(before);
-      // A failed image cannot back a VM.
       expectError(
         await api.post('/api/v1/vms', { name: `vm-on-failed`, rootfs_image_id: image.id }),
-        409,
-        'IMAGE_NOT_READY',
+        400,
+        'VALIDATION_FAILED',
       );
+      const again = await importUrl('url-mismatch', { type: 'url', url: `${upstreamUrl}/file.img` });
+      expect(await waitOp(t, again.operation.id)).toMatchObject({ status: 'succeeded' });
     });
 
     it('a 404 upstream fails the operation with IMPORT_FAILED', async () => {
@@ -432,11 +406,25 @@ describe.concurrent.each(DATASTORES)('images API on %s', (kind) => {
       const op = await waitOp(t, operation.id);
       expect(op).toMatchObject({ status: 'failed', error: { code: 'IMPORT_FAILED' } });
       expect(op.error?.message).toContain('404');
-      expect((await api.get(`/api/v1/images/${image.id}`)).body).toMatchObject({ status: 'failed' });
+      expectError(await api.get(`/api/v1/images/${image.id}`), 404, 'IMAGE_NOT_FOUND');
+    });
+
+    it('keeps a sparse download sparse', async () => {
+      const { bytes, storedBytes } = sparseExt4;
+      const { image, operation } = await importUrl('url-sparse', {
+        type: 'url',
+        url: `${upstreamUrl}/sparse.ext4`,
+        sha256: sha(bytes),
+      });
+      expect(await waitOp(t, operation.id)).toMatchObject({ status: 'succeeded' });
+      const got = StrictImage.parse((await api.get(`/api/v1/images/${image.id}`)).body);
+      const st = fs.statSync(path.join(blobDir(t), sha(bytes)));
+      expect(got).toMatchObject({ size_bytes: bytes.length, stored_bytes: st.blocks * 512 });
+      expect(st.blocks * 512).toBeLessThanOrEqual(storedBytes + 64 * 1024);
     });
 
     // The test's own expect: the two datastores' suites run at once.
-    it('an import can be cancelled: the image fails, the download stops, no bytes stay', async ({
+    it('an import can be cancelled: the image goes, the download stops, no bytes stay', async ({
       expect,
     }) => {
       const before = blobFiles(t);
@@ -453,10 +441,7 @@ describe.concurrent.each(DATASTORES)('images API on %s', (kind) => {
       const c = await api.post(`/api/v1/operations/${operation.id}/cancel`);
       expect(c.status, c.text).toBe(200);
       await t.manager.services.images.idle();
-      expect((await api.get(`/api/v1/images/${image.id}`)).body).toMatchObject({
-        status: 'failed',
-        error: 'import cancelled',
-      });
+      expectError(await api.get(`/api/v1/images/${image.id}`), 404, 'IMAGE_NOT_FOUND');
       expect((await api.get(`/api/v1/operations/${operation.id}`)).body.status).toBe('cancelled');
       await expect.poll(() => slowAborted.has(kind)).toBe(true);
       expect(fs.readdirSync(blobDir(t)).filter((f) => f.startsWith('.tmp-'))).toEqual([]);
@@ -527,6 +512,9 @@ describe.concurrent.each(DATASTORES)('images API on %s', (kind) => {
       expect(got.metadata.oci?.manifest_digest).toMatch(/^sha256:[a-f0-9]{64}$/);
       const blob = path.join(blobDir(t), got.sha256!);
       expect(sha(fs.readFileSync(blob))).toBe(got.sha256);
+      // mkfs.ext4 makes the file system sparse, and it stays so in the store.
+      expect(got.stored_bytes).toBe(fs.statSync(blob).blocks * 512);
+      expect(got.stored_bytes).toBeLessThan(got.size_bytes! / 2);
       expect(
         execFileSync('debugfs', ['-R', 'cat /etc/hello', blob], {
           stdio: ['ignore', 'pipe', 'ignore'],
@@ -542,10 +530,7 @@ describe.concurrent.each(DATASTORES)('images API on %s', (kind) => {
       const before = blobFiles(t);
       const { image, op } = await importOci('oci-denied', 'wrong-password');
       expect(op.status).toBe('failed');
-      expect((await api.get(`/api/v1/images/${image.id}`)).body).toMatchObject({
-        status: 'failed',
-        sha256: null,
-      });
+      expectError(await api.get(`/api/v1/images/${image.id}`), 404, 'IMAGE_NOT_FOUND');
       expect(blobFiles(t)).toEqual(before);
       expect(fs.readdirSync(path.join(t.dataDir, 'images', 'work'))).toEqual([]);
     });
@@ -698,9 +683,11 @@ describe.concurrent.each(DATASTORES)('images API on %s', (kind) => {
       expect((await api.del(`/api/v1/images/${a.id}`)).status).toBe(200);
     });
 
-    it('after a restart, imports whose operation went silent end failed; live ones are left alone', async () => {
+    it('imports of a stopped manager end at once, silent ones of unknown owner later; live ones stay', async () => {
       const { store, ops, images } = t.manager.services;
-      const orphan = async (name: string, updatedAt: string) => {
+      // Another manager process on this datastore (PostgreSQL only: SQLite serves one manager).
+      const other = await openPresence(store, t.dbUrl);
+      const orphan = async (name: string, manager: string | null, updatedAt = new Date().toISOString()) => {
         const id = crypto.randomUUID();
         const at = new Date().toISOString();
         await store.db
@@ -709,20 +696,20 @@ describe.concurrent.each(DATASTORES)('images API on %s', (kind) => {
             id,
             name,
             kind: 'rootfs',
-            sha256: null,
-            size_bytes: null,
-            format: null,
             status: 'importing',
             source: '{"type":"url","url":"http://127.0.0.1:9/x"}',
             metadata: '{}',
             is_default: 0,
-            error: null,
-            created_by: null,
             created_at: at,
             updated_at: at,
           })
           .execute();
-        const op = await ops.create({ kind: 'image.import', target: { type: 'image', id }, createdBy: null });
+        const op = await ops.create({
+          kind: 'image.import',
+          target: { type: 'image', id },
+          createdBy: null,
+          params: manager ? { manager } : {},
+        });
         await ops.update(op.id, { status: 'running' });
         await store.db
           .updateTable('operations')
@@ -731,20 +718,35 @@ describe.concurrent.each(DATASTORES)('images API on %s', (kind) => {
           .execute();
         return { id, opId: op.id };
       };
-      const stale = await orphan('orphan-stale', new Date(Date.now() - 10 * 60_000).toISOString());
-      const live = await orphan('orphan-live', new Date().toISOString());
-      expect(await images.recover()).toBe(1);
-      expect((await api.get(`/api/v1/images/${stale.id}`)).body).toMatchObject({
-        status: 'failed',
-        error: expect.stringContaining('manager'),
-      });
-      expect((await api.get(`/api/v1/operations/${stale.opId}`)).body).toMatchObject({
-        status: 'failed',
-        error: { code: 'IMPORT_FAILED' },
-      });
-      expect((await api.get(`/api/v1/images/${live.id}`)).body.status).toBe('importing');
-      await ops.cancel(live.opId);
-      await store.db.updateTable('images').set({ status: 'failed' }).where('id', '=', live.id).execute();
+      const stopped = crypto.randomUUID();
+      const silent = await orphan('orphan-silent', null, new Date(Date.now() - 10 * 60_000).toISOString());
+      const cutOff = await orphan('orphan-cut-off', stopped);
+      const unknownOwner = await orphan('orphan-unknown', null);
+      const elsewhere = await orphan('orphan-elsewhere', other.id);
+      const temp = (owner: string) => path.join(blobDir(t), `.tmp-${owner}.${crypto.randomUUID()}`);
+      fs.mkdirSync(blobDir(t), { recursive: true });
+      const [deadTemp, otherTemp] = [temp(stopped), temp(other.id)];
+      for (const f of [deadTemp, otherTemp]) fs.writeFileSync(f, 'partial');
+      try {
+        expect(await images.recover()).toBe(kind === 'postgres' ? 2 : 3);
+        for (const gone of kind === 'postgres' ? [silent, cutOff] : [silent, cutOff, elsewhere]) {
+          expectError(await api.get(`/api/v1/images/${gone.id}`), 404, 'IMAGE_NOT_FOUND');
+          const op = (await api.get(`/api/v1/operations/${gone.opId}`)).body as Operation;
+          expect(op).toMatchObject({ status: 'failed', error: { code: 'IMPORT_FAILED' } });
+          expect(op.error?.message).toContain('the manager running it stopped');
+        }
+        expect(fs.existsSync(deadTemp)).toBe(false);
+        expect(fs.existsSync(otherTemp)).toBe(kind === 'postgres');
+        const stay = kind === 'postgres' ? [unknownOwner, elsewhere] : [unknownOwner];
+        for (const live of stay) {
+          expect((await api.get(`/api/v1/images/${live.id}`)).body.status).toBe('importing');
+          await ops.cancel(live.opId);
+          await store.db.deleteFrom('images').where('id', '=', live.id).execute();
+        }
+      } finally {
+        await other.close();
+        fs.rmSync(otherTemp, { force: true });
+      }
     });
 
     it('lists with filters and a cursor', async () => {
@@ -756,11 +758,12 @@ describe.concurrent.each(DATASTORES)('images API on %s', (kind) => {
       expect(page2.body.items).toEqual(all.slice(2, 4));
       const kernels = (await api.get('/api/v1/images?kind=kernel')).body.items as Image[];
       expect(kernels.map((i) => i.name)).toEqual(['kernel']);
-      const failed = (await api.get('/api/v1/images?status=failed')).body.items as Image[];
-      expect(failed.every((i) => i.status === 'failed')).toBe(true);
-      expect(failed.length).toBeGreaterThan(0);
+      const ready = (await api.get('/api/v1/images?status=ready')).body.items as Image[];
+      expect(ready.map((i) => i.id).sort()).toEqual(all.map((i) => i.id).sort());
+      // There is no failed image to list: a failed import leaves none.
+      expectError(await api.get('/api/v1/images?status=failed'), 400, 'VALIDATION_FAILED');
       const named = (await api.get('/api/v1/images?name=url-')).body.items as Image[];
-      expect(named.map((i) => i.name).sort()).toEqual(['url-404', 'url-mismatch', 'url-slow']);
+      expect(named.map((i) => i.name).sort()).toEqual(['url-mismatch', 'url-sparse']);
       expectError(await api.get('/api/v1/images?status=done'), 400, 'VALIDATION_FAILED');
     });
   });

@@ -661,6 +661,8 @@ describe('web UI', () => {
     const sha = createHash('sha256').update(bytes).digest('hex');
     expect(await row.locator('code').textContent()).toBe(sha.slice(0, 12));
     expect(await row.textContent()).toContain('2 MiB');
+    // Random bytes hold no zero block: what is stored is the whole length.
+    expect(await row.textContent()).toContain('2 MiB stored');
     const image = (await api.get('/api/v1/images?name=uploaded-rootfs')).body.items[0];
     expect(image).toMatchObject({ status: 'ready', kind: 'rootfs', sha256: sha, size_bytes: bytes.length });
 
@@ -719,8 +721,9 @@ describe('web UI', () => {
     expect(await row.locator('code').textContent()).toBe(
       createHash('sha256').update(payload).digest('hex').slice(0, 12),
     );
-    const failed = page.locator('tr[data-image="url-missing"]');
-    await failed.getByText('failed', { exact: true }).waitFor();
+    // A failed import leaves no image behind: its row went with it.
+    await page.locator('tr[data-image="url-missing"]').waitFor({ state: 'detached' });
+    expect((await api.get('/api/v1/images?name=url-missing')).body.items).toEqual([]);
 
     // The OCI form takes a registry password, and it is gone once submitted.
     await page.getByRole('button', { name: 'Import' }).click();
@@ -750,10 +753,11 @@ describe('web UI', () => {
     await dialog.getByRole('alert').filter({ hasText: 'is used by vm img-user' }).waitFor();
     await dialog.getByRole('button', { name: 'Cancel' }).click();
     expect((await api.del(`/api/v1/vms/${vm.body.vm.id}`)).status).toBe(202);
+    await expect.poll(async () => (await api.get(`/api/v1/vms/${vm.body.vm.id}`)).status).toBe(404);
 
-    await page.locator('tr[data-image="url-missing"]').getByRole('button', { name: 'Delete' }).click();
-    await page.getByRole('dialog', { name: 'Delete image url-missing' }).getByTestId('confirm').click();
-    await page.locator('tr[data-image="url-missing"]').waitFor({ state: 'detached' });
+    await row.getByRole('button', { name: 'Delete' }).click();
+    await page.getByRole('dialog', { name: 'Delete image url-rootfs' }).getByTestId('confirm').click();
+    await row.waitFor({ state: 'detached' });
   });
 
   test('networks page: create, pick one in the wizard, delete', async () => {

@@ -22,11 +22,30 @@ export interface ImageJson {
   status: string;
   sha256: string | null;
   size_bytes: number | null;
+  stored_bytes: number | null;
   format: string | null;
   is_default: boolean;
-  error: string | null;
   source: Record<string, unknown>;
+  metadata: Record<string, unknown>;
   created_at: string;
+}
+
+/** `image show` and `image import`: the length and what the (sparse) blob takes on disk. */
+function imageFields(img: ImageJson): [string, unknown][] {
+  return [
+    ['id', img.id],
+    ['name', img.name],
+    ['kind', img.kind],
+    ['status', img.status],
+    ['default', img.is_default],
+    ['format', img.format],
+    ['size', formatBytes(img.size_bytes)],
+    ['stored', formatBytes(img.stored_bytes)],
+    ['sha256', img.sha256],
+    ['source', img.source],
+    ['metadata', img.metadata],
+    ['created', img.created_at],
+  ];
 }
 
 type ImportAnswer = ImageJson | { image: ImageJson; operation?: OperationLike | null };
@@ -55,7 +74,7 @@ export function imageCommand(): Command {
   image
     .command('list')
     .alias('ls')
-    .description('list images')
+    .description("list images (SIZE: length; STORED: on the manager's disk, less when sparse)")
     .addOption(new Option('--kind <kind>', 'only this kind').choices(['kernel', 'initrd', 'rootfs']))
     .action(
       action(async (opts, cmd: Command) => {
@@ -67,6 +86,7 @@ export function imageCommand(): Command {
           { header: 'STATUS', value: (i) => i.status, colour: stateColour },
           { header: 'FORMAT', value: (i) => i.format },
           { header: 'SIZE', value: (i) => formatBytes(i.size_bytes) },
+          { header: 'STORED', value: (i) => formatBytes(i.stored_bytes) },
           { header: 'SHA256', value: (i) => i.sha256?.slice(0, 12) },
           { header: 'AGE', value: (i) => age(i.created_at) },
           { header: 'ID', value: (i) => i.id },
@@ -77,12 +97,13 @@ export function imageCommand(): Command {
   image
     .command('show')
     .argument('<image>', 'name or id')
-    .description('show one image')
+    .description("show one image (size: its length; stored: what it takes on the manager's disk)")
     .action(
       action(async (name: string, _opts, cmd: Command) => {
         const { api, print } = await session(cmd);
         const id = await resolveId(api, KINDS.image, name);
-        printItem(print, await api.get<ImageJson>(`/api/v1/images/${id}`));
+        const img = await api.get<ImageJson>(`/api/v1/images/${id}`);
+        printItem(print, img, imageFields(img));
       }),
     );
 
@@ -165,16 +186,7 @@ Examples:
           img = await api.get<ImageJson>(`/api/v1/images/${img.id}`);
         }
         if (opts.default) img = await api.patch<ImageJson>(`/api/v1/images/${img.id}`, { is_default: true });
-        const table = () =>
-          printItem(print, img, [
-            ['id', img.id],
-            ['name', img.name],
-            ['kind', img.kind],
-            ['status', img.status],
-            ['format', img.format],
-            ['size', formatBytes(img.size_bytes)],
-            ['sha256', img.sha256],
-          ]);
+        const table = () => printItem(print, img, imageFields(img));
         if (operation && !opts.wait) printAccepted(print, { image: img, operation }, [operation], table);
         else table();
       }),

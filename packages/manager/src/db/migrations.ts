@@ -405,6 +405,17 @@ const steps6: Record<string, Step> = {
 };
 Object.assign(steps, steps6);
 
+const steps7: Record<string, Step> = {
+  async '0007_image_stored_bytes'(db, dialect) {
+    const big = dialect === 'postgres' ? 'bigint' : 'integer';
+    // What an image takes on disk (allocated blocks), beside its length: blobs are kept sparse.
+    await db.schema.alterTable('images').addColumn('stored_bytes', big).execute();
+    // A failed import leaves no image now; the rows earlier versions kept as failed held no bytes.
+    await sql`delete from images where status = 'failed'`.execute(db);
+  },
+};
+Object.assign(steps, steps7);
+
 const steps8: Record<string, Step> = {
   async '0008_vm_guest_ready'(db) {
     // When the running VM's guest came up (its agent answered, or its console said so), and what said so.

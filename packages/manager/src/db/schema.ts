@@ -110,6 +110,8 @@ export interface ImagesTable {
   kind: 'kernel' | 'initrd' | 'rootfs';
   sha256: string | null;
   size_bytes: number | null;
+  /** Allocated bytes of the blob (or of a path image's file): less than size_bytes when sparse. */
+  stored_bytes: number | null;
   format: string | null;
   status: string;
   source: Json;

@@ -3,21 +3,30 @@
  * in the same folder (hashed while they arrive, fsynced) and become a blob by rename, so a
  * blob is complete or absent. Renames and removals of one digest take an in-process lock:
  * a blob is removed only when no image row uses it, and a new image's row names its digest
- * before its rename, so the two never race.
+ * before its rename, so the two never race. Zero blocks are written as holes: a sparse image
+ * stays sparse (`storedBytes` is what it takes on disk). Temp files carry the id of the manager
+ * process writing them, so those of a stopped one are known at once.
  */
 import { createHash, randomUUID } from 'node:crypto';
-import { createReadStream, createWriteStream } from 'node:fs';
+import { createReadStream } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
 import { NqvmError } from '@nqvm/api';
+import { SparseWriter } from './sparse-writer';
 
 /** Bytes received and hashed, waiting in a temp file to be committed or discarded. */
 export interface StagedBlob {
   sha256: string;
   size: number;
   tmpPath: string;
+}
+
+/** A stored blob: its length, and the bytes its allocated blocks take (less when sparse). */
+export interface BlobStat {
+  path: string;
+  size: number;
+  storedBytes: number;
 }
 
 export interface ReceiveOptions {
@@ -57,7 +66,11 @@ export class BlobStore {
   readonly dir: string;
   private readonly locks = new Map<string, Promise<void>>();
 
-  constructor(root: string) {
+  /** `owner`: the id of this manager process, written into the names of its temp files. */
+  constructor(
+    root: string,
+    private readonly owner?: string,
+  ) {
     this.dir = path.join(root, 'sha256');
   }
 
@@ -66,12 +79,12 @@ export class BlobStore {
     return path.join(this.dir, sha256);
   }
 
-  /** The blob's path and size, or null when the store does not hold it. */
-  async stat(sha256: string): Promise<{ path: string; size: number } | null> {
+  /** The blob's path and sizes, or null when the store does not hold it. */
+  async stat(sha256: string): Promise<BlobStat | null> {
     const p = this.pathOf(sha256);
     try {
       const st = await fs.stat(p);
-      return st.isFile() ? { path: p, size: st.size } : null;
+      return st.isFile() ? { path: p, size: st.size, storedBytes: st.blocks * 512 } : null;
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
       throw err;
@@ -79,16 +92,16 @@ export class BlobStore {
   }
 
   /**
-   * Streams `source` into a temp file, hashing as it goes; never holds more than a chunk.
-   * Too many bytes, a checksum mismatch, an abort or a write error remove the temp file.
+   * Streams `source` into a temp file, hashing as it goes; never holds more than a chunk, and
+   * leaves zero blocks as holes. Too many bytes, a checksum mismatch, an abort or a write
+   * error remove the temp file.
    *
    * @example
    * const staged = await blobs.receive(req.raw, { maxBytes: 1 << 30, expectedSha256 });
    * await blobs.commit([staged], () => recordDigest(staged.sha256));
    */
   async receive(source: Readable, opts: ReceiveOptions): Promise<StagedBlob> {
-    await fs.mkdir(this.dir, { recursive: true });
-    const tmpPath = path.join(this.dir, `${TMP_PREFIX}${randomUUID()}`);
+    const tmpPath = await this.tempPath();
     const onAbort = () => source.destroy(opts.signal?.reason ?? new Error('aborted'));
     opts.signal?.addEventListener('abort', onAbort, { once: true });
     const hash = createHash('sha256');
@@ -96,18 +109,17 @@ export class BlobStore {
     const fh = await fs.open(tmpPath, 'wx', 0o644);
     try {
       opts.signal?.throwIfAborted();
+      const out = new SparseWriter(fh);
       for await (const chunk of source) {
         const buf = chunk as Buffer;
         size += buf.length;
         if (size > opts.maxBytes) throw new BlobTooLargeError(opts.maxBytes);
         hash.update(buf);
-        let written = 0;
-        while (written < buf.length) {
-          written += (await fh.write(buf, written, buf.length - written)).bytesWritten;
-        }
+        await out.write(buf);
         opts.onBytes?.(size);
       }
       opts.signal?.throwIfAborted();
+      await out.end();
       await fh.sync();
       await fh.close();
     } catch (err) {
@@ -129,21 +141,19 @@ export class BlobStore {
     return staged;
   }
 
-  /** Moves a finished file (a converted image, an extracted vmlinux) into the staging area. */
+  /**
+   * Moves a finished file (a converted image, an extracted vmlinux) into the staging area; from
+   * another file system it is copied as `receive` writes, holes kept.
+   */
   async stageFile(file: string): Promise<StagedBlob> {
-    await fs.mkdir(this.dir, { recursive: true });
-    const tmpPath = path.join(this.dir, `${TMP_PREFIX}${randomUUID()}`);
+    const tmpPath = await this.tempPath();
     try {
       await fs.rename(file, tmpPath);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EXDEV') throw err;
-      try {
-        await pipeline(createReadStream(file), createWriteStream(tmpPath, { flags: 'wx', mode: 0o644 }));
-      } catch (copyErr) {
-        await fs.rm(tmpPath, { force: true });
-        throw storageError(copyErr, this.dir);
-      }
+      const staged = await this.receive(createReadStream(file), { maxBytes: Number.POSITIVE_INFINITY });
       await fs.rm(file, { force: true });
+      return staged;
     }
     try {
       const fh = await fs.open(tmpPath, 'r');
@@ -192,8 +202,11 @@ export class BlobStore {
     });
   }
 
-  /** Removes temp files a crashed process left behind (older than `olderThanMs`). */
-  async sweepTemp(olderThanMs: number): Promise<number> {
+  /**
+   * Removes temp files a stopped process left behind: those of an owner `stopped` says is gone
+   * at once, those naming no owner once older than `olderThanMs`.
+   */
+  async sweepTemp(olderThanMs: number, stopped: (owner: string) => Promise<boolean>): Promise<number> {
     let names: string[];
     try {
       names = await fs.readdir(this.dir);
@@ -204,13 +217,25 @@ export class BlobStore {
     for (const name of names) {
       if (!name.startsWith(TMP_PREFIX)) continue;
       const p = path.join(this.dir, name);
-      const st = await fs.stat(p).catch(() => null);
-      if (st && Date.now() - st.mtimeMs > olderThanMs) {
+      const [owner, rest] = name.slice(TMP_PREFIX.length).split('.');
+      const gone =
+        owner && rest !== undefined
+          ? owner !== this.owner && (await stopped(owner))
+          : await fs.stat(p).then(
+              (st) => Date.now() - st.mtimeMs > olderThanMs,
+              () => false,
+            );
+      if (gone) {
         await fs.rm(p, { force: true });
         removed++;
       }
     }
     return removed;
+  }
+
+  private async tempPath(): Promise<string> {
+    await fs.mkdir(this.dir, { recursive: true });
+    return path.join(this.dir, `${TMP_PREFIX}${this.owner ? `${this.owner}.` : ''}${randomUUID()}`);
   }
 
   private async withLocks<T>(digests: string[], fn: () => Promise<T>): Promise<T> {

@@ -2,7 +2,9 @@
  * The image registry: rows in `images`, bytes in the blob store. Uploads stream through the
  * request; URL and OCI imports run in the background as operations; host paths are registered
  * in place. Every image is inspected before it becomes `ready` (format, the vmlinux inside a
- * bzImage, cloud-init in an ext4), and a failed or cancelled import keeps no bytes.
+ * bzImage, cloud-init in an ext4). A failed or cancelled import keeps nothing, its row
+ * included: the operation carries the error. Imports name the manager process running them,
+ * so those of a stopped manager are resolved as soon as a manager (its restart) looks.
  */
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs/promises';
@@ -27,6 +29,7 @@ import { extractVmlinux } from '@nqvm/api/kernel';
 import { nowIso } from '../clock';
 import { type Datastore, isUniqueViolation } from '../db/datastore';
 import { paginate } from '../db/pagination';
+import type { Presence } from '../db/presence';
 import type { ImageRow } from '../db/schema';
 import type { EventBus } from '../events/bus';
 import type { Operations } from '../operations/operations';
@@ -86,6 +89,7 @@ export function toImage(r: ImageRow): Image {
     status: r.status as ImageStatus,
     sha256: r.sha256,
     size_bytes: r.size_bytes === null ? null : Number(r.size_bytes),
+    stored_bytes: r.stored_bytes === null ? null : Number(r.stored_bytes),
     format: r.format,
     source: {
       type: source.type ?? 'path',
@@ -94,7 +98,6 @@ export function toImage(r: ImageRow): Image {
       ...(source.path !== undefined ? { path: source.path } : {}),
     },
     is_default: Boolean(r.is_default),
-    error: r.error,
     metadata: {
       ...(meta.vmlinux ? { vmlinux: meta.vmlinux } : {}),
       ...(meta.has_cloud_init !== undefined ? { has_cloud_init: meta.has_cloud_init } : {}),
@@ -103,6 +106,11 @@ export function toImage(r: ImageRow): Image {
     created_at: r.created_at,
     updated_at: r.updated_at,
   };
+}
+
+/** Bytes a file's allocated blocks take (st_blocks), less than its length when it is sparse. */
+async function storedBytesOf(file: string): Promise<number> {
+  return (await fs.stat(file)).blocks * 512;
 }
 
 /** Paths (a.b.c) of the string values equal to `id` in a JSON document. */
@@ -137,9 +145,10 @@ export class ImageService {
     private readonly ops: Operations,
     private readonly config: ImageServiceConfig,
     private readonly log: Log,
+    private readonly presence: Presence,
   ) {
     const root = path.join(config.dataDir, 'images');
-    this.blobs = new BlobStore(path.join(root, 'blobs'));
+    this.blobs = new BlobStore(path.join(root, 'blobs'), presence.id);
     this.workRoot = path.join(root, 'work');
     const cancel = async (op: { id: string }) => this.running.get(op.id)?.abort(new ImportCancelled());
     ops.onCancel(UPLOAD_KIND, cancel);
@@ -371,15 +380,9 @@ export class ImageService {
       const e = ac.signal.aborted
         ? new ConflictError('CONFLICT', 'the upload was cancelled')
         : storageError(err, this.blobs.dir);
+      // The row goes first: whoever sees the operation end finds no image.
+      await this.removeImporting(row);
       await this.ops.fail(operation.id, errorOf(e).code, errorOf(e).message);
-      const gone = await this.store.db.deleteFrom('images').where('id', '=', row.id).executeTakeFirst();
-      if (Number(gone.numDeletedRows))
-        await this.bus.publish({
-          type: 'image.deleted',
-          resourceType: 'image',
-          resourceId: row.id,
-          data: toImage(row),
-        });
       throw e;
     } finally {
       this.running.delete(operation.id);
@@ -414,8 +417,11 @@ export class ImageService {
     while (this.background.size) await Promise.all([...this.background]);
   }
 
-  /** Recovers abandoned imports now and then every `intervalMs` (one manager at a time). */
-  start(intervalMs = 60_000): void {
+  /**
+   * Resolves the imports stopped managers left (this one's previous run included) before it
+   * answers, then looks again every `intervalMs` (one manager at a time).
+   */
+  async start(intervalMs = 60_000): Promise<void> {
     const sweep = async () => {
       try {
         await this.store.withSingletonLock('nqvm:image-recover', () => this.recover());
@@ -423,12 +429,12 @@ export class ImageService {
         this.log.error({ err }, 'recovering abandoned image imports failed; retrying');
       }
     };
-    void sweep();
+    await sweep();
     this.sweeper = setInterval(sweep, intervalMs);
     this.sweeper.unref();
   }
 
-  /** Aborts the imports this manager runs (shutdown); their rows end failed. */
+  /** Aborts the imports this manager runs (shutdown); their rows go, their operations end cancelled. */
   async stop(): Promise<void> {
     if (this.sweeper) clearInterval(this.sweeper);
     for (const ac of this.running.values())
@@ -437,8 +443,10 @@ export class ImageService {
   }
 
   /**
-   * After a restart: imports whose operation stopped reporting (no keep-alive for a while)
-   * were left behind by a stopped manager; they end failed, with their temp files removed.
+   * Imports whose manager process stopped (killed, restarted, its host gone) end at once: the
+   * operation fails saying so, the row and the partial files go. An import whose operation
+   * names no manager (or a running one, yet went silent: no keep-alive for `staleMs`) is
+   * judged by its last report.
    */
   async recover(staleMs = 4 * KEEPALIVE_MS): Promise<number> {
     const rows = await this.store.db
@@ -446,20 +454,27 @@ export class ImageService {
       .selectAll()
       .where('status', '=', 'importing')
       .execute();
+    const fresh = (at: string) => Date.now() - Date.parse(at) < staleMs;
     let recovered = 0;
     for (const row of rows) {
       const active = await this.ops.active(row.id);
-      const live = active.some(
-        (op) => this.running.has(op.id) || Date.now() - Date.parse(op.updated_at) < staleMs,
-      );
+      // A row without an operation is a begin() in progress, or a leftover once old.
+      let live = active.length === 0 && fresh(row.updated_at);
+      for (const op of active) {
+        const owner = (JSON.parse(op.params) as { manager?: unknown }).manager;
+        const ownerRuns = typeof owner === 'string' ? await this.presence.isRunning(owner) : true;
+        if (this.running.has(op.id) || (ownerRuns && fresh(op.updated_at))) live = true;
+      }
       if (live) continue;
-      const message = 'the import stopped: the manager running it stopped';
+      const message =
+        'the import was cut off: the manager running it stopped (restarted or killed) before it ' +
+        'finished; nothing was kept. Import the image again';
+      await this.removeImporting(row);
+      await this.removeWorkOf(row.id);
       for (const op of active) await this.ops.fail(op.id, 'IMPORT_FAILED', message);
-      await this.markFailed(row.id, message);
-      await fs.rm(path.join(this.workRoot, row.id), { recursive: true, force: true });
       recovered++;
     }
-    await this.blobs.sweepTemp(staleMs);
+    await this.blobs.sweepTemp(staleMs, async (owner) => !(await this.presence.isRunning(owner)));
     return recovered;
   }
 
@@ -480,6 +495,7 @@ export class ImageService {
       kind,
       sha256: null,
       size_bytes: null,
+      stored_bytes: null,
       format: null,
       status: 'importing',
       source: JSON.stringify(source),
@@ -502,7 +518,7 @@ export class ImageService {
       kind: opKind,
       target: { type: 'image', id: row.id },
       createdBy: actor,
-      params,
+      params: { ...params, manager: this.presence.id },
       message: 'queued',
     });
     return { row, operation };
@@ -564,14 +580,13 @@ export class ImageService {
     } catch (err) {
       await progress.stop();
       await removeWork();
+      await this.removeImporting(row);
       if (ac.signal.aborted) {
         const reason =
           ac.signal.reason instanceof ImportCancelled ? ac.signal.reason.message : 'import cancelled';
-        await this.markFailed(row.id, reason);
         await this.ops.update(opId, { status: 'cancelled', message: reason });
       } else {
         const e = errorOf(storageError(err, this.blobs.dir));
-        await this.markFailed(row.id, e.message);
         await this.ops.fail(opId, e.code, e.message);
         if (!(err instanceof NqvmError)) this.log.warn({ err, imageId: row.id }, 'image import failed');
       }
@@ -618,9 +633,10 @@ export class ImageService {
     } finally {
       await fs.rm(work, { recursive: true, force: true });
     }
+    const stored = await this.blobs.stat(staged.sha256);
     await this.store.db
       .updateTable('images')
-      .set({ status: 'ready', error: null, updated_at: nowIso() })
+      .set({ status: 'ready', stored_bytes: stored?.storedBytes ?? null, error: null, updated_at: nowIso() })
       .where('id', '=', row.id)
       .execute();
     return this.publish('image.updated', await this.getRow(row.id));
@@ -690,6 +706,7 @@ export class ImageService {
       kind,
       sha256,
       size_bytes: size,
+      stored_bytes: await storedBytesOf(real),
       format: found.format,
       status: 'ready',
       source: JSON.stringify({ type: 'path', path: real }),
@@ -744,6 +761,7 @@ export class ImageService {
         kind: input.kind,
         sha256,
         size_bytes: size,
+        stored_bytes: await storedBytesOf(input.path),
         format: found.format,
         status: 'ready',
         source: JSON.stringify({ type: 'path', path: input.path }),
@@ -781,14 +799,32 @@ export class ImageService {
     return current.id;
   }
 
-  private async markFailed(id: string, error: string): Promise<void> {
-    const res = await this.store.db
-      .updateTable('images')
-      .set({ status: 'failed', error, sha256: null, size_bytes: null, updated_at: nowIso() })
-      .where('id', '=', id)
+  /** The work folders an import of image `id` may have left (its download or conversion, its inspection). */
+  private async removeWorkOf(id: string): Promise<void> {
+    for (const dir of [id, `${id}-inspect`])
+      await fs.rm(path.join(this.workRoot, dir), { recursive: true, force: true });
+  }
+
+  /** Removes the row of an import that ended without an image, and any blob it had committed. */
+  private async removeImporting(row: ImageRow): Promise<void> {
+    const current = await this.store.db
+      .selectFrom('images')
+      .selectAll()
+      .where('id', '=', row.id)
+      .executeTakeFirst();
+    const gone = await this.store.db
+      .deleteFrom('images')
+      .where('id', '=', row.id)
       .where('status', '=', 'importing')
       .executeTakeFirst();
-    if (Number(res.numUpdatedRows)) await this.publish('image.updated', await this.getRow(id));
+    if (!current || Number(gone.numDeletedRows) === 0) return;
+    await this.bus.publish({
+      type: 'image.deleted',
+      resourceType: 'image',
+      resourceId: row.id,
+      data: toImage(current),
+    });
+    await this.releaseBlobsOf(current);
   }
 
   /** Removes the blobs of a deleted row that no other image row names. */

@@ -89,6 +89,7 @@ export async function registerPathImage(
     kind: input.kind,
     sha256,
     size_bytes: st.size,
+    stored_bytes: st.blocks * 512,
     format: input.format ?? (input.kind === 'rootfs' ? 'ext4' : null),
     status: 'ready',
     source: JSON.stringify({ type: 'path', path: input.path }),

@@ -75,7 +75,9 @@ export function imageRoutes(app: App, s: Services): void {
         summary: 'Import an image from a URL or an OCI registry, or register a host file',
         description:
           'url and oci sources answer 202 with the image (status importing) and the image.import ' +
-          'operation doing the work; cancel it with POST /api/v1/operations/{id}/cancel. An OCI ' +
+          'operation doing the work; cancel it with POST /api/v1/operations/{id}/cancel. A failed or ' +
+          'cancelled import leaves no image (its operation carries the error), nor does one whose ' +
+          'manager stopped: the next manager start fails its operation and removes it. An OCI ' +
           'image becomes an ext4 rootfs; its registry password is used for this import only. ' +
           'A path (MANAGER_ALLOW_IMAGE_PATHS=true, under MANAGER_IMAGE_ROOT only) is hashed and ' +
           'registered in place: 201 with the ready image and no operation.',
@@ -145,7 +147,8 @@ export function imageRoutes(app: App, s: Services): void {
           description:
             'The body is streamed to disk and hashed as it arrives (at most MANAGER_IMAGE_MAX_BYTES; ' +
             '413 beyond). The image (status importing) and its image.upload operation exist while ' +
-            'bytes arrive; the operation shows progress from Content-Length. Answers 201 once the ' +
+            'bytes arrive; the operation shows progress from Content-Length. Blocks of zeros are ' +
+            'stored as holes: stored_bytes is what a sparse image takes. Answers 201 once the ' +
             'image is ready. A sha256 that does not match answers 422 CHECKSUM_MISMATCH; any failure ' +
             'removes the image and its bytes.',
           querystring: ImageUploadQuery,

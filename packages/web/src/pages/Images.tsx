@@ -24,7 +24,7 @@ import {
 const KINDS: ImageKind[] = ['kernel', 'initrd', 'rootfs'];
 const NAME_RE = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/;
 const SHA_RE = /^[a-f0-9]{64}$/;
-const STATUS_TONE: Record<Image['status'], Tone> = { importing: 'busy', ready: 'ok', failed: 'err' };
+const STATUS_TONE: Record<Image['status'], Tone> = { importing: 'busy', ready: 'ok' };
 
 export function ImagesPage() {
   const images = useImages();
@@ -107,11 +107,6 @@ export function ImagesPage() {
                         default
                       </Badge>
                     ) : null}
-                    {img.error ? (
-                      <div className="small error-text ellipsis narrow" title={img.error}>
-                        {img.error}
-                      </div>
-                    ) : null}
                     <div className="small muted ellipsis narrow" title={sourceText(img)}>
                       {sourceText(img)}
                     </div>
@@ -121,7 +116,14 @@ export function ImagesPage() {
                     <Badge tone={STATUS_TONE[img.status]}>{img.status}</Badge>
                   </td>
                   <td className="hide-sm">{img.format ?? '—'}</td>
-                  <td className="hide-sm num nowrap">{formatBytes(img.size_bytes)}</td>
+                  <td className="hide-sm num nowrap">
+                    {formatBytes(img.size_bytes)}
+                    {img.stored_bytes !== null ? (
+                      <div className="small muted" title="what it takes on the manager's disk (sparse)">
+                        {formatBytes(img.stored_bytes)} stored
+                      </div>
+                    ) : null}
+                  </td>
                   <td className="hide-md">
                     {img.sha256 ? <code title={img.sha256}>{img.sha256.slice(0, 12)}</code> : '—'}
                   </td>
