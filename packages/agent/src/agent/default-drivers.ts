@@ -13,6 +13,9 @@ import type { AgentLogger } from './logger';
 export function defaultDrivers(config: AgentConfig, log: AgentLogger): VmmDriver[] {
   const qemu = new QemuDriver({
     qemuBinary: config.qemuBin ?? undefined,
+    // Each VM's QEMU in its own cgroup; a bounded TCG cache keeps the memory limit tight.
+    cgroups: 'detect',
+    tcgTbSizeMib: 256,
     logger: log,
     ...(config.netns ? { netns: config.netns } : {}),
   });

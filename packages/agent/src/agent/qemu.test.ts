@@ -10,6 +10,8 @@ import type { AgentGuestConfig } from '@nqvm/api';
 import { BOOT_MARKER, ensureTestGuest, qemuPidsOf as qemuPids, type TestGuest } from '@nqvm/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadAgentConfig } from '../config';
+import { QemuDriver } from '../drivers/qemu/qemu-driver';
+import { detectCgroups, VmCgroups } from '../host/cgroups';
 import { type Agent, createAgent } from './agent';
 import {
   imageRef,
@@ -77,6 +79,23 @@ describe('agent with QEMU and the test guest', () => {
       const running = await waitForState(agent, id, 'running', 30_000);
       expect(running).toMatchObject({ vmm: 'qemu', generation: 1, error: null });
       expect(qemuPids(id)).toEqual([running.pid]);
+      // Its QEMU runs in the VM's own cgroup: one vCPU's worth of CPU, its memory plus the VMM's.
+      const layout = await detectCgroups();
+      if (layout) {
+        const groups = new VmCgroups(layout);
+        expect(await groups.pids(id)).toEqual([running.pid]);
+        const limits = new QemuDriver({ tcgTbSizeMib: 256 }).cgroupLimits({ vcpu: 1, memMib: 128 }, 'tcg');
+        expect(limits.memoryBytes).toBe((128 + 160 + 256) * 1024 * 1024);
+        const { cpu, memory } = groups.dirs(id);
+        const read = (dir: string, f: string) => readFileSync(path.join(dir, f), 'utf8').trim();
+        if (layout.version === 1) {
+          expect(read(cpu, 'cpu.cfs_quota_us')).toBe('100000');
+          expect(read(memory, 'memory.limit_in_bytes')).toBe(String(limits.memoryBytes));
+        } else {
+          expect(read(cpu, 'cpu.max')).toBe('100000 100000');
+          expect(read(memory, 'memory.max')).toBe(String(limits.memoryBytes));
+        }
+      }
       await waitFor(
         'the boot marker',
         async () => (await consoleText()).includes(BOOT_MARKER),
@@ -149,6 +168,10 @@ describe('agent with QEMU and the test guest', () => {
     await waitForState(agent, id, 'deleted', 20_000);
     expect(qemuPids(id)).toEqual([]);
     expect(existsSync(vmDir)).toBe(false);
+    // Its cgroup went with its QEMU.
+    const layout = await detectCgroups();
+    if (layout)
+      await waitFor('the cgroup gone', () => !existsSync(new VmCgroups(layout).dirs(id).cpu), 10_000);
   }, 60_000);
 
   it('stops a guest that is still booting in seconds, not after the whole graceful timeout', async () => {

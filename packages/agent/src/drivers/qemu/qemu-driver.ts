@@ -5,6 +5,7 @@ import { delimiter, dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { InputError } from '@nqvm/api/errors';
 import { ConsoleHub } from '../../console/console-hub';
+import { type CgroupLimits, detectCgroups, VmCgroups } from '../../host/cgroups';
 import { cloneFile } from '../../host/disk-tools';
 import { readProcStartTime } from '../../host/proc';
 import type {
@@ -49,8 +50,20 @@ export interface QemuDriverOptions {
    * tests. Default: the agent's own.
    */
   netns?: string;
+  /**
+   * Each VM's QEMU runs in its own cgroup with the VM's limits (CPU: its vCPUs; memory: its
+   * memory plus `memoryOverheadMib`, plus the TCG translation cache under TCG). `detect`: in
+   * this host's cgroups (v1 or v2) when it has them; null: none (the default).
+   */
+  cgroups?: VmCgroups | 'detect' | null;
+  /** The VMM's own memory beside the guest's, in the cgroup limit. Default 160 MiB. */
+  memoryOverheadMib?: number;
   logger?: DriverLogger;
 }
+
+/** QEMU's threads (vCPUs, I/O workers, the main loop) stay far below this. */
+const QEMU_PIDS_MAX = 512;
+const CPU_PERIOD_US = 100_000;
 
 const QMP_COMMAND_TIMEOUT_MS = 10_000;
 const SNAPSHOT_STATE_FILE = 'vmstate';
@@ -79,6 +92,7 @@ const POWER_BUTTON_REPEAT_MS = 1_000;
 export class QemuDriver implements VmmDriver {
   readonly kind = 'qemu' as const;
   private probed: Promise<DriverInfo> | null = null;
+  private groups: Promise<VmCgroups | null> | null = null;
   private kvmReason = '';
 
   constructor(private readonly opts: QemuDriverOptions = {}) {}
@@ -227,7 +241,51 @@ export class QemuDriver implements VmmDriver {
       throw err;
     }
     this.opts.logger?.info({ vmId: record.vmId, pid: record.pid }, 'adopted running QEMU');
-    return new QemuVm(record, qmp, hub);
+    const vm = new QemuVm(record, qmp, hub);
+    this.forgetCgroupOnExit(vm);
+    return vm;
+  }
+
+  /** The cgroup limits of a VM's QEMU: its vCPUs' worth of CPU, its memory plus the VMM's own. */
+  cgroupLimits(spec: Pick<VmSpec, 'vcpu' | 'memMib'>, accel: QemuAccel): CgroupLimits {
+    const tcgCache = accel === 'tcg' ? (this.opts.tcgTbSizeMib ?? 1024) : 0;
+    const overhead = (this.opts.memoryOverheadMib ?? 160) + tcgCache;
+    return {
+      cpuQuotaUs: spec.vcpu * CPU_PERIOD_US,
+      cpuPeriodUs: CPU_PERIOD_US,
+      memoryBytes: (spec.memMib + overhead) * 1024 * 1024,
+      pidsMax: QEMU_PIDS_MAX,
+    };
+  }
+
+  /** The VM cgroups of this driver, detected once (null: VMMs run without limits). */
+  cgroups(): Promise<VmCgroups | null> {
+    const o = this.opts.cgroups;
+    this.groups ??=
+      o === 'detect'
+        ? detectCgroups().then((layout) => {
+            if (!layout)
+              this.opts.logger?.warn({}, 'no usable cgroups: QEMU VMs run without CPU and memory limits');
+            return layout ? new VmCgroups(layout) : null;
+          })
+        : Promise.resolve(o ?? null);
+    return this.groups;
+  }
+
+  private async limit(spec: VmSpec, pid: number): Promise<void> {
+    const groups = (await this.cgroups())!;
+    await groups.create(spec.id, this.cgroupLimits(spec, (await this.resolveAccel()).accel));
+    await groups.enter(spec.id, pid);
+  }
+
+  /** A VM's cgroup goes with its QEMU (it is made anew at the next start). */
+  private forgetCgroupOnExit(vm: QemuVm): void {
+    void vm.exited.then(async () => {
+      const groups = await this.cgroups();
+      await groups?.remove(vm.record.vmId).catch((err: unknown) => {
+        this.opts.logger?.warn({ vmId: vm.record.vmId, err }, 'cannot remove the VM cgroup');
+      });
+    });
   }
 
   /**
@@ -251,9 +309,14 @@ export class QemuDriver implements VmmDriver {
         newConsoleHub: (socketPath, logPath) => this.consoleHub(socketPath, logPath),
         netns: this.opts.netns,
         logger: this.opts.logger,
+        ...((await this.cgroups()) ? { limit: (pid: number) => this.limit(spec, pid) } : {}),
       },
       signal,
-    );
+    ).catch(async (err: unknown) => {
+      await (await this.cgroups())?.remove(spec.id).catch(() => {});
+      throw err;
+    });
+    this.forgetCgroupOnExit(vm);
     this.opts.logger?.info(
       { vmId: spec.id, pid: vm.record.pid, accel: vm.record.extra?.accel },
       incomingStatePath ? 'restored VM' : 'booted VM',

@@ -25,6 +25,8 @@ export interface QemuStartOptions {
   newConsoleHub: (socketPath: string, logPath: string) => ConsoleHub;
   /** Network namespace to start QEMU in (nsenter execs it: the pid stays QEMU's). */
   netns?: string;
+  /** Puts the spawned QEMU in the VM's cgroup (its limits), before the guest runs for long. */
+  limit?: (pid: number) => Promise<void>;
   logger?: { debug(obj: object, msg?: string): void };
 }
 
@@ -168,6 +170,13 @@ class QemuStart {
         resolve();
       });
     });
+    if (this.o.limit && proc.pid !== undefined) {
+      try {
+        await this.o.limit(proc.pid);
+      } catch (err) {
+        throw new Error(`cannot put QEMU in the VM's cgroup: ${(err as Error).message}`);
+      }
+    }
     const deadline = Date.now() + startTimeoutMs;
     while (!((await exists(this.paths.pidFile)) && (await exists(this.paths.qmpSocket)))) {
       if (spawnError) throw new Error(`cannot run ${this.binary}: ${(spawnError as Error).message}`);
