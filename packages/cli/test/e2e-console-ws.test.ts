@@ -1,7 +1,7 @@
 /**
  * The console WebSocket through the whole stack with a real guest (QEMU under TCG): the
  * manager's route, an `nqvm agent` process, the QEMU-held console. A command typed through the
- * manager runs in the guest; an agent killed with SIGKILL ends the session with `agent-restart`,
+ * manager runs in the guest, the writer's window size reaches the guest's tty; an agent killed with SIGKILL ends the session with `agent-restart`,
  * and the next agent serves the same console with its scrollback; stopping the VM ends it with
  * `vm-stopped`.
  */
@@ -71,6 +71,20 @@ describe('console WebSocket through the whole stack', () => {
     expect(first.messages[0]).toMatchObject({ type: 'hello', role: 'writer', writer: 'admin' });
     first.type('echo CONSOLE-$((20+22))\r');
     await first.waitForOutput('CONSOLE-42', 20_000);
+    // The writer's window size reaches the guest's console tty (a UART has none of its own).
+    first.control({ type: 'resize', cols: 132, rows: 43 });
+    await waitFor(
+      async () => {
+        const since = first.output.length;
+        first.type('stty size\r');
+        return first
+          .waitForOutput('43 132', 2_000, since)
+          .then(() => true)
+          .catch(() => false);
+      },
+      30_000,
+      () => 'the console size in the guest',
+    );
 
     const pids = qemuPids(id);
     await stopAgent(agent, 'SIGKILL');

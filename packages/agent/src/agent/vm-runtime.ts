@@ -19,6 +19,7 @@ import {
   InputError,
   NqvmError,
   type SnapshotType,
+  type TerminalSize,
   type VmMetrics,
 } from '@nqvm/api';
 import type { ExecSession, SpawnOptions } from '@nqvm/guest-agent';
@@ -90,6 +91,8 @@ const RESTORED_GUEST_TIMEOUT_MS = 15_000;
 const GUEST_SEARCH_MS = 180_000;
 /** ...one attempt this long at a time. */
 const GUEST_SEARCH_ATTEMPT_MS = 10_000;
+/** A console size is applied once the writer's window has not changed for this long. */
+const CONSOLE_RESIZE_SETTLE_MS = 200;
 /** Console bytes searched for a kernel panic when a VM ends by itself. */
 const PANIC_SCAN_BYTES = 256 * 1024;
 /** Console lines a panicked VM's error carries. */
@@ -150,6 +153,9 @@ export class VmRuntime {
   /** When the guest of the running VMM came up, and what said so; null while it boots. */
   private guestReady: { at: string; signal: GuestReadySignal } | null = null;
   private stopReadyWatch: (() => void) | null = null;
+  /** The console writer's terminal size, set on the guest's console tty. */
+  private consoleSize: TerminalSize | null = null;
+  private resizeTimer: NodeJS.Timeout | null = null;
   /**
    * Whether the guest agent of the running VMM has answered: a snapshot of a paused VM, whose
    * guest cannot answer then, still records its token, so clones of it can be re-identified.
@@ -190,11 +196,47 @@ export class VmRuntime {
 
   /** The guest is up (its agent said hello, or its console shows boot finished): reported once per run. */
   private markGuestReady(signal: GuestReadySignal): void {
+    if (signal === 'guest-agent' && this.consoleSize) this.tellConsoleSize();
     if (this.guestReady || !this.handle) return;
     this.stopReadyWatch?.();
     this.stopReadyWatch = null;
     this.guestReady = { at: new Date().toISOString(), signal };
     this.deps.onChange();
+  }
+
+  /**
+   * A serial console has no size of its own: the writer's terminal size is set on the guest's
+   * console tty through its guest agent (`stty`), so programs there (a shell, an editor) fit
+   * the window and get SIGWINCH. Guests without the agent keep the UART's 80x24.
+   */
+  private withGuestResize(console: VmConsole): VmConsole {
+    return {
+      ...console,
+      tail: (bytes) => console.tail(bytes),
+      close: () => console.close(),
+      ...(console.subscribe ? { subscribe: (v, o) => console.subscribe!(v, o) } : {}),
+      ...(console.write ? { write: (d) => console.write!(d) } : {}),
+      resize: (size) => {
+        console.resize?.(size);
+        this.consoleSize = size;
+        if (this.resizeTimer) clearTimeout(this.resizeTimer);
+        // A window being dragged sends many sizes: the last one is applied.
+        this.resizeTimer = setTimeout(() => this.tellConsoleSize(), CONSOLE_RESIZE_SETTLE_MS);
+        this.resizeTimer.unref();
+      },
+    };
+  }
+
+  private tellConsoleSize(): void {
+    const size = this.consoleSize;
+    if (!size || !this.handle || this.state !== 'running' || !this.guest.connected) return;
+    const script = `t=$(cat /sys/class/tty/console/active 2>/dev/null); t=\${t##* }; exec stty -F "/dev/\${t:-ttyS0}" rows ${size.rows} cols ${size.cols}`;
+    void this.guest
+      .get(GUEST_CONNECT_TIMEOUT_MS)
+      .then((g) => g.exec(['/bin/sh', '-c', script], { timeoutMs: 5_000 }))
+      .catch((err: unknown) =>
+        this.deps.log.debug?.({ vmId: this.id, err: errorMessage(err) }, 'console size not set'),
+      );
   }
 
   /** A container's output: the last `tail` lines, and with `follow` each new one until it stops. */
@@ -779,7 +821,7 @@ export class VmRuntime {
       return null;
     });
     if (this.handle === handle) {
-      if (this.console) this.consoleRoom.attach(this.console);
+      if (this.console) this.consoleRoom.attach(this.withGuestResize(this.console));
       else this.consoleRoom.end('internal-error', 'the console of this VM cannot be opened');
       // A fresh boot is watched from now on; an adopted VM's scrollback may hold its prompt already.
       if (this.console && !this.guestReady)
