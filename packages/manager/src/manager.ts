@@ -51,6 +51,28 @@ export interface ManagerOptions extends Omit<BuildOptions, 'https' | 'logger'> {
   store?: Datastore;
   /** Background loop period (tests shorten it). */
   loopIntervalMs?: number;
+  /** Where log lines go; default standard output. */
+  logStream?: pino.DestinationStream;
+}
+
+/**
+ * A logged request names its method and path; its query string is left out (it can carry an
+ * exec's command, a console's parameters or a token), as are headers (cookies, bearer tokens).
+ */
+export function requestForLog(req: {
+  method?: string;
+  url?: string;
+  ip?: string;
+  hostname?: string;
+}): Record<string, unknown> {
+  const url = req.url ?? '';
+  const q = url.indexOf('?');
+  return {
+    method: req.method,
+    url: q < 0 ? url : `${url.slice(0, q)}?(query not logged)`,
+    host: req.hostname,
+    remoteAddress: req.ip,
+  };
 }
 
 export async function createManager(config: ManagerConfig, opts: ManagerOptions = {}): Promise<Manager> {
@@ -72,7 +94,10 @@ export async function createManager(config: ManagerConfig, opts: ManagerOptions 
   });
   const agents = new AgentClient(managerKey);
   // One logger for the HTTP layer and the background loops, at NQVM_LOG_LEVEL.
-  const log = pino({ level: config.logLevel });
+  const log = pino(
+    { level: config.logLevel, serializers: { req: requestForLog } },
+    opts.logStream ?? pino.destination(1),
+  );
   // Marks this process as running, so what it leaves when killed is resolved at once.
   const presence = await openPresence(store, config.databaseUrl);
   const images = new ImageService(store, bus, ops, config, log, presence);

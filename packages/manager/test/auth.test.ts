@@ -462,6 +462,12 @@ describe.concurrent.each(DATASTORES)('auth on %s', (kind) => {
       expect(revoked.body.revoked_at).not.toBeNull();
       expectError(await client(t.url, b.token).get('/api/v1/vms'), 401, 'UNAUTHENTICATED');
       expectError(await client(t.url, b.token).post('/api/v1/vms', { name: 'x' }), 401, 'UNAUTHENTICATED');
+      // Public routes answer a client holding a stale or unknown token as they answer anyone.
+      for (const stale of [b.token, 'nqvm_tok_never-issued', 'nqvm_host_never-issued']) {
+        const health = await client(t.url, stale).get('/healthz');
+        expect(health.status, health.text).toBe(200);
+        expect((await client(t.url, stale).get('/api/v1/openapi.json')).status).toBe(200);
+      }
       expectError(await api.del(`/api/v1/tokens/${randomUUID()}`), 404, 'TOKEN_NOT_FOUND');
       audited.push({
         action: 'token.revoke',

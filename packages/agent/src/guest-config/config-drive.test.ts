@@ -27,6 +27,8 @@ describe('writeConfigDrive', () => {
       networkConfig: 'version: 2\nethernets: {}\n',
     };
     await writeConfigDrive(img, data);
+    // It holds a password hash and the guest agent's token: readable by its owner only.
+    expect((await stat(img)).mode & 0o777).toBe(0o600);
     expect((await run('mlabel', ['-i', img, '-s', '::'])).stdout).toMatch(/Volume label is CIDATA/);
     expect((await run('file', ['-b', img])).stdout).toMatch(/FAT/);
     const listing = (await run('mdir', ['-i', img, '-b', '::/'])).stdout.split('\n').filter(Boolean);

@@ -4,7 +4,7 @@
  * no root). vfat rather than iso9660: every kernel that runs cloud-init reads it, and the
  * tools are in dosfstools and mtools. cloud-init matches the label without regard to case.
  */
-import { mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { CloudInitData } from './cloud-config';
@@ -57,6 +57,8 @@ export async function writeVfatImage(
     await Promise.all(files.map(([, content], i) => writeFile(sources[i]!, content, { mode: 0o600 })));
     // One mcopy for all of them: each run of it costs a process start.
     if (sources.length) await runTool('mcopy', ['-i', image, '-o', ...sources, '::/']);
+    // It holds the guest user's password hash and the guest agent's token: the VMM reads it, no one else.
+    await chmod(image, 0o600);
     await rename(image, file);
   } catch (err) {
     await rm(image, { force: true });

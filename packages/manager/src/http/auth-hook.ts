@@ -99,7 +99,17 @@ export function authHook(s: Services) {
     const access = req.routeOptions.config.access;
     if (access === undefined) return; // unknown route: the not-found handler answers
     try {
-      if (access === 'public' && !req.headers.authorization) return;
+      if (access === 'public') {
+        // Health, login and the docs answer anyone: a stale or unknown token does not stop them.
+        req.principal = await identify(req, s).then(
+          (r) => r.principal,
+          (err: unknown) => {
+            if (err instanceof AuthenticationError) return { kind: 'anonymous' as const };
+            throw err;
+          },
+        );
+        return;
+      }
       const { principal, csrfHash } = await identify(req, s);
       req.principal = principal;
       authorize(access, principal);

@@ -32,6 +32,9 @@ describe('BlobStore', () => {
     await store.commit([staged], async () => {});
     expect(entries(store)).toEqual([sha(bytes)]);
     expect(fs.readFileSync(store.pathOf(sha(bytes))).equals(bytes)).toBe(true);
+    // Private to the manager: agents fetch blobs over the API.
+    expect(fs.statSync(store.dir).mode & 0o777).toBe(0o700);
+    expect(fs.statSync(store.pathOf(sha(bytes))).mode & 0o777).toBe(0o600);
     const again = await store.receive(chunks(bytes), { maxBytes: 1 << 20 });
     await store.commit([again], async () => {});
     expect(entries(store)).toEqual([sha(bytes)]);
@@ -92,11 +95,15 @@ describe('BlobStore', () => {
 
   it('stages a finished file by moving it and sweeps old temp files', async () => {
     const store = new BlobStore(path.join(root, 'd'));
+    // A folder an older version made world-readable becomes private on first use.
+    fs.mkdirSync(store.dir, { recursive: true, mode: 0o755 });
     const file = path.join(root, 'converted.ext4');
     const bytes = randomBytes(5000);
-    fs.writeFileSync(file, bytes);
+    fs.writeFileSync(file, bytes, { mode: 0o644 });
     const staged = await store.stageFile(file);
     expect(fs.existsSync(file)).toBe(false);
+    expect(fs.statSync(store.dir).mode & 0o777).toBe(0o700);
+    expect(fs.statSync(staged.tmpPath).mode & 0o777).toBe(0o600);
     expect(staged).toMatchObject({ sha256: sha(bytes), size: 5000 });
     const old = new Date(Date.now() - 3_600_000);
     fs.utimesSync(staged.tmpPath, old, old);

@@ -65,6 +65,7 @@ export class BlobStore {
   /** Folder of the blobs and of their temp files (same file system, so rename is atomic). */
   readonly dir: string;
   private readonly locks = new Map<string, Promise<void>>();
+  private dirReady = false;
 
   /** `owner`: the id of this manager process, written into the names of its temp files. */
   constructor(
@@ -106,7 +107,7 @@ export class BlobStore {
     opts.signal?.addEventListener('abort', onAbort, { once: true });
     const hash = createHash('sha256');
     let size = 0;
-    const fh = await fs.open(tmpPath, 'wx', 0o644);
+    const fh = await fs.open(tmpPath, 'wx', 0o600);
     try {
       opts.signal?.throwIfAborted();
       const out = new SparseWriter(fh);
@@ -149,6 +150,7 @@ export class BlobStore {
     const tmpPath = await this.tempPath();
     try {
       await fs.rename(file, tmpPath);
+      await fs.chmod(tmpPath, 0o600);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EXDEV') throw err;
       const staged = await this.receive(createReadStream(file), { maxBytes: Number.POSITIVE_INFINITY });
@@ -234,8 +236,19 @@ export class BlobStore {
   }
 
   private async tempPath(): Promise<string> {
-    await fs.mkdir(this.dir, { recursive: true });
+    await this.ensureDir();
     return path.join(this.dir, `${TMP_PREFIX}${this.owner ? `${this.owner}.` : ''}${randomUUID()}`);
+  }
+
+  /**
+   * The blob folder, private to the manager (0700, also when an older version made it 0755):
+   * images may hold secrets, and agents fetch them over the API, not from the disk.
+   */
+  private async ensureDir(): Promise<void> {
+    if (this.dirReady) return;
+    await fs.mkdir(this.dir, { recursive: true, mode: 0o700 });
+    await fs.chmod(this.dir, 0o700);
+    this.dirReady = true;
   }
 
   private async withLocks<T>(digests: string[], fn: () => Promise<T>): Promise<T> {

@@ -497,8 +497,9 @@ export class FirecrackerDriver implements VmmDriver {
             for (const d of spec.disks) {
               const dst = paths.staged.disk(d.id);
               await stageIntoJail(d.path, dst, !d.readOnly);
-              // Same inode as the VM's own disk file: the jailed uid must be able to write it.
-              if (!d.readOnly) await chownIfRoot(dst, uid, gid);
+              // Same inode as the VM's own disk file: the jailed uid must be able to write it, and
+              // to read the VM's own read-only drives (the config drive is 0600: it holds secrets).
+              if (!d.readOnly || d.path.startsWith(`${spec.vmDir}/`)) await chownIfRoot(dst, uid, gid);
             }
           }
           // Firecracker opens logger and metrics targets without creating them.
