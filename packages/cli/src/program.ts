@@ -5,6 +5,7 @@ import { agentCommand } from './commands/agent';
 import { auditCommand } from './commands/audit';
 import { completionCommand } from './commands/completion';
 import { containerCommand } from './commands/container';
+import { guestAgentCommand } from './commands/guest-agent';
 import { imageCommand } from './commands/image';
 import { contextCommand, loginCommand, logoutCommand } from './commands/login';
 import { networkCommand, portForwardCommand } from './commands/network';
@@ -66,6 +67,7 @@ Servers are configured from the environment; see README.md ("Configuration").`,
   program.addCommand(userCommand());
   program.addCommand(opCommand());
   program.addCommand(auditCommand());
+  program.addCommand(guestAgentCommand());
   program.addCommand(completionCommand(() => program));
   // Usage mistakes exit 2 (commander's own default is 1); --help and --version exit 0.
   const walk = (c: Command) => {
