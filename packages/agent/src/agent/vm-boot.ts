@@ -7,7 +7,7 @@
 import { mkdir, readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { AgentVmCommand, AgentVmSpec } from '@nqvm/api';
-import type { GuestAgentClient } from '@nqvm/guest-agent';
+import { ensureGuestAgent, type GuestAgentClient } from '@nqvm/guest-agent';
 import { writeContainerDrive } from '../containers/container-run';
 import { runPipeline } from '../drivers/pipeline';
 import type {
@@ -249,6 +249,16 @@ export async function bootVm(req: BootRequest): Promise<BootedVm> {
                   }
                 : null,
             agentToken: await guestAgentToken(vmDir),
+            // Offered to guests that may run cloud-init; built once (cached) from its C source. A
+            // host that cannot build it boots the VM without it.
+            ...(spec.rootfs?.has_cloud_init !== false
+              ? {
+                  guestAgentBinary: await ensureGuestAgent().then(
+                    (b) => b.path,
+                    () => undefined,
+                  ),
+                }
+              : {}),
           });
           if (applied.configDrive) extraDisks.push(applied.configDrive);
           mmds = applied.mmds ?? undefined;

@@ -575,7 +575,7 @@ export class VmRuntime {
     } catch (err) {
       throw new ConflictError(
         'GUEST_AGENT_UNAVAILABLE',
-        `the VM's guest agent does not answer (${errorMessage(err)}); it runs in nqvm's built-in guest and containers`,
+        `the VM's guest agent does not answer (${errorMessage(err)}); it runs in nqvm's built-in guest, in containers and in cloud-init guests (installed from the config drive; nqvm guest-agent files DIR for other images)`,
       );
     }
     const started = performance.now();

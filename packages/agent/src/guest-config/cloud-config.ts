@@ -124,9 +124,12 @@ function multipart(ours: string, theirs: string): string {
   ].join('\n');
 }
 
-/** The user-data document: ours alone, ours merged with the user's #cloud-config, or both as MIME. */
-export function userData(cfg: AgentGuestConfig): string {
-  const ours = baseCloudConfig(cfg);
+/**
+ * The user-data document: ours alone, ours merged with the user's #cloud-config, or both as MIME.
+ * `extra` is merged into ours (the guest agent's install step).
+ */
+export function userData(cfg: AgentGuestConfig, extra: CloudConfig = {}): string {
+  const ours = mergeCloudConfig(baseCloudConfig(cfg), extra);
   const theirs = cfg.user_data?.replace(/^\uFEFF/, '') ?? '';
   if (theirs.trim() === '') return renderCloudConfig(ours);
   const firstLine = theirs.split('\n', 1)[0]!.trim();
@@ -147,10 +150,10 @@ export function metaData(cfg: AgentGuestConfig): string {
  * @example
  * const { metaData, userData, networkConfig } = cloudInitData(spec.guest_config);
  */
-export function cloudInitData(cfg: AgentGuestConfig): CloudInitData {
+export function cloudInitData(cfg: AgentGuestConfig, extra: CloudConfig = {}): CloudInitData {
   return {
     metaData: metaData(cfg),
-    userData: userData(cfg),
+    userData: userData(cfg, extra),
     networkConfig: cfg.network_config ? stringify(cfg.network_config, YAML_OPTIONS) : null,
   };
 }

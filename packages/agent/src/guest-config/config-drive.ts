@@ -31,7 +31,7 @@ function driveFiles(data: CloudInitData): Array<[name: string, text: string]> {
 export async function writeConfigDrive(
   file: string,
   data: CloudInitData,
-  extra: ReadonlyArray<[name: string, text: string]> = [],
+  extra: ReadonlyArray<[name: string, content: string | Uint8Array]> = [],
 ): Promise<void> {
   await writeVfatImage(file, CONFIG_DRIVE_LABEL, [...driveFiles(data), ...extra]);
 }

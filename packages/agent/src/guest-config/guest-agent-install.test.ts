@@ -20,6 +20,7 @@ import { promisify } from 'node:util';
 import { ensureGuestAgent } from '@nqvm/guest-agent';
 import { afterAll, describe, expect, it } from 'vitest';
 import { GUEST_AGENT_CLOUD_CONFIG, guestAgentDriveFiles } from './guest-agent-install';
+import { applyGuestConfig } from './guest-config';
 
 const run = promisify(execFile);
 
@@ -76,4 +77,52 @@ describe('the guest agent installer', () => {
     expect(cmd![2]).toContain('mount -o ro -L CIDATA /run/nqvm-cidata');
     expect(cmd![2]).toMatch(/sh \/run\/nqvm-cidata\/nqvm-guest-agent-install\.sh$/);
   });
+
+  it("rides on the config drive of a guest that may run cloud-init, and not on nqvm's own guest", async () => {
+    const binary = (await ensureGuestAgent()).path;
+    const config = {
+      mode: 'cloud-init' as const,
+      instance_id: '0f6a3c1e-8d57-4b8e-a1e4-5c9b2d7f3a10',
+      hostname: 'any-linux',
+      username: null,
+      password_hash: null,
+      ssh_authorized_keys: [],
+      user_data: '#cloud-config\nruncmd:\n  - [touch, /theirs]\n',
+      network_config: null,
+    };
+    const drive = async (hasCloudInit: boolean | null) => {
+      const vmDir = mkdtempSync(path.join(dir, 'vm-'));
+      const applied = await applyGuestConfig({
+        vmDir,
+        vmm: 'qemu',
+        config,
+        hasCloudInit,
+        rootDisk: null,
+        agentToken: 'a'.repeat(64),
+        guestAgentBinary: binary,
+      });
+      const img = applied.configDrive!.path;
+      const names = (await run('mdir', ['-i', img, '-b', '::/'])).stdout.split('\n').filter(Boolean).sort();
+      const userData = (await run('mtype', ['-i', img, '::/user-data'])).stdout;
+      return { names, userData, img };
+    };
+    const cloud = await drive(null);
+    expect(cloud.names).toEqual([
+      '::/meta-data',
+      '::/nqvm-agent-token',
+      '::/nqvm-guest-agent',
+      '::/nqvm-guest-agent-install.sh',
+      '::/user-data',
+    ]);
+    // The install step joins the user's own commands (theirs kept, after ours).
+    expect(cloud.userData).toContain('sh /run/nqvm-cidata/nqvm-guest-agent-install.sh');
+    expect(cloud.userData).toContain('/theirs');
+    const copy = path.join(dir, 'copied-agent');
+    await run('mcopy', ['-i', cloud.img, '::/nqvm-guest-agent', copy]);
+    expect(readFileSync(copy).equals(readFileSync(binary))).toBe(true);
+
+    const own = await drive(false);
+    expect(own.names).not.toContain('::/nqvm-guest-agent');
+    expect(own.userData).not.toContain('nqvm-guest-agent-install');
+  }, 120_000);
 });

@@ -15,6 +15,7 @@ import type { AgentGuestConfig } from '@nqvm/api';
 import type { DiskSpec, VmmKind } from '../drivers/types';
 import { cloudInitData } from './cloud-config';
 import { writeConfigDrive } from './config-drive';
+import { GUEST_AGENT_CLOUD_CONFIG, guestAgentDriveFiles } from './guest-agent-install';
 import { checkGuestConfig, GuestConfigError } from './guest-values';
 import { injectGuestConfig } from './inject';
 import { MMDS_MAX_BYTES, mmdsDocument } from './mmds';
@@ -99,6 +100,11 @@ export interface GuestConfigTarget {
   rootDisk: { path: string; editable: boolean; created: boolean } | null;
   /** The guest agent's token, put on the config drive (`nqvm-agent-token`) for the guest to read. */
   agentToken?: string;
+  /**
+   * The guest agent's static binary: a guest that may run cloud-init (not nqvm's own, which has
+   * the agent) gets it on its config drive with an installer cloud-init runs once.
+   */
+  guestAgentBinary?: string;
 }
 
 export interface AppliedGuestConfig {
@@ -140,13 +146,14 @@ export async function applyGuestConfig(target: GuestConfigTarget): Promise<Appli
   }
 
   if (plan.configDrive || plan.mmds) {
-    const data = cloudInitData(cfg);
+    // The agent travels on the config drive only: MMDS carries no files.
+    const offerAgent = plan.configDrive && target.hasCloudInit !== false && !!target.guestAgentBinary;
+    const data = cloudInitData(cfg, offerAgent ? GUEST_AGENT_CLOUD_CONFIG : {});
     if (plan.configDrive) {
-      await writeConfigDrive(
-        drivePath,
-        data,
-        target.agentToken ? [[GUEST_TOKEN_DRIVE_FILE, `${target.agentToken}\n`]] : [],
-      );
+      const files: Array<[string, string | Uint8Array]> = [];
+      if (target.agentToken) files.push([GUEST_TOKEN_DRIVE_FILE, `${target.agentToken}\n`]);
+      if (offerAgent) files.push(...(await guestAgentDriveFiles(target.guestAgentBinary)));
+      await writeConfigDrive(drivePath, data, files);
       result.configDrive = { id: 'cidata', path: drivePath, format: 'raw', readOnly: true, isRoot: false };
     }
     if (plan.mmds) {
