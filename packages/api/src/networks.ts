@@ -23,7 +23,12 @@ export const NetworkCreate = z
     kind: NetworkKind,
     cidr: Cidr.optional(),
     gateway: z.ipv4().optional().describe('the host address on the bridge; default: the first host address'),
-    dhcp: z.boolean().default(false).describe('nat, isolated: also serve DHCP on the bridge'),
+    dhcp: z
+      .boolean()
+      .default(false)
+      .describe(
+        'nat, isolated: the cloud-init network configuration asks DHCP instead of setting the address (DHCP is served on every nat and isolated network, each NIC’s address reserved for its MAC)',
+      ),
     bridge: IfName.optional().describe('bridged: an existing bridge to join'),
     uplink: IfName.optional().describe('bridged: an interface to enslave to a new bridge; nat: the way out'),
     dns_servers: z

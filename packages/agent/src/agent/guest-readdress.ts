@@ -9,24 +9,51 @@ import type { AgentNic } from '@nqvm/api';
 import type { GuestAgentClient } from '@nqvm/guest-agent';
 import type { SnapshotNic } from '../snapshots/snapshot-store';
 
-/** $1 old MAC, $2 new MAC, $3 address/prefix or "", $4 gateway or "", $5 "dhcp" or "". */
-const READDRESS_NIC = `set -e
+/**
+ * $1 old MAC, $2 new MAC, $3 address/prefix or "", $4 gateway or "", $5 "dhcp" or "".
+ *
+ * A DHCP client of the interface (udhcpc, dhclient) knows it by the old MAC and holds the
+ * source's lease: it is stopped before the change and started again after it with the same
+ * arguments, so it asks with the clone's MAC and its lease is the clone's reservation (nqvm's
+ * DHCP server reserves each NIC's address for its MAC), not the source's. A NIC on a bridged
+ * network ($5) gets a client when it had none. The assigned address ($3) is set when the
+ * client did not bring it.
+ */
+export const READDRESS_NIC = `set -e
 dev=
 for d in /sys/class/net/*; do
   if [ "$(cat "$d/address" 2>/dev/null)" = "$1" ]; then dev=\${d##*/}; fi
 done
 if [ -z "$dev" ]; then echo "no interface has MAC $1" >&2; exit 3; fi
+clients=
+for p in /proc/[0-9]*; do
+  case "$(cat "$p/comm" 2>/dev/null)" in udhcpc|dhclient) ;; *) continue ;; esac
+  argv=$(tr '\\0' ' ' < "$p/cmdline" 2>/dev/null) || continue
+  case " $argv" in *" $dev "*|*" -i$dev "*|*"=$dev "*) ;; *) continue ;; esac
+  kill "\${p#/proc/}" 2>/dev/null || continue
+  i=0
+  while [ $i -lt 20 ] && [ -e "$p" ] && ! grep -q '^State:.*Z' "$p/status" 2>/dev/null; do sleep 0.1; i=$((i + 1)); done
+  clients="$clients
+$argv"
+done
 ip link set dev "$dev" down
 ip link set dev "$dev" address "$2"
 ip -4 addr flush dev "$dev"
 ip link set dev "$dev" up
-if [ -n "$3" ]; then ip addr add "$3" dev "$dev"; fi
+if [ -z "$clients" ] && [ "$5" = dhcp ]; then
+  if command -v udhcpc >/dev/null; then clients="udhcpc -i $dev -b -t 5 -T 1 -p /run/udhcpc.$dev.pid"
+  elif command -v dhclient >/dev/null; then clients="dhclient $dev"; fi
+fi
+if [ -n "$clients" ]; then
+  echo "$clients" | while read -r argv; do
+    if [ -n "$argv" ]; then setsid $argv </dev/null >/dev/null 2>&1 & fi
+  done
+  i=0
+  while [ $i -lt 32 ] && ! ip -4 addr show dev "$dev" | grep -q 'inet '; do sleep 0.25; i=$((i + 1)); done
+fi
+if [ -n "$3" ] && ! ip -4 addr show dev "$dev" | grep -q "inet $3 "; then ip addr add "$3" dev "$dev"; fi
 if [ -n "$4" ]; then ip route replace default via "$4" dev "$dev"; fi
 if [ -n "$3" ]; then arping -U -c 1 -I "$dev" "\${3%/*}" >/dev/null 2>&1 || true; fi
-if [ "$5" = dhcp ]; then
-  if command -v udhcpc >/dev/null; then udhcpc -i "$dev" -n -q -t 5 -T 1 >/dev/null 2>&1 || true
-  elif command -v dhclient >/dev/null; then dhclient -1 "$dev" >/dev/null 2>&1 || true; fi
-fi
 echo "$dev"
 `;
 

@@ -3,10 +3,12 @@
  * forwards, made through the host networking module (idempotent; a re-run converges), and the
  * addresses its bridged NICs got, found on the host.
  */
-import type { AgentNetwork, AgentPortForward, AgentVmSpec } from '@nqvm/api';
+import type { AgentNetwork, AgentNic, AgentPortForward, AgentVmSpec } from '@nqvm/api';
 import { ConflictError } from '@nqvm/api/errors';
+import { parseIpv4 } from '@nqvm/api/ipv4';
 import type { NicSpec } from '../drivers/types';
 import { type HostNetwork, type HostNetworkInput, nicSpec } from '../network';
+import { MAC } from '../network/names';
 
 export function hostNetworkInput(n: AgentNetwork): HostNetworkInput {
   return {
@@ -100,16 +102,48 @@ export async function removeVmNetwork(net: HostNetwork, vmId: string, spec: Agen
 }
 
 /**
- * The built-in test guest configures its first NIC from the kernel command line: the address
- * the manager gave it, its gateway and DNS. Empty when the first NIC has no static address.
+ * How the guests nqvm provides (the built-in guest, containers) configure their NICs, from the
+ * kernel command line: `nqvm.net.<index>=` per NIC, the NIC found in the guest by its MAC, with
+ * the address the manager assigned (nat, isolated: `ADDR/PREFIX[,gw=GW]`) or `dhcp` (bridged:
+ * the LAN's DHCP), and `nqvm.dns=` for the resolvers. NIC 0 is also given in the older form
+ * (`nqvm.ip=`/`nqvm.gw=`, or `nqvm.dhcp=1`) that guests built before `nqvm.net.` read.
+ *
+ * @example
+ * networkBootArgs(spec);
+ * // 'nqvm.net.0=10.213.0.5/24,gw=10.213.0.1,mac=02:... nqvm.net.1=dhcp,mac=02:... nqvm.dns=10.213.0.1 nqvm.ip=10.213.0.5/24 nqvm.gw=10.213.0.1'
  */
-export function networkBootArgs(spec: AgentVmSpec): string {
-  const nic = spec.nics[0];
-  if (!nic || nic.ip === null || nic.prefix_len === null) return '';
-  const args = [`nqvm.ip=${nic.ip}/${nic.prefix_len}`];
-  if (nic.gateway) args.push(`nqvm.gw=${nic.gateway}`);
-  if (nic.dns.length) args.push(`nqvm.dns=${nic.dns.join(',')}`);
+export function networkBootArgs(spec: Pick<AgentVmSpec, 'nics'>): string {
+  const args: string[] = [];
+  const dns = new Set<string>();
+  for (const nic of spec.nics) {
+    const mac = nic.mac.toLowerCase();
+    if (!MAC.test(mac)) throw new Error(`NIC ${nic.nic_index} has no valid MAC (${JSON.stringify(nic.mac)})`);
+    const how = nicAddress(nic);
+    args.push(
+      `nqvm.net.${nic.nic_index}=${how ? `${how.address}${how.gateway ? `,gw=${how.gateway}` : ''}` : 'dhcp'},mac=${mac}`,
+    );
+    if (how) for (const d of nic.dns) dns.add(ipv4(d));
+  }
+  if (dns.size) args.push(`nqvm.dns=${[...dns].join(',')}`);
+  const first = spec.nics.find((n) => n.nic_index === 0);
+  if (first) {
+    const how = nicAddress(first);
+    if (!how) args.push('nqvm.dhcp=1');
+    else args.push(`nqvm.ip=${how.address}`, ...(how.gateway ? [`nqvm.gw=${how.gateway}`] : []));
+  }
   return args.join(' ');
+}
+
+/** A NIC's assigned address and gateway (checked: they go on a command line); null: DHCP. */
+function nicAddress(nic: AgentNic): { address: string; gateway: string | null } | null {
+  if (nic.ip === null || nic.prefix_len === null) return null;
+  return { address: `${ipv4(nic.ip)}/${nic.prefix_len}`, gateway: nic.gateway ? ipv4(nic.gateway) : null };
+}
+
+function ipv4(value: string): string {
+  if (parseIpv4(value) === null)
+    throw new Error(`refusing address ${JSON.stringify(value)} on the kernel command line`);
+  return value;
 }
 
 /** The addresses found for the NICs the manager gave none (bridged): the most trustworthy of each. */

@@ -28,6 +28,8 @@ describe('dnsmasqConf', () => {
         'dhcp-option=option:router,10.77.0.1',
         'dhcp-option=option:dns-server,10.77.0.1',
         'dhcp-host=02:00:00:00:00:0a,10.77.0.10',
+        // Clones of one snapshot share a client identifier: leases follow the MAC.
+        'dhcp-ignore-clid',
         'no-resolv',
         'server=192.168.77.1',
       ]),

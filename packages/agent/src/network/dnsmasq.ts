@@ -68,6 +68,9 @@ export function dnsmasqConf(dir: string, s: DnsmasqSettings): string {
         ? `dhcp-range=${ipv4(s.dhcpRange.start)},${ipv4(s.dhcpRange.end)},${mask},${LEASE_TIME}`
         : `dhcp-range=${formatIpv4(s.cidr.network)},static,${mask},${LEASE_TIME}`,
       'dhcp-authoritative',
+      // Leases follow the MAC, as the reservations do: clones of one snapshot send the same
+      // client identifier (a DUID made from their common machine-id) from different MACs.
+      'dhcp-ignore-clid',
       s.router ? `dhcp-option=option:router,${ipv4(s.gateway)}` : 'dhcp-option=option:router',
       s.dns ? `dhcp-option=option:dns-server,${ipv4(s.gateway)}` : 'dhcp-option=option:dns-server',
       ...s.staticLeases.map((l) => `dhcp-host=${checked(l.mac, MAC.test(l.mac), 'MAC')},${ipv4(l.ip)}`),

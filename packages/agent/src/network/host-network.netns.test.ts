@@ -1,4 +1,4 @@
-import { readFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { execIn, httpGet, NetnsLab, runIn } from '@nqvm/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -17,6 +17,7 @@ import { listAddresses, listLinks, listRoutes } from './iproute';
 const NAT_ID = '0b7d5a52-0000-4000-8000-00000000aa01';
 const BRIDGED_ID = '0b7d5a52-0000-4000-8000-00000000aa02';
 const VM_ID = '0b7d5a52-0000-4000-8000-00000000bb01';
+const ISOLATED_ID = '0b7d5a52-0000-4000-8000-00000000aa03';
 
 let lab: NetnsLab;
 let host: string;
@@ -116,6 +117,8 @@ describe('HostNetwork in network namespaces', () => {
   });
 
   it('creates a nat network once; the second run changes nothing', async () => {
+    // A new namespace inherits the machine's IPv4 settings, forwarding too: start from off.
+    await execIn(host, 'sysctl', ['-q', '-w', 'net/ipv4/ip_forward=0']);
     const first = await net.ensureNetwork(natSpec);
     expect(first.bridge).toMatch(/^nqb[a-z2-7]{8}$/);
     expect(first.actions).toEqual(
@@ -304,6 +307,43 @@ describe('HostNetwork in network namespaces', () => {
       await execIn(host, 'ip', ['link', 'set', 'dev', port, 'master', bridge]);
     expect(await httpGet(lan, 'http://192.168.77.2:8080/')).toBe('from the vm\n');
     expect(await httpGet(guest, 'http://192.168.77.1:8080/')).toBe('from the lan\n');
+  });
+
+  it('serves DHCP on an isolated network without `dhcp`: each NIC gets its reserved address, no router, no DNS', async () => {
+    // As the manager sends networks by default (dhcp off): a guest that only runs a DHCP
+    // client still gets the address nqvm assigned to its MAC, and nothing for other MACs.
+    const isolated = {
+      id: ISOLATED_ID,
+      kind: 'isolated' as const,
+      cidr: '10.79.0.0/24',
+      gateway: '10.79.0.1',
+    };
+    const { bridge } = await net.ensureNetwork(isolated);
+    const tap = await net.ensureTap({ vmId: VM_ID, nicIndex: 1, networkId: ISOLATED_ID, ip: '10.79.0.10' });
+    const guest3 = await lab.namespace('guest3');
+    await lab.veth({ ns: guest3, name: 'eth0' }, { ns: host, name: 'gv3' });
+    await execIn(host, 'ip', ['link', 'set', 'dev', 'gv3', 'master', bridge, 'up']);
+    const script = path.join(await lab.tempDir(), 'udhcpc.sh');
+    await writeFile(
+      script,
+      '#!/bin/sh\n[ "$1" = bound ] && echo "LEASE ip=$ip mask=$mask router=$router dns=$dns"\nexit 0\n',
+      {
+        mode: 0o755,
+      },
+    );
+    const udhcpc = () =>
+      runIn(guest3, 'busybox', ['udhcpc', '-i', 'eth0', '-n', '-q', '-t', '3', '-T', '1', '-s', script], {
+        timeoutMs: 30_000,
+      });
+    await execIn(guest3, 'ip', ['link', 'set', 'dev', 'eth0', 'up']);
+    const stranger = await udhcpc();
+    expect(stranger.stdout).not.toContain('LEASE');
+    await execIn(guest3, 'ip', ['link', 'set', 'dev', 'eth0', 'address', tap.mac]);
+    const reserved = await udhcpc();
+    expect(reserved.stdout).toContain('LEASE ip=10.79.0.10 mask=24 router= dns=\n');
+    await execIn(host, 'ip', ['link', 'del', 'gv3']);
+    await net.removeTap(VM_ID, 1);
+    await net.removeNetwork(ISOLATED_ID);
   });
 
   it('moves an uplink under a bridged network and gives it back on removal', async () => {

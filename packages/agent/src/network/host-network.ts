@@ -761,7 +761,7 @@ export class HostNetwork {
     const dir = this.networkDir(networkId);
     const spec = record?.spec;
     const cidr = spec?.cidr ? parseCidr(spec.cidr) : null;
-    if (!record || !spec || !cidr || !spec.gateway || !(spec.dhcp || spec.dns)) {
+    if (!record || !spec || !cidr || !spec.gateway || !servesDhcp(spec)) {
       if (await stopDnsmasq(dir)) actions.push(`stopped dnsmasq of ${networkId}`);
       return;
     }
@@ -774,7 +774,7 @@ export class HostNetwork {
       bridge: record.bridge,
       gateway: spec.gateway,
       cidr,
-      dhcp: spec.dhcp,
+      dhcp: true,
       dhcpRange: spec.dhcpRange,
       router: spec.kind === 'nat',
       dns: spec.dns,
@@ -851,11 +851,21 @@ export class HostNetwork {
       networks.map((n) => ({
         bridge: n.bridge,
         routed: n.spec.kind === 'nat',
-        servesHost: n.spec.dhcp || n.spec.dns,
+        servesHost: servesDhcp(n.spec),
       })),
       brNetfilter,
     );
   }
+}
+
+/**
+ * Whether the network's dnsmasq serves DHCP on its bridge: every nat and isolated network with
+ * a gateway does, each NIC's assigned address reserved for its MAC (as libvirt's and Proxmox's
+ * default networks do), so any guest with a DHCP client gets its address, gateway and DNS;
+ * `dhcp` adds the pool of `dhcpRange`. A bridged network's addresses come from the LAN.
+ */
+export function servesDhcp(spec: HostNetworkSpec): boolean {
+  return spec.kind !== 'bridged' && spec.cidr !== undefined && spec.gateway !== undefined;
 }
 
 function assertUniqueIds(desired: HostNetworking): void {

@@ -34,7 +34,10 @@ export const HostNetworkSpec = z
     cidr: Cidr.optional(),
     /** The host's address on the bridge: the VMs' gateway, DHCP server and DNS resolver. */
     gateway: Ipv4.optional(),
-    /** Serve DHCP on the bridge (nat, isolated). */
+    /**
+     * nat, isolated: DHCP is served on the gateway in any case, each NIC's address reserved for
+     * its MAC; `dhcp` also hands out the addresses of `dhcpRange`.
+     */
     dhcp: z.boolean().default(false),
     /** Addresses DHCP hands out besides the NICs' own (static leases); none: static leases only. */
     dhcpRange: z.object({ start: Ipv4, end: Ipv4 }).optional(),

@@ -74,7 +74,10 @@ export function networkCommand(): Command {
     )
     .option('--subnet <cidr>', 'nat, isolated: the prefix VM addresses come from, e.g. 10.213.5.0/24')
     .option('--gateway <ip>', 'the host address on the bridge (default: the first address)')
-    .option('--dhcp', 'nat, isolated: also serve DHCP on the bridge')
+    .option(
+      '--dhcp',
+      'nat, isolated: cloud-init configures guests by DHCP (served on every nat/isolated network)',
+    )
     .option('--bridge <ifname>', 'bridged: an existing bridge to join')
     .option('--uplink <ifname>', 'bridged: an interface to enslave to a new bridge; nat: the way out')
     .option('--dns <ip>', 'nat: an upstream resolver (repeatable)', collect, [])

@@ -15,7 +15,7 @@ import { join, resolve } from 'node:path';
 import { ensureGuestAgent } from '@nqvm/guest-agent/build';
 import { HOST_BUSYBOX } from './debian-packages';
 import { ensureTestGuest, type TestGuest } from './ensure-test-guest';
-import { GUEST_AGENT_PATH, GUEST_MODULES, type GuestFile } from './guest-files';
+import { GUEST_AGENT_PATH, GUEST_MODULES, type GuestFile, nicSetupShell, UDHCPC_SCRIPT } from './guest-files';
 import { busyboxApplets, initramfsTree } from './guest-images';
 import { encodeInitramfs } from './newc';
 
@@ -36,8 +36,8 @@ const FORMAT = 1;
 
 function containerInitScript(modules: readonly string[]): string {
   return `#!/bin/sh
-# nqvm container init. Kernel options: root= nqvm.hostname= nqvm.ip=ADDR/PREFIX nqvm.gw=
-# nqvm.dns=A[,B] nqvm.dhcp=1 nqvm.halt=poweroff|reboot
+# nqvm container init. Kernel options: root= nqvm.hostname= nqvm.net.<i>=... (see
+# nqvm_network) nqvm.dns=A[,B] nqvm.halt=poweroff|reboot
 export PATH=/sbin:/bin:/usr/sbin:/usr/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -45,15 +45,12 @@ mount -t devtmpfs devtmpfs /dev
 for m in ${modules.join(' ')}; do
   if [ -f /lib/modules/$m.ko ]; then insmod /lib/modules/$m.ko 2>/dev/null; fi
 done
-root= host=container addr= gw= dns= dhcp= halt=poweroff
+root= host=container dns= halt=poweroff
 for a in $(cat /proc/cmdline); do
   case "$a" in
     root=*) root=\${a#root=} ;;
     nqvm.hostname=*) host=\${a#nqvm.hostname=} ;;
-    nqvm.ip=*) addr=\${a#nqvm.ip=} ;;
-    nqvm.gw=*) gw=\${a#nqvm.gw=} ;;
     nqvm.dns=*) dns=\${a#nqvm.dns=} ;;
-    nqvm.dhcp=1) dhcp=1 ;;
     nqvm.halt=reboot) halt=reboot ;;
   esac
 done
@@ -88,15 +85,12 @@ chmod 0755 /newroot/.nqvm/acpi/PWRF/00000080
 
 hostname "$host"
 ip link set lo up
-if [ -e /sys/class/net/eth0 ]; then
-  ip link set eth0 up
-  if [ -n "$addr" ]; then
-    ip addr add "$addr" dev eth0
-    if [ -n "$gw" ]; then ip route add default via "$gw" dev eth0; fi
-  elif [ -n "$dhcp" ]; then
-    udhcpc -i eth0 -n -q -t 5 -T 1 -s /etc/udhcpc/default.script || echo "nqvm-init: no DHCP lease"
-  fi
-fi
+${nicSetupShell('nqvm-init')}
+# One lease, taken before the switch to the container's root (no client runs in the container).
+nqvm_dhcp() {
+  udhcpc -i "$1" -n -q -t 5 -T 1 -s /etc/udhcpc/default.script || echo "nqvm-init: no DHCP lease on $1"
+}
+nqvm_network
 # What a container expects in /etc (written into its own disk copy, as Docker's bind mounts show them).
 if [ -d /newroot/etc ]; then
   echo "$host" > /newroot/etc/hostname
@@ -125,21 +119,7 @@ exec switch_root /newroot /.nqvm/tini-static -- /.nqvm/nqvm-guest-agent containe
 `;
 }
 
-const UDHCPC_SCRIPT: GuestFile = {
-  path: 'etc/udhcpc/default.script',
-  mode: 0o755,
-  text: `#!/bin/sh
-case "$1" in
-  deconfig) ip -4 addr flush dev "$interface"; ip link set "$interface" up ;;
-  bound|renew)
-    ip -4 addr flush dev "$interface"
-    ip addr add "$ip/\${mask:-24}" dev "$interface"
-    if [ -n "$router" ]; then ip route add default via "\${router%% *}" dev "$interface"; fi
-    if [ -n "$dns" ]; then : > /etc/resolv.conf; for s in $dns; do echo "nameserver $s" >> /etc/resolv.conf; done; fi
-    ;;
-esac
-`,
-};
+const UDHCPC: GuestFile = { path: 'etc/udhcpc/default.script', mode: 0o755, text: UDHCPC_SCRIPT };
 
 function defaultCacheRoot(): string {
   const base = process.env.NQVM_CACHE_DIR;
@@ -183,7 +163,7 @@ export async function ensureContainerInit(opts: { cacheDir?: string } = {}): Pro
         busybox: await sha256(HOST_BUSYBOX),
         tini: await sha256(HOST_TINI),
         script,
-        udhcpc: UDHCPC_SCRIPT.text,
+        udhcpc: UDHCPC.text,
       }),
     )
     .digest('hex')
@@ -200,7 +180,7 @@ export async function ensureContainerInit(opts: { cacheDir?: string } = {}): Pro
     if (available.has(`${name}.ko`)) modules.set(name, await readFile(join(modulesDir, `${name}.ko`)));
   }
   const busybox = { binary: await readFile(HOST_BUSYBOX), applets: await busyboxApplets(HOST_BUSYBOX) };
-  const tree = initramfsTree(busybox, [{ path: 'init', mode: 0o755, text: script }, UDHCPC_SCRIPT], modules, [
+  const tree = initramfsTree(busybox, [{ path: 'init', mode: 0o755, text: script }, UDHCPC], modules, [
     { path: GUEST_AGENT_PATH.slice(1), data: await readFile(agent.path) },
     { path: 'usr/bin/tini-static', data: await readFile(HOST_TINI) },
   ]);

@@ -89,13 +89,104 @@ while :; do setsid cttyhack /bin/sh -l; done
 `;
 }
 
+/**
+ * Shell functions of a guest init that configure its NICs from the kernel command line, as
+ * the agent writes it (packages/agent vm-network.ts `networkBootArgs`): `nqvm.net.<i>=` per NIC
+ * with comma-separated fields `ADDR/PREFIX`, `gw=GW`, `dhcp` and `mac=MAC` (the interface with
+ * that MAC; without it eth<i>). A command line without any (older agents) configures eth0
+ * from `nqvm.ip=ADDR/PREFIX nqvm.gw=GW` or `nqvm.dhcp=1`. The init defines `nqvm_dhcp DEV`,
+ * how it runs the DHCP client, and calls `nqvm_network`. `tag` starts its messages.
+ */
+export function nicSetupShell(tag: string): string {
+  return `# nqvm_nic INDEX FIELDS: one NIC, from nqvm.net.INDEX=FIELDS.
+nqvm_nic() {
+  n_addr= n_gw= n_dhcp= n_mac= n_dev=
+  for f in $(echo "$2" | tr , ' '); do
+    case "$f" in
+      mac=*) n_mac=\${f#mac=} ;;
+      gw=*) n_gw=\${f#gw=} ;;
+      dhcp) n_dhcp=1 ;;
+      */*) n_addr=$f ;;
+      *) echo "${tag}: NIC $1: unknown setting $f" ;;
+    esac
+  done
+  if [ -n "$n_mac" ]; then
+    for d in /sys/class/net/*; do
+      if [ "$(cat "$d/address" 2>/dev/null)" = "$n_mac" ]; then n_dev=\${d##*/}; fi
+    done
+  elif [ -e "/sys/class/net/eth$1" ]; then n_dev=eth$1; fi
+  if [ -z "$n_dev" ]; then echo "${tag}: NIC $1 has no interface \${n_mac:+with MAC $n_mac}"; return 0; fi
+  ip link set "$n_dev" up
+  if [ -n "$n_addr" ]; then
+    ip addr add "$n_addr" dev "$n_dev"
+    if [ -n "$n_gw" ]; then
+      ip route add default via "$n_gw" dev "$n_dev" 2>/dev/null || echo "${tag}: $n_dev: a default route was set by an earlier NIC"
+    fi
+  elif [ -n "$n_dhcp" ]; then
+    nqvm_dhcp "$n_dev"
+  fi
+}
+# nqvm_network: every NIC the kernel command line names, in its order.
+nqvm_network() {
+  nets= l_addr= l_gw= l_dhcp=
+  for a in $(cat /proc/cmdline); do
+    case "$a" in
+      nqvm.net.*=*) nets="$nets \${a#nqvm.net.}" ;;
+      nqvm.ip=*) l_addr=\${a#nqvm.ip=} ;;
+      nqvm.gw=*) l_gw=\${a#nqvm.gw=} ;;
+      nqvm.dhcp=1) l_dhcp=1 ;;
+    esac
+  done
+  if [ -z "$nets" ]; then
+    if [ -n "$l_addr" ]; then nets="0=$l_addr\${l_gw:+,gw=$l_gw}"; elif [ -n "$l_dhcp" ]; then nets=0=dhcp; fi
+  fi
+  for n in $nets; do
+    case "\${n%%=*}" in
+      ''|*[!0-9]*) echo "${tag}: ignoring nqvm.net.$n" ;;
+      *) nqvm_nic "\${n%%=*}" "\${n#*=}" ;;
+    esac
+  done
+}
+`;
+}
+
+/**
+ * The udhcpc event handler of nqvm's guests: applies the lease to $interface (the address
+ * stays as it is on a renewal that keeps it), a default route when none is set yet, and the
+ * lease's DNS servers unless the kernel command line names them (nqvm.dns=).
+ */
+export const UDHCPC_SCRIPT = `#!/bin/sh
+case "$1" in
+  deconfig)
+    ip -4 addr flush dev "$interface"
+    ip link set "$interface" up
+    ;;
+  bound|renew)
+    if ! ip -4 addr show dev "$interface" | grep -q "inet $ip/"; then
+      ip -4 addr flush dev "$interface"
+      ip addr add "$ip/\${mask:-24}" dev "$interface"
+    fi
+    if [ -n "$router" ]; then ip route add default via "\${router%% *}" dev "$interface" 2>/dev/null; fi
+    case " $(cat /proc/cmdline) " in
+      *" nqvm.dns="*) ;;
+      *)
+        if [ -n "$dns" ]; then
+          : > /etc/resolv.conf
+          for s in $dns; do echo "nameserver $s" >> /etc/resolv.conf; done
+        fi
+        ;;
+    esac
+    ;;
+esac
+`;
+
 /** Shared by the initramfs fallback and the root disk's busybox init (as its sysinit). */
 function runtimeScript(marker: string): string {
   return `#!/bin/sh
 # nqvm test guest runtime: mounts, hostname, network, power button, config drive, then the
 # ready marker. The config drive (label CIDATA) is mounted read-only at /run/cidata, readable
 # by every user, as cloud-init would read it: this guest has no cloud-init.
-# Understands nqvm.hostname= nqvm.ip=ADDR/PREFIX nqvm.gw= nqvm.dns=A[,B] nqvm.dhcp=1
+# Understands nqvm.hostname= nqvm.net.<i>=... (see nqvm_network) nqvm.dns=A[,B]
 ${PATH}
 mounted() { grep -q "^[^ ]* $1 " /proc/mounts 2>/dev/null; }
 mounted /proc || mount -t proc proc /proc
@@ -106,28 +197,22 @@ mounted /dev/pts || mount -t devpts devpts /dev/pts
 mounted /run || mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
 mounted /tmp || mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
 
-host= addr= gw= dns= dhcp=
+host= dns=
 for a in $(cat /proc/cmdline); do
   case "$a" in
     nqvm.hostname=*) host=\${a#nqvm.hostname=} ;;
-    nqvm.ip=*) addr=\${a#nqvm.ip=} ;;
-    nqvm.gw=*) gw=\${a#nqvm.gw=} ;;
     nqvm.dns=*) dns=\${a#nqvm.dns=} ;;
-    nqvm.dhcp=1) dhcp=1 ;;
   esac
 done
 if [ -n "$host" ]; then hostname "$host"; elif [ -s /etc/hostname ]; then hostname -F /etc/hostname; fi
 ip link set lo up
-if [ -n "$addr$dhcp" ] && [ ! -e /sys/class/net/eth0 ]; then
-  echo "nqvm: network settings given but there is no eth0"
-elif [ -n "$addr" ]; then
-  ip link set eth0 up
-  ip addr add "$addr" dev eth0
-  if [ -n "$gw" ]; then ip route add default via "$gw" dev eth0; fi
-elif [ -n "$dhcp" ]; then
-  ip link set eth0 up
-  udhcpc -i eth0 -n -q -t 5 -T 1 || echo "nqvm: no DHCP lease"
-fi
+${nicSetupShell('nqvm')}
+# udhcpc stays and renews the lease; the boot waits for its first 5 tries, 1 s apart.
+nqvm_dhcp() {
+  udhcpc -i "$1" -b -t 5 -T 1 -p "/run/udhcpc.$1.pid" -s /etc/udhcpc/default.script </dev/null >"/run/udhcpc.$1.log" 2>&1
+  ip -4 addr show dev "$1" | grep -q 'inet ' || echo "nqvm: no DHCP lease on $1 yet (udhcpc keeps asking)"
+}
+nqvm_network
 if [ -n "$dns" ]; then
   : > /etc/resolv.conf
   for s in $(echo "$dns" | tr , ' '); do echo "nameserver $s" >> /etc/resolv.conf; done
@@ -161,25 +246,6 @@ echo "nqvm: power button, shutting down" > /dev/console
 if [ -f /etc/inittab ]; then exec poweroff; fi
 sync
 exec poweroff -f
-`;
-
-const UDHCPC_SCRIPT = `#!/bin/sh
-# udhcpc event handler: apply the lease to $interface.
-case "$1" in
-  deconfig)
-    ip -4 addr flush dev "$interface"
-    ip link set "$interface" up
-    ;;
-  bound|renew)
-    ip -4 addr flush dev "$interface"
-    ip addr add "$ip/\${mask:-24}" dev "$interface"
-    if [ -n "$router" ]; then ip route add default via "\${router%% *}" dev "$interface"; fi
-    if [ -n "$dns" ]; then
-      : > /etc/resolv.conf
-      for s in $dns; do echo "nameserver $s" >> /etc/resolv.conf; done
-    fi
-    ;;
-esac
 `;
 
 /**
