@@ -86,7 +86,12 @@ export function NetworksPage() {
                   <td>{n.kind}</td>
                   <td>{n.cidr ? <code>{n.cidr}</code> : <span className="muted">from the LAN</span>}</td>
                   <td className="hide-sm">{n.gateway ? <code>{n.gateway}</code> : '—'}</td>
-                  <td className="hide-sm">{n.kind === 'bridged' ? 'LAN' : n.dhcp ? 'yes' : 'no'}</td>
+                  <td
+                    className="hide-sm"
+                    title="nqvm serves DHCP on nat and isolated networks, each NIC's address reserved for its MAC"
+                  >
+                    {n.kind === 'bridged' ? 'LAN' : n.dhcp ? 'guests ask' : 'reserved'}
+                  </td>
                   <td className="num">{n.nic_count}</td>
                   <td className="hide-md" title={formatTime(n.created_at)}>
                     {timeAgo(n.created_at, now)}
@@ -313,7 +318,8 @@ function CreateNetwork({ open, onClose }: { open: boolean; onClose: () => void }
             ) : null}
             <label className="check">
               <input type="checkbox" checked={f.dhcp} onChange={(e) => set('dhcp', e.target.checked)} />
-              Serve DHCP on the bridge
+              Guests ask DHCP for their address (cloud-init), instead of having it set (DHCP is served either
+              way, each address reserved for its NIC)
             </label>
           </>
         )}
