@@ -11,6 +11,8 @@ export const ErrorCodes = {
   SNAPSHOT_TYPE_UNSUPPORTED: 400,
   SNAPSHOT_MISMATCH: 400,
   EXEC_FAILED: 400,
+  /** Networks: the prefix overlaps loopback, 0/8, link-local, multicast or class E. */
+  NETWORK_CIDR_RESERVED: 400,
   UNAUTHENTICATED: 401,
   INVALID_CREDENTIALS: 401,
   FORBIDDEN: 403,
@@ -60,6 +62,8 @@ export const ErrorCodes = {
   IMAGE_UNSUPPORTED: 422,
   /** Containers: the image has no entrypoint or cmd and the request gave no command. */
   CONTAINER_COMMAND_MISSING: 422,
+  /** Networks: no host reports the bridge or uplink the network names (or not of a usable kind). */
+  NETWORK_INTERFACE_NOT_FOUND: 422,
   /** Containers: nqvm's container init (or the default kernel it boots with) is not registered. */
   CONTAINER_INIT_MISSING: 409,
   REGISTRY_UNREACHABLE: 502,

@@ -5,6 +5,7 @@ export * from './env';
 export * from './errors';
 export * from './exec';
 export * from './images';
+export * from './interface-names';
 export * from './networks';
 export * from './request-signature';
 export * from './schemas';

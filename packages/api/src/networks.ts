@@ -5,17 +5,41 @@
  */
 import { createHash } from 'node:crypto';
 import { z } from 'zod';
+import { InterfaceName as IfName } from './interface-names';
+import { type Ipv4Cidr, overlaps, parseCidr } from './ipv4';
 import { ListQuery, Name, Timestamp, Uuid } from './schemas';
 
 export const NetworkKind = z.enum(['nat', 'bridged', 'isolated']);
 export type NetworkKind = z.infer<typeof NetworkKind>;
 
-/** A Linux interface name (at most 15 characters). */
-const IfName = z.string().regex(/^[A-Za-z0-9_.-]{1,15}$/, 'an interface name: 1-15 of [A-Za-z0-9_.-]');
+/**
+ * IPv4 ranges no network may use: a bridge address there would shadow the host's own loopback
+ * or link-local traffic, or is no unicast address at all (RFC 6890).
+ */
+export const RESERVED_IPV4_RANGES: ReadonlyArray<{ cidr: string; use: string }> = [
+  { cidr: '0.0.0.0/8', use: '"this network" (0/8)' },
+  { cidr: '127.0.0.0/8', use: 'loopback' },
+  { cidr: '169.254.0.0/16', use: 'link-local' },
+  { cidr: '224.0.0.0/4', use: 'multicast' },
+  { cidr: '240.0.0.0/4', use: 'reserved (class E and the broadcast address)' },
+];
+
+/**
+ * The reserved range `cidr` overlaps, or null.
+ *
+ * @example
+ * reservedRange(parseCidr('127.0.0.0/24')!); // { cidr: '127.0.0.0/8', use: 'loopback' }
+ */
+export function reservedRange(cidr: Ipv4Cidr): { cidr: string; use: string } | null {
+  return RESERVED_IPV4_RANGES.find((r) => overlaps(cidr, parseCidr(r.cidr)!)) ?? null;
+}
+
 const Cidr = z
   .string()
   .regex(/^(\d{1,3}\.){3}\d{1,3}\/\d{1,2}$/, 'an IPv4 prefix such as 10.213.0.0/24')
-  .describe('nat, isolated: the prefix VM addresses come from (host bits zero, /8../30)');
+  .describe(
+    'nat, isolated: the prefix VM addresses come from (host bits zero, /8../30; 400 NETWORK_CIDR_RESERVED inside 0/8, 127/8, 169.254/16, 224/4 or 240/4)',
+  );
 
 export const NetworkCreate = z
   .strictObject({
@@ -29,8 +53,12 @@ export const NetworkCreate = z
       .describe(
         'nat, isolated: the cloud-init network configuration asks DHCP instead of setting the address (DHCP is served on every nat and isolated network, each NIC’s address reserved for its MAC)',
       ),
-    bridge: IfName.optional().describe('bridged: an existing bridge to join'),
-    uplink: IfName.optional().describe('bridged: an interface to enslave to a new bridge; nat: the way out'),
+    bridge: IfName.optional().describe(
+      'bridged: an existing bridge to join; a host must report it as a bridge (422 NETWORK_INTERFACE_NOT_FOUND)',
+    ),
+    uplink: IfName.optional().describe(
+      'bridged: an interface to enslave to a new bridge; nat: the way out; a host must report it (422 NETWORK_INTERFACE_NOT_FOUND)',
+    ),
     dns_servers: z
       .array(z.ipv4())
       .max(4)
@@ -72,6 +100,11 @@ export const Network = z.object({
   is_default: z.boolean(),
   /** NICs on it (of any VM). */
   nic_count: z.number().int(),
+  available_on: z
+    .array(Uuid)
+    .describe(
+      'the hosts its VMs can run on: those whose agent reports its bridge or uplink, every host for a network that names neither',
+    ),
   created_at: Timestamp,
   updated_at: Timestamp,
 });

@@ -3,6 +3,7 @@
  * gives its TypeScript type (`z.infer`) and feeds the OpenAPI document.
  */
 import { z } from 'zod';
+import { HostInterface, MAX_HOST_INTERFACES } from './interface-names';
 
 export const Uuid = z.uuid();
 export const Timestamp = z.string().meta({ format: 'date-time' });
@@ -243,6 +244,8 @@ export const HostCapacity = z.object({
   disk_mib: z.number().int().min(0),
   kvm: z.boolean(),
   drivers: z.array(DriverReport).max(4),
+  /** The host's interfaces a network can name (bridge, uplink); where bridged networks are available. */
+  interfaces: z.array(HostInterface).max(MAX_HOST_INTERFACES).default([]),
 });
 
 export const Host = z.object({

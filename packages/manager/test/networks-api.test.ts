@@ -101,6 +101,65 @@ describe.concurrent.each(DATASTORES)('networks API on %s', (kind) => {
       expect(await counts()).toEqual(before);
     });
 
+    it('refuses interface names an argument list could misread, and reserved prefixes, creating nothing', async () => {
+      const before = await counts();
+      const names = [
+        '-h',
+        '..',
+        '.',
+        '-json',
+        '.hidden',
+        'a/b',
+        'eth0:1',
+        'br 0',
+        'br\t0',
+        'x'.repeat(16),
+        '',
+      ];
+      for (const name of names) {
+        for (const body of [
+          { name: 'ifn', kind: 'bridged', bridge: name },
+          { name: 'ifn', kind: 'bridged', uplink: name },
+          { name: 'ifn', kind: 'nat', cidr: '10.62.0.0/24', uplink: name },
+        ]) {
+          const r = await api.post('/api/v1/networks', body);
+          expectError(r, 400, 'VALIDATION_FAILED');
+          expect(r.body.error.details.fields[0].path, r.text).toMatch(/^body\.(bridge|uplink)$/);
+        }
+      }
+      const reserved: Array<[string, string]> = [
+        ['127.0.0.0/24', '127.0.0.0/8'],
+        ['127.0.0.0/8', '127.0.0.0/8'],
+        ['0.0.0.0/8', '0.0.0.0/8'],
+        ['0.0.0.0/24', '0.0.0.0/8'],
+        ['169.254.0.0/16', '169.254.0.0/16'],
+        ['169.254.10.0/24', '169.254.0.0/16'],
+        ['224.0.0.0/24', '224.0.0.0/4'],
+        ['239.10.0.0/16', '224.0.0.0/4'],
+        ['240.0.0.0/8', '240.0.0.0/4'],
+        ['255.255.255.0/24', '240.0.0.0/4'],
+      ];
+      for (const [cidr, range] of reserved) {
+        for (const kind of ['nat', 'isolated']) {
+          const r = await api.post('/api/v1/networks', { name: 'rsv', kind, cidr });
+          expectError(r, 400, 'NETWORK_CIDR_RESERVED');
+          expect(r.body.error.details.reserved).toBe(range);
+          expect(r.body.error.message).toContain(cidr);
+        }
+      }
+      expect(await counts()).toEqual(before);
+      // Right beside loopback is an ordinary prefix.
+      const neighbour = await mkNetwork({ name: 'rsv-ok', kind: 'isolated', cidr: '126.0.0.0/8' });
+      // PATCH changes only the name and the default flag: no way around the checks.
+      for (const body of [{ cidr: '127.0.0.0/24' }, { uplink: '-json' }, { bridge: 'br0' }]) {
+        expectError(await api.patch(`/api/v1/networks/${neighbour.id}`, body), 400, 'VALIDATION_FAILED');
+      }
+      expect(StrictNetwork.parse((await api.get(`/api/v1/networks/${neighbour.id}`)).body)).toEqual(
+        neighbour,
+      );
+      expect((await api.del(`/api/v1/networks/${neighbour.id}`)).status).toBe(200);
+    });
+
     it('refuses a prefix overlapping another network with 409', async () => {
       const n = await mkNetwork({ name: 'ov-1', kind: 'isolated', cidr: '10.70.0.0/16' });
       for (const cidr of ['10.70.5.0/24', '10.0.0.0/8', '10.70.0.0/16']) {
@@ -291,6 +350,8 @@ describe.concurrent.each(DATASTORES)('networks API on %s', (kind) => {
 
   describe.sequential('on a host', () => {
     let agent: StandInAgent;
+    /** A second host with more free memory (the scheduler's favourite) and other interfaces. */
+    let other: StandInAgent;
     beforeAll(async () => {
       const kernel = path.join(t.dataDir, 'vmlinux');
       fs.writeFileSync(kernel, Buffer.alloc(4096, 1));
@@ -300,17 +361,135 @@ describe.concurrent.each(DATASTORES)('networks API on %s', (kind) => {
         path: kernel,
         isDefault: true,
       });
-      agent = await StandInAgent.join(
-        t.url,
-        t.adminToken,
-        t.manager.services.managerKey.publicKeyPem,
-        `net-${kind}`,
-        16_384,
-      );
+      const host = async (name: string, memMib: number, interfaces: Array<[string, string, boolean]>) => {
+        const a = await StandInAgent.join(
+          t.url,
+          t.adminToken,
+          t.manager.services.managerKey.publicKeyPem,
+          name,
+          memMib,
+        );
+        await a.reportInterfaces(interfaces.map(([n, k, up]) => ({ name: n, kind: k, up })));
+        return a;
+      };
+      agent = await host(`net-${kind}`, 16_384, [
+        ['eth0', 'ether', true],
+        ['br-lan', 'bridge', true],
+        ['br-av', 'bridge', true],
+        ['br-x', 'bridge', true],
+      ]);
+      other = await host(`net2-${kind}`, 32_768, [
+        ['eth0', 'ether', true],
+        ['eth1', 'ether', false],
+        ['br-x', 'ether', true],
+      ]);
     });
     afterAll(async () => {
       await agent?.close();
+      await other?.close();
     });
+
+    const vmState = async (id: string) => (await api.get(`/api/v1/vms/${id}`)).body as Vm;
+    const failedWith = (id: string) =>
+      until('the VM failed', async () => {
+        const v = await vmState(id);
+        return v.state === 'failed' ? v : undefined;
+      });
+
+    it('refuses a network naming an interface no host reports (or not as a bridge), creating nothing', async () => {
+      const before = await counts();
+      const cases: Array<[Record<string, unknown>, string, RegExp]> = [
+        [
+          { kind: 'bridged', uplink: 'eth5' },
+          'uplink',
+          /no host reports an interface eth5 \(the hosts report net-[a-z]+: eth0, br-lan, br-av, br-x; net2-[a-z]+: eth0, eth1, br-x\)/,
+        ],
+        [
+          { kind: 'nat', cidr: '10.96.0.0/24', uplink: 'wan9' },
+          'uplink',
+          /no host reports an interface wan9/,
+        ],
+        [{ kind: 'bridged', bridge: 'br-none' }, 'bridge', /no host reports a bridge br-none/],
+        [{ kind: 'bridged', bridge: 'eth1' }, 'bridge', /it is no bridge on net2-.* \(ether\)/],
+        [
+          { kind: 'bridged', uplink: 'br-lan' },
+          'uplink',
+          /it is a bridge on net-[a-z]+: join it as the network's bridge/,
+        ],
+      ];
+      for (const [body, field, message] of cases) {
+        const r = await api.post('/api/v1/networks', { name: 'gone', ...body });
+        expectError(r, 422, 'NETWORK_INTERFACE_NOT_FOUND');
+        expect(r.body.error.message).toMatch(message);
+        expect(r.body.error.details.fields[0].path).toBe(`body.${field}`);
+      }
+      expect(await counts()).toEqual(before);
+    });
+
+    it('shows where each network is available and places its VMs there, or says why not', async () => {
+      const hostIds = [agent.hostId, other.hostId].sort();
+      const nat = await mkNetwork({ name: 'av-nat', kind: 'nat', cidr: '10.97.0.0/24' });
+      const iso = await mkNetwork({ name: 'av-iso', kind: 'isolated', cidr: '10.98.0.0/24' });
+      const joined = await mkNetwork({ name: 'av-br', kind: 'bridged', bridge: 'br-av' });
+      const enslaved = await mkNetwork({ name: 'av-up', kind: 'bridged', uplink: 'eth1' });
+      // br-x is a bridge on the first host, an ordinary interface (so an uplink) only on the second.
+      const upBrLan = await mkNetwork({ name: 'av-up2', kind: 'bridged', uplink: 'br-x' });
+      expect([...nat.available_on].sort()).toEqual(hostIds);
+      expect([...iso.available_on].sort()).toEqual(hostIds);
+      expect(joined.available_on).toEqual([agent.hostId]);
+      expect(enslaved.available_on).toEqual([other.hostId]);
+      expect(upBrLan.available_on).toEqual([other.hostId]);
+      const listed = (await api.get('/api/v1/networks?name=av-')).body.items as Network[];
+      expect(Object.fromEntries(listed.map((n) => [n.name, n.available_on.length]))).toEqual({
+        'av-nat': 2,
+        'av-iso': 2,
+        'av-br': 1,
+        'av-up': 1,
+        'av-up2': 1,
+      });
+
+      // The second host has more free memory, yet a VM on av-br can only run where br-av is.
+      const onBridge = await mkVm('av-vm1', [{ network_id: nat.id }, { network_id: joined.id }]);
+      await api.post(`/api/v1/vms/${onBridge.id}/start`, {});
+      const placed1 = await until('av-vm1 placed', async () => (await vmState(onBridge.id)).host_id);
+      expect(placed1).toBe(agent.hostId);
+      const onUplink = await mkVm('av-vm2', [{ network_id: enslaved.id }]);
+      await api.post(`/api/v1/vms/${onUplink.id}/start`, {});
+      expect(await until('av-vm2 placed', async () => (await vmState(onUplink.id)).host_id)).toBe(
+        other.hostId,
+      );
+
+      // Both networks at once: no host has both.
+      const both = await mkVm('av-vm3', [{ network_id: joined.id }, { network_id: enslaved.id }]);
+      await api.post(`/api/v1/vms/${both.id}/start`, {});
+      const v3 = await failedWith(both.id);
+      expect(v3.last_error).toMatch(
+        /no ready host has all of bridge br-av for network av-br, uplink eth1 for network av-up/,
+      );
+
+      // The uplink's only host is cordoned: the refusal names the uplink and where it is.
+      expect((await api.post(`/api/v1/hosts/${other.hostId}/cordon`, {})).status).toBe(200);
+      try {
+        const v4 = await mkVm('av-vm4', [{ network_id: enslaved.id }]);
+        await api.post(`/api/v1/vms/${v4.id}/start`, {});
+        expect((await failedWith(v4.id)).last_error).toMatch(
+          new RegExp(`no ready host has uplink eth1 for network av-up \\(only net2-${kind}: cordoned\\)`),
+        );
+      } finally {
+        expect((await api.post(`/api/v1/hosts/${other.hostId}/uncordon`, {})).status).toBe(200);
+      }
+
+      // The interface goes away: the network is available nowhere and a new VM on it is refused.
+      await other.reportInterfaces([{ name: 'eth0', kind: 'ether', up: true }]);
+      const after = StrictNetwork.parse((await api.get(`/api/v1/networks/${enslaved.id}`)).body);
+      expect(after.available_on).toEqual([]);
+      const v5 = await mkVm('av-vm5', [{ network_id: enslaved.id }]);
+      await api.post(`/api/v1/vms/${v5.id}/start`, {});
+      expect((await failedWith(v5.id)).last_error).toMatch(
+        /^no ready host has uplink eth1 for network av-up$/,
+      );
+      expect((await vmState(v5.id)).host_id).toBeNull();
+    }, 120_000);
 
     it('sends NICs, forwards and a network-config; takes bridged addresses from reports', async () => {
       const nat = await mkNetwork({

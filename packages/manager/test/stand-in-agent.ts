@@ -20,6 +20,7 @@ import {
   type AgentVmStats,
   type DriverReport,
   type ExecServerMessage,
+  type HostInterface,
   ReplayGuard,
   verifyManagerSignature,
 } from '@nqvm/api';
@@ -49,6 +50,9 @@ export interface SnapshotAnswer {
 const QEMU_ONLY: Array<z.input<typeof DriverReport>> = [
   { kind: 'qemu', available: true, version: '8.2.2', kvm: false, features: [] },
 ];
+
+/** The interfaces a stand-in reports unless a test says otherwise. */
+const STAND_IN_INTERFACES: HostInterface[] = [{ name: 'eth0', kind: 'ether', up: true }];
 
 export type ContainerReport = NonNullable<AgentVmReport['container']>;
 export type ContainerExit = NonNullable<ContainerReport['exit']>;
@@ -145,8 +149,11 @@ export class StandInAgent {
     private readonly server: http.Server,
     private readonly managerUrl: string,
     private readonly managerKey: KeyObject,
-    /** What the heartbeats report; a test may change its drivers. */
-    readonly capacity: { drivers: Array<z.input<typeof DriverReport>> } & Record<string, unknown>,
+    /** What the heartbeats report; a test may change its drivers (and interfaces: reportInterfaces). */
+    readonly capacity: {
+      drivers: Array<z.input<typeof DriverReport>>;
+      interfaces: HostInterface[];
+    } & Record<string, unknown>,
   ) {}
 
   /** Starts the stand-in, joins the manager as host `name`, and heartbeats every 500 ms. */
@@ -164,6 +171,7 @@ export class StandInAgent {
       disk_mib: 100_000,
       kvm: false,
       drivers: drivers.map((d) => ({ ...d })),
+      interfaces: STAND_IN_INTERFACES.map((i) => ({ ...i })),
     };
     const server = http.createServer();
     const agent = new StandInAgent(server, managerUrl, createPublicKey(managerPublicKeyPem), capacity);
@@ -199,6 +207,13 @@ export class StandInAgent {
       return; // the manager is closing; the next beat retries
     }
     for (const r of reports) if (r.state === 'deleted' && this.vms.get(r.id) === r) this.vms.delete(r.id);
+  }
+
+  /** From now on this host reports these interfaces; resolves once a heartbeat said so. */
+  async reportInterfaces(interfaces: HostInterface[]): Promise<void> {
+    this.capacity.interfaces = interfaces;
+    await this.lastBeat;
+    await this.heartbeat();
   }
 
   /**

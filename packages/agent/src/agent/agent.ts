@@ -15,11 +15,12 @@ import { pino } from 'pino';
 import type { AgentConfig } from '../config';
 import type { VmmDriver } from '../drivers/types';
 import { type BlobSource, ImageCache } from '../images/image-cache';
-import { HostNetwork } from '../network';
+import { HostNetwork, hostRunner } from '../network';
+import { listLinks } from '../network/iproute';
 import { SnapshotStore } from '../snapshots/snapshot-store';
 import { VolumeStore } from '../volumes/volume-store';
 import { buildAgentApi } from './api';
-import { measureCapacity } from './capacity';
+import { hostInterfaces, measureCapacity } from './capacity';
 import { defaultDrivers } from './default-drivers';
 import { DriverSet } from './driver-set';
 import { Heartbeater } from './heartbeat';
@@ -185,7 +186,22 @@ export async function createAgent(config: AgentConfig, options: AgentOptions = {
   let client: ManagerClient | null = null;
   let registered = false;
 
-  const capacity = async () => measureCapacity(config.stateDir, config.caps, await drivers.all());
+  // Read where VM networks live (NQVM_AGENT_NETNS), so the report names what the agent can use.
+  const links = hostRunner(config.netns ? { netns: config.netns } : {});
+  let interfacesFailing = false;
+  const interfaces = async () => {
+    try {
+      const found = hostInterfaces(await listLinks(links), network.names);
+      interfacesFailing = false;
+      return found;
+    } catch (err) {
+      if (!interfacesFailing) log.warn({ err: errorMessage(err) }, 'cannot list the host interfaces');
+      interfacesFailing = true;
+      return [];
+    }
+  };
+  const capacity = async () =>
+    measureCapacity(config.stateDir, config.caps, await drivers.all(), await interfaces());
   const collect = async (): Promise<HeartbeatBody> => {
     await registry
       .refreshAddresses()

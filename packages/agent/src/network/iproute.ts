@@ -7,6 +7,8 @@ export interface Link {
   alias: string | null;
   /** `bridge`, `tun`, `veth`, ... ; null for a plain device. */
   kind: string | null;
+  /** The link layer as `ip` reports it: `ether`, `loopback`, `none` (a tun), ... */
+  linkType?: string;
   /** `tap` or `tun` for a tun device. */
   tunType: string | null;
   /** Owner of a tun device, as iproute2 prints it (a user name or uid). */
@@ -34,6 +36,7 @@ export interface Route {
 interface RawLink {
   ifname: string;
   ifalias?: string;
+  link_type?: string;
   flags?: string[];
   master?: string;
   address?: string;
@@ -50,6 +53,7 @@ export async function listLinks(host: HostRunner): Promise<Map<string, Link>> {
         name: l.ifname,
         alias: l.ifalias ?? null,
         kind: l.linkinfo?.info_kind ?? null,
+        ...(l.link_type ? { linkType: l.link_type } : {}),
         tunType: l.linkinfo?.info_data?.type ?? null,
         tunUser: l.linkinfo?.info_data?.user === undefined ? null : String(l.linkinfo.info_data.user),
         master: l.master ?? null,

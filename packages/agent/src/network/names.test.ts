@@ -1,5 +1,6 @@
+import { InterfaceName } from '@nqvm/api';
 import { describe, expect, it } from 'vitest';
-import { bridgeMac, HostNames, macFor, pickName } from './names';
+import { assertIfName, bridgeMac, HostNames, macFor, pickName } from './names';
 
 const VM = '8d3f6a1e-2b4c-4d5e-8f90-a1b2c3d4e5f6';
 
@@ -34,6 +35,31 @@ describe('HostNames', () => {
     expect(() => names.tap(VM, 32)).toThrow(/0\.\.31/);
     expect(() => new HostNames('NQ')).toThrow();
     expect(() => new HostNames('toolong')).toThrow();
+  });
+});
+
+describe('interface names', () => {
+  it('follow the one rule the API validates with: no option-like, relative or over-long names', () => {
+    for (const bad of [
+      '-h',
+      '-json',
+      '..',
+      '.',
+      '.x',
+      'a/b',
+      'eth0:1',
+      'br 0',
+      'br\n0',
+      'x'.repeat(16),
+      '',
+    ]) {
+      expect(() => assertIfName('uplink', bad), bad).toThrow(/interface name/);
+      expect(InterfaceName.safeParse(bad).success, bad).toBe(false);
+    }
+    for (const good of ['eth0', 'eth0.100', 'br-lan', 'enp0s31f6', 'wg_0', 'x'.repeat(15)]) {
+      expect(() => assertIfName('uplink', good)).not.toThrow();
+      expect(InterfaceName.safeParse(good).success, good).toBe(true);
+    }
   });
 });
 

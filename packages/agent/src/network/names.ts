@@ -6,11 +6,12 @@
  */
 import { createHash } from 'node:crypto';
 import { InputError } from '@nqvm/api/errors';
+import { INTERFACE_NAME, INTERFACE_NAME_RULE } from '@nqvm/api/interface-names';
 
 /** Ids of networks, VMs and port forwards (UUIDs in practice). */
 export const ID = /^[A-Za-z0-9][A-Za-z0-9-]{0,63}$/;
-/** Interface names nqvm accepts from outside (an existing bridge, an uplink). */
-export const IFNAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$/;
+/** Interface names nqvm accepts from outside (an existing bridge, an uplink): the API's rule. */
+export const IFNAME = INTERFACE_NAME;
 /** The host-unique prefix of nqvm's names (NQVM_HOST_PREFIX). */
 export const HOST_PREFIX = /^[a-z0-9]{1,4}$/;
 export const MAC = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
@@ -27,7 +28,7 @@ export function assertId(what: string, id: string): void {
 
 export function assertIfName(what: string, name: string): void {
   if (!IFNAME.test(name)) {
-    throw new InputError(`${what} must be an interface name: 1-15 of [A-Za-z0-9_.-]`, { [what]: name });
+    throw new InputError(`${what} must be an interface name: ${INTERFACE_NAME_RULE}`, { [what]: name });
   }
 }
 

@@ -14,6 +14,7 @@ interface NetworkJson {
   uplink: string | null;
   is_default: boolean;
   nic_count: number;
+  available_on: string[];
   created_at: string;
 }
 
@@ -47,6 +48,7 @@ export function networkCommand(): Command {
           { header: 'DHCP', value: (n) => (n.dhcp ? 'yes' : '') },
           { header: 'BRIDGE', value: (n) => n.bridge ?? n.uplink },
           { header: 'NICS', value: (n) => n.nic_count },
+          { header: 'HOSTS', value: (n) => n.available_on.length },
           { header: 'AGE', value: (n) => age(n.created_at) },
           { header: 'ID', value: (n) => n.id },
         ]);
@@ -78,8 +80,11 @@ export function networkCommand(): Command {
       '--dhcp',
       'nat, isolated: cloud-init configures guests by DHCP (served on every nat/isolated network)',
     )
-    .option('--bridge <ifname>', 'bridged: an existing bridge to join')
-    .option('--uplink <ifname>', 'bridged: an interface to enslave to a new bridge; nat: the way out')
+    .option('--bridge <ifname>', 'bridged: an existing bridge to join (a host must report it)')
+    .option(
+      '--uplink <ifname>',
+      'bridged: an interface to enslave to a new bridge; nat: the way out (a host must report it)',
+    )
     .option('--dns <ip>', 'nat: an upstream resolver (repeatable)', collect, [])
     .option('--default', 'VMs created without --network get a NIC here')
     .addHelpText(
@@ -88,7 +93,10 @@ export function networkCommand(): Command {
 Examples:
   $ nqvm network create lab --subnet 10.213.5.0/24
   $ nqvm network create lan --kind bridged --uplink eth1
-  $ nqvm network create sealed --kind isolated --subnet 10.99.0.0/24`,
+  $ nqvm network create sealed --kind isolated --subnet 10.99.0.0/24
+
+A network naming a bridge or uplink is available on the hosts whose agent reports that
+interface (available_on; nqvm host show lists a host's interfaces), and its VMs run only there.`,
     )
     .action(
       action(async (name: string, opts, cmd: Command) => {

@@ -13,12 +13,14 @@ import {
   type NetworkKind,
   type NetworkPatch,
   NotFoundError,
+  reservedRange,
 } from '@nqvm/api';
 import { nowIso } from '../clock';
 import { type Datastore, isUniqueViolation } from '../db/datastore';
 import { paginate } from '../db/pagination';
-import type { NetworkRow } from '../db/schema';
+import type { HostRow, NetworkRow } from '../db/schema';
 import type { EventBus } from '../events/bus';
+import { availableOn, type InterfaceNeed, interfaceNeed, reportedInterfaces, serves } from './availability';
 import { firstHost, formatIpv4, isHostAddress, overlaps, parseIpv4, parseSubnet, type Subnet } from './ipam';
 
 /** What `networks.config` holds besides the columns. */
@@ -46,7 +48,9 @@ export function networkConfig(r: Pick<NetworkRow, 'config'>): NetworkConfig {
   };
 }
 
-export function toNetwork(r: NetworkRow, nicCount: number): Network {
+type HostReport = Pick<HostRow, 'id' | 'name' | 'capacity'>;
+
+export function toNetwork(r: NetworkRow, nicCount: number, hosts: readonly HostReport[]): Network {
   return {
     id: r.id,
     name: r.name,
@@ -56,6 +60,7 @@ export function toNetwork(r: NetworkRow, nicCount: number): Network {
     ...networkConfig(r),
     is_default: r.is_default === 1,
     nic_count: nicCount,
+    available_on: availableOn(interfaceNeed(r), hosts),
     created_at: r.created_at,
     updated_at: r.updated_at,
   };
@@ -77,7 +82,8 @@ export class Networks {
     if (f.name) q = q.where('name', '>=', f.name).where('name', '<', `${f.name}\uffff`);
     const page = await paginate(q, 'created_at', f);
     const counts = await this.nicCounts(page.items.map((r) => r.id));
-    return { items: page.items.map((r) => toNetwork(r, counts.get(r.id) ?? 0)), next: page.next };
+    const hosts = await this.hostReports();
+    return { items: page.items.map((r) => toNetwork(r, counts.get(r.id) ?? 0, hosts)), next: page.next };
   }
 
   async findRow(id: string): Promise<NetworkRow | undefined> {
@@ -92,12 +98,13 @@ export class Networks {
 
   async get(id: string): Promise<Network> {
     const row = await this.getRow(id);
-    return toNetwork(row, (await this.nicCounts([id])).get(id) ?? 0);
+    return toNetwork(row, (await this.nicCounts([id])).get(id) ?? 0, await this.hostReports());
   }
 
   /**
-   * Records a network: 400 for a malformed prefix or a gateway outside it, 409 when its prefix
-   * overlaps another nqvm network's or its bridge/uplink is another network's.
+   * Records a network: 400 for a malformed or reserved prefix or a gateway outside it, 422 when
+   * no host reports the bridge or uplink it names, 409 when its prefix overlaps another nqvm
+   * network's or its bridge/uplink is another network's.
    */
   async create(input: NetworkCreate): Promise<Network> {
     let gateway: string | null = null;
@@ -106,6 +113,16 @@ export class Networks {
       subnet = parseSubnet(input.cidr);
       if (!subnet) throw badField('cidr', 'an IPv4 prefix with its host bits zero, such as 10.213.0.0/24');
       if (subnet.prefix < 8 || subnet.prefix > 30) throw badField('cidr', 'the prefix length must be 8..30');
+      const reserved = reservedRange(subnet);
+      if (reserved)
+        throw new InputError(
+          `cidr: ${input.cidr} is inside ${reserved.cidr} (${reserved.use}), which no network may use`,
+          {
+            fields: [{ path: 'body.cidr', message: `inside ${reserved.cidr} (${reserved.use})` }],
+            reserved: reserved.cidr,
+          },
+          'NETWORK_CIDR_RESERVED',
+        );
       gateway = input.gateway ?? formatIpv4(firstHost(subnet));
       if (!isHostAddress(subnet, parseIpv4(gateway) ?? -1))
         throw badField('gateway', `the gateway must be a host address inside ${input.cidr}`);
@@ -116,9 +133,13 @@ export class Networks {
       uplink: input.uplink ?? null,
       dns_servers: input.dns_servers ?? [],
     };
+    const id = randomUUID();
+    const hosts = await this.hostReports();
+    const need = interfaceNeed({ id, name: input.name, kind: input.kind, config: JSON.stringify(config) });
+    if (need) assertReported(need, hosts);
     const at = nowIso();
     const row: NetworkRow = {
-      id: randomUUID(),
+      id,
       name: input.name,
       kind: input.kind,
       cidr: input.cidr ?? null,
@@ -155,7 +176,7 @@ export class Networks {
     } catch (err) {
       throw nameTaken(err, input.name);
     }
-    const network = toNetwork(row, 0);
+    const network = toNetwork(row, 0, hosts);
     await this.bus.publish({
       type: 'network.created',
       resourceType: 'network',
@@ -220,6 +241,14 @@ export class Networks {
     });
   }
 
+  private async hostReports(): Promise<HostReport[]> {
+    return this.store.db
+      .selectFrom('hosts')
+      .select(['id', 'name', 'capacity'])
+      .orderBy('created_at')
+      .execute();
+  }
+
   private async nicCounts(ids: string[]): Promise<Map<string, number>> {
     if (!ids.length) return new Map();
     const rows = await this.store.db
@@ -230,6 +259,38 @@ export class Networks {
       .execute();
     return new Map(rows.map((r) => [r.network_id, Number(r.n)]));
   }
+}
+
+/**
+ * 422 NETWORK_INTERFACE_NOT_FOUND unless some host reports the interface `need` names, of a kind
+ * it can be used as; the message says what the hosts have instead.
+ */
+function assertReported(need: InterfaceNeed, hosts: readonly HostReport[]): void {
+  const having = hosts.flatMap((h) =>
+    reportedInterfaces(h)
+      .filter((i) => i.name === need.name)
+      .map((i) => ({ host: h.name, iface: i })),
+  );
+  if (having.some((x) => serves(x.iface, need))) return;
+  let why: string;
+  if (hosts.length === 0) why = 'no host has joined yet; start the agent of the host that has it first';
+  else if (having.length && need.role === 'bridge')
+    why = `it is no bridge on ${having.map((x) => `${x.host} (${x.iface.kind})`).join(', ')}`;
+  else if (having.length)
+    why = `it is a bridge on ${having.map((x) => x.host).join(', ')}: join it as the network's bridge instead`;
+  else {
+    const seen = hosts.slice(0, 8).map((h) => {
+      const names = reportedInterfaces(h).map((i) => i.name);
+      return `${h.name}: ${names.slice(0, 12).join(', ') || 'none'}${names.length > 12 ? ', ...' : ''}`;
+    });
+    why = `the hosts report ${seen.join('; ')}`;
+  }
+  const message = `no host reports ${need.role === 'bridge' ? 'a bridge' : 'an interface'} ${need.name}`;
+  throw new InputError(
+    `${need.role}: ${message} (${why})`,
+    { fields: [{ path: `body.${need.role}`, message }], interface: need.name },
+    'NETWORK_INTERFACE_NOT_FOUND',
+  );
 }
 
 function nameTaken(err: unknown, name: string): unknown {

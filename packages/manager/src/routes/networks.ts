@@ -39,7 +39,7 @@ export function networkRoutes(app: App, s: Services): void {
         tags,
         summary: 'Create a network',
         description:
-          'nat and isolated networks need a cidr no other network overlaps (409 NETWORK_OVERLAP); the gateway defaults to its first host address. Hosts make the network when a VM on it is placed there.',
+          'nat and isolated networks need a cidr no other network overlaps (409 NETWORK_OVERLAP) outside loopback, 0/8, link-local, multicast and class E (400 NETWORK_CIDR_RESERVED); the gateway defaults to its first host address. A bridge or uplink must be reported by a host (422 NETWORK_INTERFACE_NOT_FOUND); the network is available on those hosts (available_on) and its VMs are placed there. Hosts make the network when a VM on it is placed there.',
         body: NetworkCreate,
         response: { 201: Network },
       },

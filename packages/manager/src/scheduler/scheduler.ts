@@ -1,6 +1,7 @@
 /**
- * Placement: a VM goes to a ready, schedulable host that has the VMM it needs and enough free
- * vCPU, memory and disk; among those, the one with the most free memory. A VM pinned to a host
+ * Placement: a VM goes to a ready, schedulable host that has the VMM it needs, the interfaces
+ * its networks name (a bridged network's bridge or uplink) and enough free vCPU, memory and
+ * disk; among those, the one with the most free memory. A VM pinned to a host
  * (a volume of it lives there, or it is a clone booting from a snapshot kept there) can go only
  * there; its volumes without a host get the VM's. The capacity is
  * reserved by a conditional UPDATE in the same transaction that assigns the host, so two
@@ -11,6 +12,7 @@ import { sql } from 'kysely';
 import { nowIso } from '../clock';
 import type { Datastore } from '../db/datastore';
 import type { HostRow, VmRow } from '../db/schema';
+import { type InterfaceNeed, needText, offers, vmInterfaceNeeds } from '../networks/availability';
 
 export interface Demand {
   vcpu: number;
@@ -46,8 +48,21 @@ function fits(h: HostRow, d: Demand, overcommit: number): boolean {
   );
 }
 
+/** Why no host of `usable` has the interfaces the VM's networks need ("no ready host has uplink eth1 for network lan"). */
+function explainInterfaces(usable: HostRow[], hosts: HostRow[], needs: InterfaceNeed[]): string {
+  const missing = needs.find((n) => !usable.some((h) => offers(h, n)));
+  if (!missing) return `no ready host has all of ${needs.map(needText).join(', ')}`;
+  const elsewhere = hosts.filter((h) => offers(h, missing)).map((h) => `${h.name}: ${usabilityOf(h)}`);
+  return `no ready host has ${needText(missing)}${elsewhere.length ? ` (only ${elsewhere.join(', ')})` : ''}`;
+}
+
+function usabilityOf(h: HostRow): string {
+  if (h.status !== 'ready' || h.credential_hash === null) return h.status;
+  return h.schedulable === 1 ? 'no usable VMM' : 'cordoned';
+}
+
 /** Why nothing fits, in words a user can act on. */
-function explain(hosts: HostRow[], d: Demand, overcommit: number): string {
+function explain(hosts: HostRow[], d: Demand, overcommit: number, needs: InterfaceNeed[]): string {
   if (hosts.length === 0) return 'no host has joined; start an agent (nqvm agent --join-token ...)';
   const ready = hosts.filter((h) => h.status === 'ready' && h.credential_hash !== null);
   if (ready.length === 0)
@@ -57,7 +72,9 @@ function explain(hosts: HostRow[], d: Demand, overcommit: number): string {
   const withVmm = open.filter((h) => hasVmm(h, d.vmm));
   if (withVmm.length === 0)
     return d.vmm ? `no ready host offers the ${d.vmm} VMM` : 'no ready host has a usable VMM';
-  const free = withVmm
+  const reaching = withVmm.filter((h) => needs.every((n) => offers(h, n)));
+  if (reaching.length === 0) return explainInterfaces(withVmm, hosts, needs);
+  const free = reaching
     .map(
       (h) =>
         `${h.name}: ${Math.floor(h.cap_vcpu * overcommit) - h.alloc_vcpu} vCPU, ${Number(h.cap_mem_mib) - Number(h.alloc_mem_mib)} MiB, ${Number(h.cap_disk_mib) - Number(h.alloc_disk_mib)} MiB disk free`,
@@ -96,6 +113,7 @@ export class Scheduler {
         if (own) return own;
       }
       const d = demandOf(vm);
+      const needs = await vmInterfaceNeeds(this.store.db, vmId);
       const pin = await this.pinnedHost(vm, hosts);
       const eligible = pin ? hosts.filter((h) => h.id === pin.hostId) : hosts;
       const candidates = eligible
@@ -105,6 +123,7 @@ export class Scheduler {
             h.schedulable === 1 &&
             h.credential_hash !== null &&
             hasVmm(h, d.vmm) &&
+            needs.every((n) => offers(h, n)) &&
             fits(h, d, this.vcpuOvercommit),
         )
         .sort(
@@ -115,7 +134,7 @@ export class Scheduler {
         );
       const chosen = candidates[0];
       if (!chosen) {
-        const why = explain(eligible, d, this.vcpuOvercommit);
+        const why = explain(eligible, d, this.vcpuOvercommit, needs);
         throw new ServiceUnavailableError(
           'NO_CAPACITY',
           pin ? `${pin.reason} on host ${pin.hostName}, so the VM runs only there: ${why}` : why,
