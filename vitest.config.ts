@@ -7,6 +7,7 @@ const heavy = [
   'packages/agent/src/agent/qemu.test.ts',
   'packages/agent/src/agent/qemu-snapshots.test.ts',
   'packages/agent/src/agent/qemu-containers.test.ts',
+  'packages/agent/src/agent/qemu-disk-full.test.ts',
   // Root, network namespaces, nft and dnsmasq; the guests file boots real VMs on TAPs.
   'packages/agent/src/network/host-network.netns.test.ts',
   'packages/agent/src/network/host-network.guests.test.ts',

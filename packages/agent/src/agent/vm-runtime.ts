@@ -26,7 +26,15 @@ import type { ExecSession, SpawnOptions } from '@nqvm/guest-agent';
 import { ConsoleRoom } from '../console/console-room';
 import { ContainerRun, type LogLine } from '../containers/container-run';
 import { readFirecrackerMetrics } from '../drivers/firecracker/metrics';
-import type { RunRecord, ShutdownOptions, VmExit, VmHandle, VmmDriver, VmmKind } from '../drivers/types';
+import type {
+  RunRecord,
+  ShutdownOptions,
+  VmExit,
+  VmHandle,
+  VmmDriver,
+  VmmKind,
+  VmmPauseEvent,
+} from '../drivers/types';
 import { isSameProcessRunning, processUsage } from '../host/proc';
 import type { ImageCache } from '../images/image-cache';
 import type { HostNetwork } from '../network';
@@ -125,6 +133,8 @@ export class VmRuntime {
   private handle: VmHandle | null = null;
   /** Whether the VMM is paused (the reported state may show a transition meanwhile). */
   private vmmPaused = false;
+  /** Counts the pauses the VMM made by itself (a disk it cannot write): a resume they overtook is undone. */
+  private vmmPauses = 0;
   /** A VMM found running at agent start that its driver could not adopt. */
   private orphan: RunRecord | null = null;
   private console: VmConsole | null = null;
@@ -815,6 +825,7 @@ export class VmRuntime {
     await ready?.();
     if (this.handle !== handle) return;
     this.setState(state, null);
+    handle.onVmmPause?.((event) => this.onVmmPause(handle, event));
     await this.console?.close();
     this.console = await this.deps.openConsole(handle).catch((err: unknown) => {
       this.deps.log.warn({ vmId: this.id, err }, 'cannot open the console');
@@ -1050,11 +1061,28 @@ export class VmRuntime {
     }
   }
 
+  /**
+   * The VMM paused the guest by itself (QEMU: a write its host cannot complete, e.g. the disk is
+   * full) or runs it again (space came back): shown as paused with the reason, or running with
+   * what resumed it. A stop under way keeps showing stopping.
+   */
+  private onVmmPause(handle: VmHandle, event: VmmPauseEvent): void {
+    if (this.handle !== handle || this.stopRequested.has(handle)) return;
+    this.vmmPaused = event.kind === 'paused';
+    if (event.kind === 'paused') this.vmmPauses++;
+    this.deps.log.warn({ vmId: this.id, event }, 'the VMM paused or resumed the guest by itself');
+    if (event.kind === 'paused') this.setState('paused', event.reason);
+    else this.setState('running', event.note);
+  }
+
   private async resume(): Promise<void> {
     const handle = this.handle;
     if (!handle) return;
+    const pauses = this.vmmPauses;
     try {
       await this.driverOf(handle).resume(handle);
+      // Paused again at once (its disk is still full): the pause said why.
+      if (this.vmmPauses !== pauses) return;
       this.vmmPaused = false;
       if (this.handle === handle) this.setState('running', null);
     } catch (err) {

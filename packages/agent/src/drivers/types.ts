@@ -81,7 +81,19 @@ export interface VmHandle {
   readonly record: RunRecord;
   /** Resolves once when the VMM process is gone, with how it ended. */
   readonly exited: Promise<VmExit>;
+  /**
+   * Tells `listener` when the VMM pauses the guest by itself (QEMU: a disk write failed, e.g.
+   * the host's disk is full) and when it runs again; a pause already in force is told at once.
+   * Returns the unsubscribe function. Absent: the VMM never pauses by itself.
+   */
+  onVmmPause?(listener: (event: VmmPauseEvent) => void): () => void;
 }
+
+/** The VMM paused the guest by itself (`reason` in words for the user), or it runs again. */
+export type VmmPauseEvent =
+  | { kind: 'paused'; reason: string }
+  /** `note`: what resumed it when the driver did (space came back); null when a command did. */
+  | { kind: 'resumed'; note: string | null };
 
 export interface VmExit {
   /** "shutdown" when the guest powered off / was stopped by us, "crashed" otherwise. */

@@ -48,8 +48,8 @@ describe('buildQemuArgs', () => {
   it('attaches disks (root first, commas doubled) and TAP NICs on virtio-mmio', () => {
     const args = buildQemuArgs({ spec, accel: 'tcg' });
     expect(values(args, '-drive')).toEqual([
-      'id=disk-root,file=/vms/x/root,,1.qcow2,format=qcow2,if=none',
-      'id=disk-cidata,file=/vms/x/cidata.img,format=raw,if=none,readonly=on',
+      'id=disk-root,file=/vms/x/root,,1.qcow2,format=qcow2,if=none,werror=stop,rerror=report',
+      'id=disk-cidata,file=/vms/x/cidata.img,format=raw,if=none,readonly=on,werror=stop,rerror=report',
     ]);
     expect(values(args, '-netdev')).toEqual(['tap,id=net-eth0,ifname=nq3f2a9c1d0e,script=no,downscript=no']);
     expect(values(args, '-device')).toEqual([

@@ -78,6 +78,20 @@ export function checkSpec(spec: VmSpec): string[] {
   return problems;
 }
 
+/**
+ * What a disk error does. A write the host cannot complete (its disk is full, or failing) pauses
+ * the guest instead of failing in it: the guest's file system never sees a lost write (ext4
+ * would go read-only, an application would lose data), and QEMU retries the write on resume.
+ * The agent resumes a guest paused for a full disk once space returns. A failed read is
+ * reported to the guest: there is no data to keep safe, and a pause would have no remedy.
+ */
+export const DRIVE_ERROR_POLICY = 'werror=stop,rerror=report';
+
+/** The QEMU drive id of disk `diskId` (BLOCK_IO_ERROR events name it as their `device`). */
+export function driveId(diskId: string): string {
+  return `disk-${diskId}`;
+}
+
 /** Commas separate QEMU sub-options; a literal comma in a value is written twice. */
 function optValue(value: string): string {
   return value.replaceAll(',', ',,');
@@ -155,9 +169,9 @@ export function buildQemuArgs(launch: QemuLaunch): string[] {
   for (const d of disks) {
     args.push(
       '-drive',
-      `id=disk-${d.id},file=${optValue(d.path)},format=${d.format},if=none${d.readOnly ? ',readonly=on' : ''}`,
+      `id=${driveId(d.id)},file=${optValue(d.path)},format=${d.format},if=none${d.readOnly ? ',readonly=on' : ''},${DRIVE_ERROR_POLICY}`,
       '-device',
-      `virtio-blk-device,drive=disk-${d.id}`,
+      `virtio-blk-device,drive=${driveId(d.id)}`,
     );
   }
   for (const n of spec.nics) {

@@ -20,7 +20,7 @@ import type {
 import { probeKvm } from './kvm-probe';
 import { migrateToFileUri, type QemuAccel, qemuVmPaths } from './qemu-args';
 import { startQemuVm, waitForMigration } from './qemu-start';
-import { QemuVm } from './qemu-vm';
+import { QemuVm, type RecordedDisk } from './qemu-vm';
 import { QmpClient, QmpError } from './qmp';
 
 /** pino-compatible subset, so the agent's logger (or Fastify's) plugs in as is. */
@@ -69,14 +69,7 @@ const QMP_COMMAND_TIMEOUT_MS = 10_000;
 const SNAPSHOT_STATE_FILE = 'vmstate';
 const SNAPSHOT_MANIFEST = 'qemu-snapshot.json';
 
-type DiskFormat = 'raw' | 'qcow2';
-
-/** A writable disk of a running QEMU VM, as its run record keeps it. */
-interface RecordedDisk {
-  id: string;
-  path: string;
-  format: DiskFormat;
-}
+type DiskFormat = RecordedDisk['format'];
 
 /** What `snapshot()` writes beside the state file: copies of the writable disks, taken while paused. */
 interface QemuSnapshotManifest {
