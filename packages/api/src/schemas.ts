@@ -242,6 +242,8 @@ export const HostCapacity = z.object({
   vcpu: z.number().int().min(0),
   mem_mib: z.number().int().min(0),
   disk_mib: z.number().int().min(0),
+  /** Free space on that file system when measured (each heartbeat); absent from older agents. */
+  disk_free_mib: z.number().int().min(0).optional(),
   kvm: z.boolean(),
   drivers: z.array(DriverReport).max(4),
   /** The host's interfaces a network can name (bridge, uplink); where bridged networks are available. */

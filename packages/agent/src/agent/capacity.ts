@@ -52,6 +52,8 @@ export async function measureCapacity(
     vcpu: capped(os.availableParallelism(), caps.vcpu),
     mem_mib: capped(Math.floor(os.totalmem() / MiB), caps.memMib),
     disk_mib: capped(Math.floor((Number(fsInfo.blocks) * Number(fsInfo.bsize)) / MiB), caps.diskMib),
+    // What is free now: a VM whose disk cannot fit is refused at create (INSUFFICIENT_STORAGE).
+    disk_free_mib: capped(Math.floor((Number(fsInfo.bavail) * Number(fsInfo.bsize)) / MiB), caps.diskMib),
     kvm: drivers.some((d) => d.available && d.kvm),
     drivers: drivers.map((d) => ({
       kind: d.kind,

@@ -35,7 +35,7 @@ export function demandOf(vm: Pick<VmRow, 'vcpu' | 'mem_mib' | 'disk_mib' | 'vmm'
   };
 }
 
-function hasVmm(h: HostRow, vmm: Demand['vmm']): boolean {
+export function hasVmm(h: HostRow, vmm: Demand['vmm']): boolean {
   const drivers = (JSON.parse(h.capacity).drivers ?? []) as DriverReport[];
   return drivers.some((d) => d.available && (vmm === null || d.kind === vmm));
 }

@@ -31,6 +31,7 @@ import {
   type VmVolume,
   volumesOfVms,
 } from '../volumes/vm-volumes';
+import { admitDisk } from './disk-admission';
 import { hashGuestPassword } from './guest-secrets';
 import { canTransition, LIVE_STATES, TRANSITIONS, type VmAction } from './state-machine';
 
@@ -200,6 +201,8 @@ export class Vms {
   ): Promise<{ vm: Vm; operation: Operation }> {
     const clone = opts.clone ?? null;
     await this.checkImages(input);
+    // A VM defined without starting takes no disk yet: its start is placed like any other.
+    if (input.start) await admitDisk(this.store, input);
     const volumeIds = input.volumes.map((v) => v.volume_id);
     await this.checkVolumes(volumeIds);
     const networks = input.networks ?? (await this.defaultNetworks());
