@@ -105,7 +105,7 @@ const CONSOLE_RESIZE_SETTLE_MS = 200;
 const PANIC_SCAN_BYTES = 256 * 1024;
 /** Console lines a panicked VM's error carries. */
 const PANIC_CONSOLE_LINES = 12;
-/** A VMM started less than this ago whose guest agent has not answered runs a guest still booting. */
+/** A VMM started less than this ago whose guest has not said it is up runs a guest still booting. */
 const BOOTING_MS = 30_000;
 /** How long a graceful stop waits for a guest still booting to take the power button. */
 const BOOTING_STOP_GRACE_MS = 5_000;
@@ -990,16 +990,22 @@ export class VmRuntime {
 
   /**
    * Stops the VMM; false (and state failed) when the driver could not. A graceful stop of a
-   * guest still booting (its guest agent has not answered, the VMM started moments ago) gives
-   * it a few seconds to take the power button, not the whole timeout: a guest that does not
-   * listen for it yet would only make the user wait. A graceful stop that ended forced says so.
+   * guest still booting (it has a guest agent token but has not said it is up, and the VMM
+   * started moments ago) gives it a few seconds to take the power button, not the whole
+   * timeout: a guest that does not listen for it yet would only make the user wait. A graceful
+   * stop that ended forced says so.
    */
   private async stopVmm(opts: ShutdownOptions): Promise<boolean> {
     const handle = this.handle;
     if (!handle) return true;
     this.stopRequested.add(handle);
     this.setState('stopping', null);
-    const booting = opts.graceful && !this.guestAnswered && Date.now() - this.startedAt < BOOTING_MS;
+    // Only a guest that will say it is up (it has a guest agent token) can be told to be booting.
+    const booting =
+      opts.graceful &&
+      !this.guestReady &&
+      Date.now() - this.startedAt < BOOTING_MS &&
+      (await hasGuestAgentToken(this.vmDir));
     const shutdown = booting ? { ...opts, timeoutMs: Math.min(opts.timeoutMs, BOOTING_STOP_GRACE_MS) } : opts;
     let note: string | null = null;
     try {

@@ -71,7 +71,8 @@ for a in $(cat /proc/cmdline); do
 done
 if [ -n "$root" ]; then
   if [ -b "$root" ] && mount -t ext4 -o "$rootmode" "$root" /newroot; then
-    if [ -x /newroot/sbin/init ]; then
+    # /sbin/init may be an absolute link (Debian's, to /lib/systemd/systemd): it resolves in the new root.
+    if [ -x /newroot/sbin/init ] || [ -L /newroot/sbin/init ]; then
       mount --move /dev /newroot/dev
       mount --move /proc /newroot/proc
       mount --move /sys /newroot/sys

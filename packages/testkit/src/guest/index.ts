@@ -1,3 +1,4 @@
+export { type CloudInitGuest, ensureCloudInitGuest } from './cloud-init-guest';
 export { busyboxLayer, type ContainerImageOptions, writeBusyboxRootfs } from './container-image';
 export { CONTAINER_DRIVE_LABEL, type ContainerInit, ensureContainerInit } from './container-init';
 export {
