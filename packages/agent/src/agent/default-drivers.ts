@@ -24,6 +24,8 @@ export function defaultDrivers(config: AgentConfig, log: AgentLogger): VmmDriver
     jailerBin: config.jailerBin ?? undefined,
     // On the VM disks' file system, so the jailer can hard-link them into each chroot.
     chrootBaseDir: path.join(config.stateDir, 'jailer'),
+    // v1 or v2, as this host mounts them (the jailer supports both).
+    cgroupLayout: 'detect',
     trackDirtyPages: config.fcTrackDirtyPages,
     probeKvm: async () => (await qemu.probe()).kvm,
     logger: log,

@@ -376,6 +376,43 @@ describe.each(FIRECRACKER_SIM_VERSIONS)('FirecrackerDriver with the jailer simul
     expect(await readdir(join(base, `firecracker-v${version}`))).toEqual([]);
     expect(await readdir(broken.vmDir)).toEqual([]);
   });
+
+  it('on a cgroup v1 host, gives the jailer version 1 and the v1 limit files, and removes each group', async () => {
+    const fx = await fixture(version, 'jailed-v1');
+    const jailerBin = await writeJailerBinary(join(fx.dir, 'bin'), version, { journal: fx.journal });
+    const base = join(fx.dir, 'jail');
+    const mounts = {
+      cpu: join(fx.dir, 'cg', 'cpu'),
+      memory: join(fx.dir, 'cg', 'memory'),
+      pids: join(fx.dir, 'cg', 'pids'),
+    };
+    const driver = new FirecrackerDriver({
+      firecrackerBin: fx.bin,
+      jailerBin,
+      chrootBaseDir: base,
+      jailIds: { first: 41_000, count: 100 },
+      parentCgroup: 'nqvm',
+      cgroupLayout: { version: 1, mounts },
+      socketTimeoutMs: 20_000,
+    });
+    const spec = await fx.spec('jail-v1', { memMib: 32, vcpu: 2 });
+    const vm = await driver.boot(spec);
+    keep(vm);
+    const instance = join(base, `firecracker-v${version}`, spec.id);
+    expect(JSON.parse(await readFile(join(instance, 'jailer.json'), 'utf8'))).toMatchObject({
+      cgroupVersion: 1,
+      cgroups: {
+        'cpu.cfs_period_us': '100000',
+        'cpu.cfs_quota_us': '200000',
+        'memory.limit_in_bytes': String((32 + 64) * 1024 * 1024),
+      },
+    });
+    // What the jailer made under each controller goes with the VM.
+    for (const m of [mounts.cpu, mounts.memory]) await mkdir(join(m, 'nqvm', spec.id), { recursive: true });
+    await driver.shutdown(vm, { graceful: false, timeoutMs: 0 });
+    for (const m of [mounts.cpu, mounts.memory])
+      await expect(stat(join(m, 'nqvm', spec.id))).rejects.toThrow();
+  });
 });
 
 describe('FirecrackerDriver version checks', () => {

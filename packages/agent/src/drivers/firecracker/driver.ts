@@ -4,6 +4,7 @@ import { constants } from 'node:fs';
 import { access, mkdir, open, readFile, rmdir, stat, truncate, unlink, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { inspectKernel } from '@nqvm/api/kernel';
+import { type CgroupLayout, detectCgroups } from '../../host/cgroups';
 import { type PipelineStep, runPipeline } from '../pipeline';
 import type {
   DriverInfo,
@@ -67,8 +68,14 @@ export interface FirecrackerDriverOptions {
   jailIds?: { first: number; count: number };
   /** cgroup v2 parent of the VM cgroups (jailer `--parent-cgroup`). */
   parentCgroup?: string;
-  /** Where cgroup v2 is mounted, to remove a VM's cgroup after it ends. */
+  /** Where cgroup v2 is mounted, to remove a VM's cgroup after it ends (without `cgroupLayout`). */
   cgroupRoot?: string;
+  /**
+   * The host's cgroups, for the jailer's `--cgroup-version` and the limits' file names (v1:
+   * `cpu.cfs_quota_us`, `memory.limit_in_bytes`; v2: `cpu.max`, `memory.max`). `detect` reads
+   * the mount table; default: v2 at `cgroupRoot`.
+   */
+  cgroupLayout?: CgroupLayout | 'detect';
   /** memory.max = guest memory + this, in MiB (VMM overhead is ~5 MiB; page cache and I/O need more). */
   memoryOverheadMib?: number;
   /** Network namespace for a VM (jailer `--netns`). */
@@ -209,6 +216,7 @@ export class FirecrackerDriver implements VmmDriver {
   readonly kind = 'firecracker' as const;
   private readonly log: FirecrackerDriverLogger;
   private readonly ids: JailIdAllocator;
+  private layout: Promise<CgroupLayout> | null = null;
   private readonly runtimes = new Map<string, VmRuntime>();
   /** Cleanup of a VM that just ended: a new boot of the same VM waits for it. */
   private readonly cleanups = new Map<string, Promise<unknown>>();
@@ -524,7 +532,7 @@ export class FirecrackerDriver implements VmmDriver {
         name: 'spawn',
         run: async () => {
           const fds = openConsoleFds(paths.consoleFifo, paths.consoleLog, paths.stderrLog);
-          const [bin, args] = this.commandLine(spec, paths);
+          const [bin, args] = this.commandLine(spec, paths, paths.jail ? await this.cgroups() : null);
           launch.spawnedAt = performance.now();
           launch.child = await spawnDetached(bin, args, fds);
           launch.pid = launch.child.pid!;
@@ -604,10 +612,25 @@ export class FirecrackerDriver implements VmmDriver {
     ];
   }
 
-  private commandLine(spec: VmSpec, paths: VmPaths): [string, string[]] {
+  /** The cgroup layout the jailer works in (detected once). */
+  private cgroups(): Promise<CgroupLayout> {
+    const o = this.opts.cgroupLayout;
+    const v2 = (root: string): CgroupLayout => ({
+      version: 2,
+      mounts: { cpu: root, memory: root, pids: root },
+    });
+    this.layout ??=
+      o === 'detect'
+        ? detectCgroups().then((l) => l ?? v2('/sys/fs/cgroup'))
+        : Promise.resolve(o ?? v2(this.opts.cgroupRoot ?? '/sys/fs/cgroup'));
+    return this.layout;
+  }
+
+  private commandLine(spec: VmSpec, paths: VmPaths, layout: CgroupLayout | null): [string, string[]] {
     if (!paths.jail) {
       return [this.opts.firecrackerBin, ['--api-sock', paths.apiSocket, '--id', spec.id]];
     }
+    const memory = (spec.memMib + (this.opts.memoryOverheadMib ?? 64)) * 1024 * 1024;
     const args = [
       '--id',
       spec.id,
@@ -619,12 +642,7 @@ export class FirecrackerDriver implements VmmDriver {
       String(paths.jail.gid),
       '--chroot-base-dir',
       this.chrootBaseDir,
-      '--cgroup-version',
-      '2',
-      '--cgroup',
-      `cpu.max=${spec.vcpu * 100_000} 100000`,
-      '--cgroup',
-      `memory.max=${(spec.memMib + (this.opts.memoryOverheadMib ?? 64)) * 1024 * 1024}`,
+      ...jailerCgroupArgs(layout?.version ?? 2, spec.vcpu * 100_000, 100_000, memory),
     ];
     if (this.opts.parentCgroup) args.push('--parent-cgroup', this.opts.parentCgroup);
     const netns = this.opts.netnsPath?.(spec);
@@ -780,12 +798,12 @@ export class FirecrackerDriver implements VmmDriver {
         .then((b) => writeFile(join(paths.vmDir, 'firecracker.log'), b))
         .catch(() => {});
       await removeJail(paths.jail).catch((err) => this.log.warn({ err: String(err) }, 'cannot remove jail'));
-      const cgroup = join(
-        this.opts.cgroupRoot ?? '/sys/fs/cgroup',
-        this.opts.parentCgroup ?? basename(this.opts.firecrackerBin),
-        record.vmId,
-      );
-      await rmdir(cgroup).catch(() => {});
+      // The jailer made the VM's group under each controller's mount (one mount under v2).
+      const layout = await this.cgroups();
+      for (const mount of new Set([layout.mounts.cpu, layout.mounts.memory])) {
+        const cgroup = join(mount, this.opts.parentCgroup ?? basename(this.opts.firecrackerBin), record.vmId);
+        await rmdir(cgroup).catch(() => {});
+      }
       this.ids.release(record.vmId);
     }
     this.runtimes.delete(record.vmId);
@@ -1156,4 +1174,25 @@ export class FirecrackerDriver implements VmmDriver {
     const memory = { trackDirtyPages: extra.trackDirtyPages, lineage: await this.loadLineage(paths, record) };
     return this.attach(record, paths, api, capabilitiesFor(version), memory, null, stats);
   }
+}
+
+/**
+ * The jailer's cgroup arguments: CPU bandwidth and a memory limit, in the file names of the
+ * host's cgroup version (the jailer finds each controller from the file's prefix).
+ */
+export function jailerCgroupArgs(
+  version: 1 | 2,
+  quotaUs: number,
+  periodUs: number,
+  memoryBytes: number,
+): string[] {
+  const files =
+    version === 2
+      ? [`cpu.max=${quotaUs} ${periodUs}`, `memory.max=${memoryBytes}`]
+      : [
+          `cpu.cfs_period_us=${periodUs}`,
+          `cpu.cfs_quota_us=${quotaUs}`,
+          `memory.limit_in_bytes=${memoryBytes}`,
+        ];
+  return ['--cgroup-version', String(version), ...files.flatMap((f) => ['--cgroup', f])];
 }
