@@ -485,7 +485,13 @@ export class Vms {
     set: Partial<
       Pick<
         VmRow,
-        'state' | 'desired_state' | 'host_id' | 'generation' | 'last_error' | 'guest_ready_at' | 'guest_ready_signal'
+        | 'state'
+        | 'desired_state'
+        | 'host_id'
+        | 'generation'
+        | 'last_error'
+        | 'guest_ready_at'
+        | 'guest_ready_signal'
       >
     >,
   ): Promise<Vm> {
@@ -503,7 +509,13 @@ export class Vms {
     set: Partial<
       Pick<
         VmRow,
-        'state' | 'desired_state' | 'host_id' | 'generation' | 'last_error' | 'guest_ready_at' | 'guest_ready_signal'
+        | 'state'
+        | 'desired_state'
+        | 'host_id'
+        | 'generation'
+        | 'last_error'
+        | 'guest_ready_at'
+        | 'guest_ready_signal'
       >
     >,
   ): Promise<Vm | null> {
