@@ -411,7 +411,7 @@ describe.concurrent.each(DATASTORES)('containers API on %s', (kind) => {
       expect(events[0]).toMatchObject({ type: 'container.created', data: { status: 'starting' } });
       expect(events.at(-1)).toMatchObject({ type: 'container.updated', data: now });
       for (const e of events) StrictContainer.parse(e.data);
-    });
+    }, 90_000); // the first pull of the sample image (registry, layers, mkfs.ext4) under a loaded CI
 
     it('a second container of the image imports nothing; two of a new image pull it once', async () => {
       const importsBefore = (await api.get('/api/v1/operations?kind=image.import')).body.items.length;
