@@ -51,6 +51,10 @@ export const ErrorCodes = {
   GUEST_AGENT_UNAVAILABLE: 409,
   SNAPSHOT_NOT_READY: 409,
   SNAPSHOT_UNSUPPORTED: 409,
+  /** No host the VM may run on can take it now: too little vCPU, memory or disk free (details.short), no VMM, no network. */
+  NO_CAPACITY: 409,
+  /** The one host a VM may run on (where its snapshot's files or its volumes are) is cordoned, down or revoked. */
+  PINNED_HOST_UNAVAILABLE: 409,
   IMAGE_PATHS_DISABLED: 403,
   IMAGE_PATH_OUTSIDE_ROOT: 400,
   CHECKSUM_MISMATCH: 422,
@@ -80,7 +84,6 @@ export const ErrorCodes = {
   HEADERS_TOO_LARGE: 431,
   INTERNAL: 500,
   HOST_UNAVAILABLE: 503,
-  NO_CAPACITY: 503,
 } as const;
 
 export type ErrorCode = keyof typeof ErrorCodes;

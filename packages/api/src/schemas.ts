@@ -250,6 +250,33 @@ export const HostCapacity = z.object({
   interfaces: z.array(HostInterface).max(MAX_HOST_INTERFACES).default([]),
 });
 
+const HostResource = z.object({
+  capacity: z.number().int().describe('what the scheduler places up to'),
+  allocated: z
+    .number()
+    .int()
+    .describe(
+      'reserved by the VMs placed on the host, stopped ones included (they keep their place until deleted)',
+    ),
+  free: z.number().int().describe('capacity - allocated (never below 0): what a new VM can have here'),
+});
+
+/** The host's room as the scheduler counts it: the one source of every capacity figure shown. */
+export const HostResources = z
+  .object({
+    vcpu: HostResource.extend({
+      cores: z.number().int().describe('the cores the agent offers (capacity.vcpu)'),
+      overcommit: z
+        .number()
+        .describe('vCPUs placed per core (NQVM_VCPU_OVERCOMMIT); capacity = floor(cores x overcommit)'),
+    }),
+    mem_mib: HostResource.describe('never overcommitted'),
+    disk_mib: HostResource.describe(
+      "never overcommitted; a VM reserves its whole disk (disk_size_mib, or its root image's size)",
+    ),
+  })
+  .describe('what the scheduler places against: capacity, allocated and free vCPU, memory and disk');
+
 export const Host = z.object({
   id: Uuid,
   name: z.string(),
@@ -260,6 +287,7 @@ export const Host = z.object({
   labels: z.record(z.string(), z.string()),
   capacity: HostCapacity,
   allocated: z.object({ vcpu: z.number().int(), mem_mib: z.number().int(), disk_mib: z.number().int() }),
+  resources: HostResources,
   agent_version: z.string().nullable(),
   last_heartbeat_at: Timestamp.nullable(),
   created_at: Timestamp,

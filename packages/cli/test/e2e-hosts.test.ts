@@ -159,11 +159,13 @@ describe('hosts, adoption and crashes through the whole stack', () => {
     // big has 300 MiB left, small 300: either is right by free memory; both must be real hosts.
     expect([smallId, bigId]).toContain((await vm(fits.id)).host_id);
 
-    const tooBig = await create('cap-4000', { mem_mib: 4000 });
-    const failed = await settle(tooBig.op);
-    expect(failed.status).toBe('failed');
-    expect(failed.error.code).toBe('NO_CAPACITY');
-    expect(failed.error.message).toMatch(/no host has room for 1 vCPU, 4000 MiB/);
+    // Known at admission: refused at once, naming what is short.
+    const tooBig = await api.post('/api/v1/vms', { name: 'cap-4000', mem_mib: 4000 });
+    expect(tooBig.status).toBe(409);
+    expect(tooBig.body.error.code).toBe('NO_CAPACITY');
+    expect(tooBig.body.error.message).toMatch(
+      /no host has room for 1 vCPU, 4000 MiB memory, .*too little memory free/,
+    );
 
     // Freeze the big host's agent: no heartbeats. Within 3 intervals (1 s here) it is unreachable.
     big.proc.kill('SIGSTOP');

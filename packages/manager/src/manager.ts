@@ -87,11 +87,11 @@ export async function createManager(config: ManagerConfig, opts: ManagerOptions 
     https = { cert: fs.readFileSync(config.tls.certFile), key: fs.readFileSync(config.tls.keyFile) };
     fingerprint = createHash('sha256').update(new X509Certificate(https.cert).raw).digest('hex');
   }
-  const vms = new Vms(store, bus, ops);
-  const managerKey = loadOrCreateManagerKey(config.dataDir);
   const scheduler = new Scheduler(store, config.vcpuOvercommit, {
     onVolumesPinned: (ids) => publishVolumes(store.db, bus, ids),
   });
+  const vms = new Vms(store, bus, ops, scheduler);
+  const managerKey = loadOrCreateManagerKey(config.dataDir);
   const agents = new AgentClient(managerKey);
   // One logger for the HTTP layer and the background loops, at NQVM_LOG_LEVEL.
   const log = pino(
@@ -103,7 +103,7 @@ export async function createManager(config: ManagerConfig, opts: ManagerOptions 
   const images = new ImageService(store, bus, ops, config, log, presence);
   const portForwards = new PortForwards(store, vms, agents);
   const reconciler = new Reconciler(store, vms, ops, scheduler, agents, log);
-  const hosts = new Hosts(store, bus, config.heartbeatIntervalS, fingerprint);
+  const hosts = new Hosts(store, bus, config.heartbeatIntervalS, fingerprint, config.vcpuOvercommit);
   const services: Services = {
     config,
     store,
@@ -157,12 +157,14 @@ export async function createManager(config: ManagerConfig, opts: ManagerOptions 
           if (host.status === 'ready') continue;
           for (const vm of await store.db
             .selectFrom('vms')
-            .select(['id', 'state', 'generation'])
+            .select(['id', 'state', 'desired_state', 'generation'])
             .where('host_id', '=', host.id)
             .execute()) {
             // A VM being deleted stays so: `deleting` is the delete's intent, which the host
-            // carries out when it is back.
+            // carries out when it is back. A failed VM its host will not restart holds no VMM:
+            // it stays failed with its reason.
             if (vm.state === 'unknown' || vm.state === 'deleting') continue;
+            if (vm.state === 'failed' && vm.desired_state === 'stopped') continue;
             await services.vms.writeIf(
               vm.id,
               { state: vm.state, generation: vm.generation },

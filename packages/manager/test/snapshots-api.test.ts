@@ -712,22 +712,53 @@ describe.concurrent.each(DATASTORES)('snapshots API on %s', (kind) => {
       await deleteVm(out.vm.id, '?force=true');
     });
 
-    it("the snapshot's host cannot take the clone -> it fails NO_CAPACITY naming the snapshot, never placed elsewhere", async () => {
+    it("the snapshot's host cordoned while another is ready -> refused at once naming the snapshot and its host; nothing made", async () => {
       await cordoned([hostB], async () => {
-        const out = await instantiate(snap.id, { name: 'cl-stuck' });
-        const failed = await waitVm(out.vm.id, 'failed');
-        expect(failed.host_id).toBeNull();
-        expect(failed.last_error).toContain(`snapshot cl-1, whose files are on host snap-b-${kind}`);
-        expect(failed.last_error).toContain('cordoned');
-        expect(await waitOp(out.operation.id)).toMatchObject({
-          status: 'failed',
-          error: { code: 'NO_CAPACITY' },
+        const before = await recorded();
+        const calls = [hostA, hostB, hostF].map((h) => h.calls.length);
+        const r = await api.post(`/api/v1/snapshots/${snap.id}/instantiate`, { name: 'cl-stuck' });
+        expectError(r, 409, 'PINNED_HOST_UNAVAILABLE');
+        expect(r.body.error.message).toBe(
+          `the VM boots from snapshot cl-1, whose files are on host snap-b-${kind}, which is cordoned: ` +
+            `the VM can run only there; uncordon it (nqvm host uncordon snap-b-${kind})`,
+        );
+        expect(r.body.error.details).toEqual({
+          snapshot_id: snap.id,
+          host_id: hostB.hostId,
+          host_name: `snap-b-${kind}`,
+          host_state: 'cordoned',
         });
-        expect(
-          [hostA, hostF].some((h) => h.calls.some((c) => c.path.startsWith(`/v1/vms/${out.vm.id}`))),
-        ).toBe(false);
-        await deleteVm(out.vm.id);
+        expect(await recorded()).toEqual(before);
+        // No host was asked for anything (heartbeats are the agents' requests, not the manager's).
+        expect([hostA, hostB, hostF].map((h) => h.calls.length)).toEqual(calls);
       });
+    });
+
+    it("the snapshot's host has no room for the clone -> refused at once naming what is short; nothing made", async () => {
+      // B offers only a little more memory than the source VM takes there.
+      const memMib = hostB.capacity.mem_mib;
+      hostB.capacity.mem_mib = 700;
+      await hostB.heartbeat();
+      try {
+        const before = await recorded();
+        const r = await api.post(`/api/v1/snapshots/${snap.id}/instantiate`, { name: 'cl-full' });
+        expectError(r, 409, 'NO_CAPACITY');
+        expect(r.body.error.message).toMatch(
+          new RegExp(
+            `^the VM boots from snapshot cl-1, whose files are on host snap-b-${kind}, so the VM runs only there: ` +
+              `no host has room for 2 vCPU, 512 MiB memory, 1 MiB disk: too little memory free on the host \\(snap-b-${kind}: \\d+ vCPU, 188 MiB, `,
+          ),
+        );
+        expect(r.body.error.details).toMatchObject({
+          short: ['mem_mib'],
+          snapshot_id: snap.id,
+          host_id: hostB.hostId,
+        });
+        expect(await recorded()).toEqual(before);
+      } finally {
+        hostB.capacity.mem_mib = memMib;
+        await hostB.heartbeat();
+      }
     });
 
     it('instantiate refusals create nothing: not ready, a taken name, bad bodies, unknown snapshot', async () => {

@@ -469,16 +469,45 @@ describe.concurrent.each(DATASTORES)('volumes API on %s', (kind) => {
       await deleteVm(onA.id);
     });
 
-    it("the volume's host cannot take the VM -> the VM fails NO_CAPACITY naming the volume", async () => {
+    it("the volume's host is cordoned -> the create is refused at once naming the volume and the host; a start fails the same way", async () => {
       expect((await api.post(`/api/v1/hosts/${hostB.hostId}/cordon`)).status).toBe(200);
       try {
-        const { vm, operation } = await createVm({ name: 'pl-stuck', volumes: [{ volume_id: pinned.id }] });
+        const before = {
+          vms: await db().selectFrom('vms').selectAll().execute(),
+          volumes: await allVolumes(),
+        };
+        const r = await api.post('/api/v1/vms', { name: 'pl-stuck', volumes: [{ volume_id: pinned.id }] });
+        expectError(r, 409, 'PINNED_HOST_UNAVAILABLE');
+        expect(r.body.error.message).toBe(
+          `volume pl-data lives on host vol-b-${kind}, which is cordoned: the VM can run only there; ` +
+            `uncordon it (nqvm host uncordon vol-b-${kind})`,
+        );
+        expect(r.body.error.details).toEqual({
+          volume_id: pinned.id,
+          host_id: hostB.hostId,
+          host_name: `vol-b-${kind}`,
+          host_state: 'cordoned',
+        });
+        expect({
+          vms: await db().selectFrom('vms').selectAll().execute(),
+          volumes: await allVolumes(),
+        }).toEqual(before);
+
+        // Defined, then started: the start finds the same and fails with the same words.
+        const { vm } = await createVm({
+          name: 'pl-stuck',
+          start: false,
+          volumes: [{ volume_id: pinned.id }],
+        });
+        expect((await api.post(`/api/v1/vms/${vm.id}/start`)).status).toBe(202);
         const failed = await waitVm(vm.id, 'failed');
         expect(failed.host_id).toBeNull();
-        expect(failed.last_error).toContain(`volume pl-data lives on host vol-b-${kind}`);
-        expect(failed.last_error).toContain('cordoned');
-        const op = (await api.get(`/api/v1/operations/${operation.id}`)).body as Operation;
-        expect(op).toMatchObject({ status: 'failed', error: { code: 'NO_CAPACITY' } });
+        expect(failed.last_error).toBe(r.body.error.message);
+        const op = (await api.get(`/api/v1/operations?target_id=${vm.id}`)).body.items as Operation[];
+        expect(op.find((o) => o.kind === 'vm.start')).toMatchObject({
+          status: 'failed',
+          error: { code: 'NO_CAPACITY' },
+        });
         expect(hostA.calls.some((c) => c.path === `/v1/vms/${vm.id}`)).toBe(false);
         await deleteVm(vm.id);
       } finally {

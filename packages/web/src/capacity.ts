@@ -1,6 +1,7 @@
 /**
- * Host capacity as the scheduler counts it, the one source for every bar in the UI: vCPUs are
- * overcommitted (cores x ratio), memory and disk never are; free = capacity - allocated.
+ * Host capacity as the scheduler counts it, the one source for every bar in the UI: the hosts
+ * API's `resources` (vCPUs overcommitted, cores x the manager's ratio; memory and disk never;
+ * free = capacity - allocated, stopped VMs included in allocated). Nothing is assumed here.
  */
 import type { Host } from './types';
 
@@ -17,34 +18,18 @@ export interface CapacityFigures {
   disk_mib: ResourceFigures;
 }
 
-/** The manager's NQVM_VCPU_OVERCOMMIT default, for a manager that does not say its ratio. */
-export const DEFAULT_VCPU_OVERCOMMIT = 4;
-
-const resource = (allocated: number, capacity: number): ResourceFigures => ({
-  allocated,
-  capacity,
-  free: Math.max(0, capacity - allocated),
-});
-
 /**
- * One host's figures, mirroring the scheduler's rule (floor(cores x ratio) - allocated vCPUs).
+ * One host's figures, as the manager's scheduler reports them.
  * @example hostFigures(h).vcpu // { cores: 2, overcommit: 4, capacity: 8, allocated: 3, free: 5 }
  */
-export function hostFigures(h: Host, overcommit = DEFAULT_VCPU_OVERCOMMIT): CapacityFigures {
-  return {
-    vcpu: {
-      ...resource(h.allocated.vcpu, Math.floor(h.capacity.vcpu * overcommit)),
-      cores: h.capacity.vcpu,
-      overcommit,
-    },
-    mem_mib: resource(h.allocated.mem_mib, h.capacity.mem_mib),
-    disk_mib: resource(h.allocated.disk_mib, h.capacity.disk_mib),
-  };
+export function hostFigures(h: Host): CapacityFigures {
+  return h.resources;
 }
 
-/** The sum over hosts (the dashboard's totals). */
-export function totalFigures(hosts: Host[], overcommit = DEFAULT_VCPU_OVERCOMMIT): CapacityFigures {
-  const sum = (f: (c: CapacityFigures) => ResourceFigures, all: CapacityFigures[]) =>
+/** The sum over hosts (the dashboard's totals); the ratio shown is the hosts' one (all share the manager's). */
+export function totalFigures(hosts: Host[]): CapacityFigures {
+  const all = hosts.map(hostFigures);
+  const sum = (f: (c: CapacityFigures) => ResourceFigures): ResourceFigures =>
     all.reduce(
       (acc, c) => {
         const r = f(c);
@@ -56,15 +41,16 @@ export function totalFigures(hosts: Host[], overcommit = DEFAULT_VCPU_OVERCOMMIT
       },
       { allocated: 0, capacity: 0, free: 0 },
     );
-  const all = hosts.map((h) => hostFigures(h, overcommit));
-  const ratios = new Set(all.map((c) => c.vcpu.overcommit));
+  const { allocated, capacity, free } = sum((c) => c.vcpu);
   return {
     vcpu: {
-      ...sum((c) => c.vcpu, all),
+      allocated,
+      capacity,
+      free,
       cores: all.reduce((n, c) => n + c.vcpu.cores, 0),
-      overcommit: ratios.size === 1 ? [...ratios][0]! : overcommit,
+      overcommit: all[0]?.vcpu.overcommit ?? 1,
     },
-    mem_mib: sum((c) => c.mem_mib, all),
-    disk_mib: sum((c) => c.disk_mib, all),
+    mem_mib: sum((c) => c.mem_mib),
+    disk_mib: sum((c) => c.disk_mib),
   };
 }

@@ -13,8 +13,10 @@ import { type Datastore, isUniqueViolation } from '../db/datastore';
 import { paginate } from '../db/pagination';
 import type { HostRow, JoinTokenRow } from '../db/schema';
 import type { EventBus } from '../events/bus';
+import { hostResources } from '../scheduler/capacity';
 
-export function toHost(r: HostRow): Host {
+/** The host as the API shows it; `vcpuOvercommit` is the scheduler's, so its figures are the scheduler's. */
+export function toHost(r: HostRow, vcpuOvercommit: number): Host {
   return {
     id: r.id,
     name: r.name,
@@ -25,6 +27,7 @@ export function toHost(r: HostRow): Host {
     labels: JSON.parse(r.labels),
     capacity: JSON.parse(r.capacity),
     allocated: { vcpu: r.alloc_vcpu, mem_mib: Number(r.alloc_mem_mib), disk_mib: Number(r.alloc_disk_mib) },
+    resources: hostResources(r, vcpuOvercommit),
     agent_version: r.agent_version,
     last_heartbeat_at: r.last_heartbeat_at,
     created_at: r.created_at,
@@ -54,6 +57,8 @@ export class Hosts {
     readonly heartbeatIntervalS: number,
     /** sha256 fingerprint of the manager's TLS certificate, carried in join tokens. */
     private readonly tlsFingerprint: string | null,
+    /** The scheduler's vCPUs per core, for the capacity figures hosts show. */
+    private readonly vcpuOvercommit: number,
   ) {}
 
   // ---- join tokens ------------------------------------------------------------------
@@ -240,7 +245,7 @@ export class Hosts {
     let query = this.store.db.selectFrom('hosts').selectAll();
     if (q.status) query = query.where('status', '=', q.status as HostRow['status']);
     const page = await paginate(query, 'created_at', q);
-    return { items: page.items.map(toHost), next: page.next };
+    return { items: page.items.map((r) => toHost(r, this.vcpuOvercommit)), next: page.next };
   }
 
   async getRow(id: string): Promise<HostRow> {
@@ -250,7 +255,7 @@ export class Hosts {
   }
 
   async get(id: string): Promise<Host> {
-    return toHost(await this.getRow(id));
+    return toHost(await this.getRow(id), this.vcpuOvercommit);
   }
 
   async remove(id: string): Promise<void> {
@@ -276,7 +281,12 @@ export class Hosts {
         { volume_id: volume.id },
       );
     await this.store.db.deleteFrom('hosts').where('id', '=', id).execute();
-    await this.bus.publish({ type: 'host.deleted', resourceType: 'host', resourceId: id, data: toHost(row) });
+    await this.bus.publish({
+      type: 'host.deleted',
+      resourceType: 'host',
+      resourceId: id,
+      data: toHost(row, this.vcpuOvercommit),
+    });
   }
 
   /**

@@ -3,23 +3,30 @@
  * its networks name (a bridged network's bridge or uplink) and enough free vCPU, memory and
  * disk; among those, the one with the most free memory. A VM pinned to a host
  * (a volume of it lives there, or it is a clone booting from a snapshot kept there) can go only
- * there; its volumes without a host get the VM's. The capacity is
+ * there; its volumes without a host get the VM's. The capacity (figures in `capacity.ts`) is
  * reserved by a conditional UPDATE in the same transaction that assigns the host, so two
- * managers (or two requests) can never overbook a host.
+ * managers (or two requests) can never overbook a host; it stays reserved while the VM is
+ * stopped (its disk stays there) until the VM is deleted or released. A create asks `admit`
+ * first, so what is known to fail at once is refused then, not after a 202.
  */
-import { ServiceUnavailableError } from '@nqvm/api';
-import { sql } from 'kysely';
+import { ConflictError } from '@nqvm/api';
+import { type Kysely, sql } from 'kysely';
 import { nowIso } from '../clock';
 import type { Datastore } from '../db/datastore';
-import type { HostRow, VmRow } from '../db/schema';
+import type { Database, HostRow, VmRow } from '../db/schema';
 import { type InterfaceNeed, needText, offers, vmInterfaceNeeds } from '../networks/availability';
+import {
+  type Demand,
+  demandFigures,
+  figuresText,
+  hostResources,
+  type ResourceName,
+  resourcesText,
+  shortOn,
+  vcpuCapacity,
+} from './capacity';
 
-export interface Demand {
-  vcpu: number;
-  memMib: number;
-  diskMib: number;
-  vmm: 'firecracker' | 'qemu' | null;
-}
+export type { Demand } from './capacity';
 
 interface DriverReport {
   kind: string;
@@ -40,12 +47,41 @@ export function hasVmm(h: HostRow, vmm: Demand['vmm']): boolean {
   return drivers.some((d) => d.available && (vmm === null || d.kind === vmm));
 }
 
-function fits(h: HostRow, d: Demand, overcommit: number): boolean {
-  return (
-    Math.floor(h.cap_vcpu * overcommit) - h.alloc_vcpu >= d.vcpu &&
-    Number(h.cap_mem_mib) - Number(h.alloc_mem_mib) >= d.memMib &&
-    Number(h.cap_disk_mib) - Number(h.alloc_disk_mib) >= d.diskMib
-  );
+/** A host that takes VMs: ready, not cordoned, its credential valid. */
+function usable(h: HostRow): boolean {
+  return h.status === 'ready' && h.schedulable === 1 && h.credential_hash !== null;
+}
+
+/** What a VM needs of a host: room, a VMM, its networks' interfaces, and maybe one host only. */
+interface Placement {
+  demand: Demand;
+  needs: InterfaceNeed[];
+  pin: Pin | null;
+}
+
+/** The hosts that can take the VM now, the one with the most free memory first. */
+function candidates(hosts: HostRow[], p: Placement, overcommit: number): HostRow[] {
+  const freeMem = (h: HostRow) => hostResources(h, overcommit).mem_mib.free;
+  return hosts
+    .filter(
+      (h) =>
+        (!p.pin || h.id === p.pin.hostId) &&
+        usable(h) &&
+        hasVmm(h, p.demand.vmm) &&
+        p.needs.every((n) => offers(h, n)) &&
+        shortOn(hostResources(h, overcommit), p.demand).length === 0,
+    )
+    .sort((a, b) => freeMem(b) - freeMem(a));
+}
+
+/** Why the one host a VM may run on takes no VM now ("cordoned"), or null when it does. */
+function unavailability(h: HostRow | undefined, vmm: Demand['vmm']): string | null {
+  if (!h) return 'gone';
+  if (h.credential_hash === null) return 'without a credential (revoked)';
+  if (h.status !== 'ready') return h.status;
+  if (h.schedulable !== 1) return 'cordoned';
+  if (!hasVmm(h, vmm)) return vmm ? `without the ${vmm} VMM` : 'without a usable VMM';
+  return null;
 }
 
 /** Why no host of `usable` has the interfaces the VM's networks need ("no ready host has uplink eth1 for network lan"). */
@@ -61,26 +97,37 @@ function usabilityOf(h: HostRow): string {
   return h.schedulable === 1 ? 'no usable VMM' : 'cordoned';
 }
 
-/** Why nothing fits, in words a user can act on. */
-function explain(hosts: HostRow[], d: Demand, overcommit: number, needs: InterfaceNeed[]): string {
-  if (hosts.length === 0) return 'no host has joined; start an agent (nqvm agent --join-token ...)';
+/** Why nothing fits, in words a user can act on; `short`: what no host that could run it has enough of. */
+function explain(
+  hosts: HostRow[],
+  d: Demand,
+  overcommit: number,
+  needs: InterfaceNeed[],
+): { message: string; short?: ResourceName[] } {
+  const message = (m: string) => ({ message: m });
+  if (hosts.length === 0) return message('no host has joined; start an agent (nqvm agent --join-token ...)');
   const ready = hosts.filter((h) => h.status === 'ready' && h.credential_hash !== null);
   if (ready.length === 0)
-    return `no host is ready (${hosts.map((h) => `${h.name}: ${h.status}`).join(', ')})`;
+    return message(`no host is ready (${hosts.map((h) => `${h.name}: ${h.status}`).join(', ')})`);
   const open = ready.filter((h) => h.schedulable === 1);
-  if (open.length === 0) return 'every ready host is cordoned';
+  if (open.length === 0) return message('every ready host is cordoned');
   const withVmm = open.filter((h) => hasVmm(h, d.vmm));
   if (withVmm.length === 0)
-    return d.vmm ? `no ready host offers the ${d.vmm} VMM` : 'no ready host has a usable VMM';
+    return message(d.vmm ? `no ready host offers the ${d.vmm} VMM` : 'no ready host has a usable VMM');
   const reaching = withVmm.filter((h) => needs.every((n) => offers(h, n)));
-  if (reaching.length === 0) return explainInterfaces(withVmm, hosts, needs);
+  if (reaching.length === 0) return message(explainInterfaces(withVmm, hosts, needs));
+  const shortBy = reaching.map((h) => shortOn(hostResources(h, overcommit), d));
+  const short = (['vcpu', 'mem_mib', 'disk_mib'] as const).filter((k) => shortBy.every((s) => s.includes(k)));
   const free = reaching
-    .map(
-      (h) =>
-        `${h.name}: ${Math.floor(h.cap_vcpu * overcommit) - h.alloc_vcpu} vCPU, ${Number(h.cap_mem_mib) - Number(h.alloc_mem_mib)} MiB, ${Number(h.cap_disk_mib) - Number(h.alloc_disk_mib)} MiB disk free`,
-    )
+    .map((h) => {
+      const r = hostResources(h, overcommit);
+      return `${h.name}: ${r.vcpu.free} vCPU, ${r.mem_mib.free} MiB, ${r.disk_mib.free} MiB disk free`;
+    })
     .join('; ');
-  return `no host has room for ${d.vcpu} vCPU, ${d.memMib} MiB memory, ${d.diskMib} MiB disk (${free})`;
+  const why = short.length
+    ? `too little ${resourcesText(short)} free on ${reaching.length === 1 ? 'the host' : 'every host'}`
+    : 'no one host has all of it free';
+  return { message: `no host has room for ${figuresText(demandFigures(d))}: ${why} (${free})`, short };
 }
 
 export interface SchedulerOptions {
@@ -112,45 +159,15 @@ export class Scheduler {
         const own = hosts.find((h) => h.id === vm.host_id);
         if (own) return own;
       }
-      const d = demandOf(vm);
-      const needs = await vmInterfaceNeeds(this.store.db, vmId);
-      const pin = await this.pinnedHost(vm, hosts);
-      const eligible = pin ? hosts.filter((h) => h.id === pin.hostId) : hosts;
-      const candidates = eligible
-        .filter(
-          (h) =>
-            h.status === 'ready' &&
-            h.schedulable === 1 &&
-            h.credential_hash !== null &&
-            hasVmm(h, d.vmm) &&
-            needs.every((n) => offers(h, n)) &&
-            fits(h, d, this.vcpuOvercommit),
-        )
-        .sort(
-          (a, b) =>
-            Number(b.cap_mem_mib) -
-            Number(b.alloc_mem_mib) -
-            (Number(a.cap_mem_mib) - Number(a.alloc_mem_mib)),
-        );
-      const chosen = candidates[0];
-      if (!chosen) {
-        const why = explain(eligible, d, this.vcpuOvercommit, needs);
-        throw new ServiceUnavailableError(
-          'NO_CAPACITY',
-          pin ? `${pin.reason} on host ${pin.hostName}, so the VM runs only there: ${why}` : why,
-          {
-            vcpu: d.vcpu,
-            mem_mib: d.memMib,
-            disk_mib: d.diskMib,
-            ...(pin ? { ...pin.details, host_id: pin.hostId } : {}),
-          },
-        );
-      }
+      const p = await this.placementOf(this.store.db, vm, hosts);
+      const chosen = candidates(hosts, p, this.vcpuOvercommit)[0];
+      if (!chosen) throw this.noRoom(hosts, p);
+      const d = p.demand;
       let pinned: string[] = [];
       const placed = await this.store.db
         .transaction()
         .execute(async (trx) => {
-          const reserved = await trx
+          let reserve = trx
             .updateTable('hosts')
             .set({
               alloc_vcpu: sql`alloc_vcpu + ${d.vcpu}`,
@@ -161,10 +178,16 @@ export class Scheduler {
             .where('id', '=', chosen.id)
             .where('status', '=', 'ready')
             .where('schedulable', '=', 1)
-            .where(sql<boolean>`cap_vcpu * ${this.vcpuOvercommit} - alloc_vcpu >= ${d.vcpu}`)
-            .where(sql<boolean>`cap_mem_mib - alloc_mem_mib >= ${d.memMib}`)
-            .where(sql<boolean>`cap_disk_mib - alloc_disk_mib >= ${d.diskMib}`)
-            .executeTakeFirst();
+            // The capacity the choice saw: a heartbeat changing it makes this attempt retry.
+            .where('cap_vcpu', '=', chosen.cap_vcpu);
+          if (d.vcpu > 0)
+            reserve = reserve.where(
+              sql<boolean>`alloc_vcpu + ${d.vcpu} <= ${vcpuCapacity(chosen.cap_vcpu, this.vcpuOvercommit)}`,
+            );
+          if (d.memMib > 0) reserve = reserve.where(sql<boolean>`cap_mem_mib - alloc_mem_mib >= ${d.memMib}`);
+          if (d.diskMib > 0)
+            reserve = reserve.where(sql<boolean>`cap_disk_mib - alloc_disk_mib >= ${d.diskMib}`);
+          const reserved = await reserve.executeTakeFirst();
           if (Number(reserved.numUpdatedRows) !== 1) return false;
           const assigned = await trx
             .updateTable('vms')
@@ -205,7 +228,95 @@ export class Scheduler {
         return chosen;
       }
     }
-    throw new ServiceUnavailableError('NO_CAPACITY', 'hosts changed while placing the VM; retry');
+    throw new ConflictError('NO_CAPACITY', 'hosts changed while placing the VM; retry');
+  }
+
+  /**
+   * Refuses at admission a VM the reconciler would fail at once: some host takes VMs, but none
+   * the VM may run on can take this one now. With no usable host at all the VM is left to wait
+   * for one, as the reconciler does. It reserves nothing (a VM admitted may still lose a race to
+   * another), and reads through `db` only: the caller's transaction, holding the new VM's rows.
+   *
+   * @example
+   * await scheduler.admit(trx, vmId); // 409 NO_CAPACITY "... too little memory free on every host ..."
+   */
+  async admit(db: Kysely<Database>, vmId: string): Promise<void> {
+    const hosts = await db.selectFrom('hosts').selectAll().execute();
+    if (!hosts.some(usable)) return;
+    const vm = await db.selectFrom('vms').selectAll().where('id', '=', vmId).executeTakeFirstOrThrow();
+    const p = await this.placementOf(db, vm, hosts);
+    if (candidates(hosts, p, this.vcpuOvercommit).length) return;
+    const pinned = p.pin && pinnedUnavailable(p.pin, hosts, p.demand.vmm);
+    if (pinned)
+      throw new ConflictError('PINNED_HOST_UNAVAILABLE', pinned.message, {
+        ...p.pin!.details,
+        host_id: p.pin!.hostId,
+        host_name: p.pin!.hostName,
+        host_state: pinned.state,
+      });
+    throw this.noRoom(hosts, p);
+  }
+
+  /**
+   * Moves a placed VM's reservation to a new size, in the caller's transaction: a stopped VM
+   * keeps its place, so a larger size must fit on its host (NO_CAPACITY otherwise).
+   */
+  async resize(db: Kysely<Database>, vm: VmRow, to: { vcpu: number; memMib: number }): Promise<void> {
+    if (!vm.host_id) return;
+    const host = await db.selectFrom('hosts').selectAll().where('id', '=', vm.host_id).executeTakeFirst();
+    if (!host) return;
+    const dv = to.vcpu - vm.vcpu;
+    const dm = to.memMib - Number(vm.mem_mib);
+    if (dv === 0 && dm === 0) return;
+    let q = db
+      .updateTable('hosts')
+      .set({ alloc_vcpu: sql`alloc_vcpu + ${dv}`, alloc_mem_mib: sql`alloc_mem_mib + ${dm}` })
+      .where('id', '=', host.id);
+    if (dv > 0)
+      q = q
+        .where('cap_vcpu', '=', host.cap_vcpu)
+        .where(sql<boolean>`alloc_vcpu + ${dv} <= ${vcpuCapacity(host.cap_vcpu, this.vcpuOvercommit)}`);
+    if (dm > 0) q = q.where(sql<boolean>`alloc_mem_mib + ${dm} <= cap_mem_mib`);
+    const done = await q.executeTakeFirst();
+    if (Number(done.numUpdatedRows) === 1) return;
+    const r = hostResources(host, this.vcpuOvercommit);
+    const short = shortOn(r, { vcpu: dv, memMib: dm, diskMib: 0, vmm: null });
+    throw new ConflictError(
+      'NO_CAPACITY',
+      `a stopped VM keeps its place on its host: host ${host.name} has ${r.vcpu.free} vCPU and ` +
+        `${r.mem_mib.free} MiB memory free, too little ${resourcesText(short)} for the new size`,
+      { host_id: host.id, vcpu: to.vcpu, mem_mib: to.memMib, short },
+    );
+  }
+
+  private async placementOf(db: Kysely<Database>, vm: VmRow, hosts: HostRow[]): Promise<Placement> {
+    return {
+      demand: demandOf(vm),
+      needs: await vmInterfaceNeeds(db, vm.id),
+      pin: await this.pinnedHost(db, vm, hosts),
+    };
+  }
+
+  /** NO_CAPACITY for a VM no host can take now, saying why and what is short. */
+  private noRoom(hosts: HostRow[], p: Placement): ConflictError {
+    const { demand: d, needs, pin } = p;
+    const pinned = pin && pinnedUnavailable(pin, hosts, d.vmm);
+    const why = pinned
+      ? { message: pinned.message }
+      : explain(pin ? hosts.filter((h) => h.id === pin.hostId) : hosts, d, this.vcpuOvercommit, needs);
+    return new ConflictError(
+      'NO_CAPACITY',
+      pin && !pinned
+        ? `${pin.reason} on host ${pin.hostName}, so the VM runs only there: ${why.message}`
+        : why.message,
+      {
+        vcpu: d.vcpu,
+        mem_mib: d.memMib,
+        disk_mib: d.diskMib,
+        ...(why.short?.length ? { short: why.short } : {}),
+        ...(pin ? { ...pin.details, host_id: pin.hostId } : {}),
+      },
+    );
   }
 
   /**
@@ -213,10 +324,10 @@ export class Scheduler {
    * for a clone the host keeping its snapshot's files. Pins to two hosts (volumes on two hosts
    * are only possible by editing the datastore: attach refuses it) can never be placed.
    */
-  private async pinnedHost(vm: VmRow, hosts: HostRow[]): Promise<Pin | null> {
+  private async pinnedHost(db: Kysely<Database>, vm: VmRow, hosts: HostRow[]): Promise<Pin | null> {
     const hostName = (id: string) => hosts.find((h) => h.id === id)?.name ?? id;
     const pins: Pin[] = [];
-    const volumes = await this.store.db
+    const volumes = await db
       .selectFrom('volumes')
       .select(['id', 'name', 'host_id'])
       .where('vm_id', '=', vm.id)
@@ -232,7 +343,7 @@ export class Scheduler {
       });
     const { source_snapshot_id: snapshotId } = JSON.parse(vm.spec) as { source_snapshot_id?: string };
     const snapshot = snapshotId
-      ? await this.store.db
+      ? await db
           .selectFrom('snapshots')
           .select(['id', 'name', 'host_id'])
           .where('id', '=', snapshotId)
@@ -248,7 +359,7 @@ export class Scheduler {
     const first = pins[0];
     if (!first) return null;
     if (pins.some((p) => p.hostId !== first.hostId))
-      throw new ServiceUnavailableError(
+      throw new ConflictError(
         'NO_CAPACITY',
         `the VM is tied to different hosts (${pins.map((p) => `${p.reason} on host ${p.hostName}`).join('; ')}); detach the volumes not on one host`,
         { host_ids: [...new Set(pins.map((p) => p.hostId))] },
@@ -285,6 +396,24 @@ interface Pin {
   /** Completed by " on host X": e.g. "volume data lives". */
   reason: string;
   details: Record<string, unknown>;
+}
+
+/** "the VM boots from snapshot s1, whose files are on host hv1, which is cordoned: ..." when the pinned host takes no VM now. */
+function pinnedUnavailable(
+  pin: Pin,
+  hosts: HostRow[],
+  vmm: Demand['vmm'],
+): { state: string; message: string } | null {
+  const state = unavailability(
+    hosts.find((h) => h.id === pin.hostId),
+    vmm,
+  );
+  if (!state) return null;
+  const fix = state === 'cordoned' ? `; uncordon it (nqvm host uncordon ${pin.hostName})` : '';
+  return {
+    state,
+    message: `${pin.reason} on host ${pin.hostName}, which is ${state}: the VM can run only there${fix}`,
+  };
 }
 
 class RaceLost extends Error {}

@@ -11,18 +11,29 @@ import { hasVmm } from '../scheduler/scheduler';
 const MiB = 1024 * 1024;
 
 /**
+ * The disk a VM takes on its host, which its placement reserves: `disk_size_mib`, or its root
+ * image's size (the default one when it names none); 0 when neither is known.
+ */
+export async function vmDiskMib(
+  store: Datastore,
+  input: Pick<VmCreate, 'disk_size_mib' | 'rootfs_image_id'>,
+): Promise<number> {
+  return input.disk_size_mib ?? (await rootImageMib(store, input.rootfs_image_id));
+}
+
+/**
  * Throws INSUFFICIENT_STORAGE when every host the VM could run on reports less free disk than
- * the VM's disk (`disk_size_mib`, or its root image's size). Hosts that do not report free space
- * (older agents) count as having room; with no usable host at all, placement says why.
+ * the VM's disk (`vmDiskMib`). Hosts that do not report free space (older agents) count as
+ * having room; with no usable host at all, placement says why.
  *
  * @example
- * await admitDisk(store, { disk_size_mib: 4096 }); // 507 when every host has less than 4 GiB free
+ * await admitDisk(store, { vmm: 'qemu' }, 4096); // 507 when every host has less than 4 GiB free
  */
 export async function admitDisk(
   store: Datastore,
-  input: Pick<VmCreate, 'disk_size_mib' | 'rootfs_image_id' | 'vmm'>,
+  input: Pick<VmCreate, 'vmm'>,
+  diskMib: number,
 ): Promise<void> {
-  const diskMib = input.disk_size_mib ?? (await rootImageMib(store, input.rootfs_image_id));
   if (!diskMib) return;
   const hosts = (await store.db.selectFrom('hosts').selectAll().execute()).filter(
     (h) =>

@@ -22,6 +22,7 @@ import type { VmRow } from '../db/schema';
 import type { EventBus } from '../events/bus';
 import { createNics, isAddressClash, nicsOfVms, type VmNic } from '../networks/vm-nics';
 import type { Operations } from '../operations/operations';
+import type { Scheduler } from '../scheduler/scheduler';
 import { publishSnapshots } from '../snapshots/snapshots';
 import {
   checkAttachable,
@@ -31,7 +32,7 @@ import {
   type VmVolume,
   volumesOfVms,
 } from '../volumes/vm-volumes';
-import { admitDisk } from './disk-admission';
+import { admitDisk, vmDiskMib } from './disk-admission';
 import { hashGuestPassword } from './guest-secrets';
 import { canTransition, LIVE_STATES, TRANSITIONS, type VmAction } from './state-machine';
 
@@ -126,6 +127,8 @@ export class Vms {
     private readonly store: Datastore,
     private readonly bus: EventBus,
     private readonly ops: Operations,
+    /** Admits a create only when some host could take it (or none takes VMs yet: it waits). */
+    private readonly scheduler: Scheduler,
   ) {
     const revertToStopped = async (op: { target_id: string }) => {
       const row = await this.findRow(op.target_id);
@@ -201,8 +204,9 @@ export class Vms {
   ): Promise<{ vm: Vm; operation: Operation }> {
     const clone = opts.clone ?? null;
     await this.checkImages(input);
+    const diskMib = await vmDiskMib(this.store, input);
     // A VM defined without starting takes no disk yet: its start is placed like any other.
-    if (input.start) await admitDisk(this.store, input);
+    if (input.start) await admitDisk(this.store, input, diskMib);
     const volumeIds = input.volumes.map((v) => v.volume_id);
     await this.checkVolumes(volumeIds);
     const networks = input.networks ?? (await this.defaultNetworks());
@@ -246,7 +250,7 @@ export class Vms {
       generation: 1,
       vcpu: input.vcpu,
       mem_mib: input.mem_mib,
-      disk_mib: input.disk_size_mib ?? 0,
+      disk_mib: diskMib,
       vmm: input.vmm ?? null,
       spec: JSON.stringify(spec),
       labels: JSON.stringify(input.labels),
@@ -268,6 +272,8 @@ export class Vms {
         if (labels.length) await trx.insertInto('vm_labels').values(labels).execute();
         await claimVolumes(trx, row, volumeIds);
         await createNics(trx, id, networks);
+        // With its volumes and NICs in place: the scheduler sees the VM as it will place it.
+        if (input.start) await this.scheduler.admit(trx, id);
       });
     } catch (err) {
       if (isUniqueViolation(err) && isAddressClash(err))
@@ -314,6 +320,12 @@ export class Vms {
     }
     try {
       await this.store.db.transaction().execute(async (trx) => {
+        // A stopped VM keeps its place on its host: its reservation follows the new size.
+        if (resizing)
+          await this.scheduler.resize(trx, row, {
+            vcpu: p.vcpu ?? row.vcpu,
+            memMib: p.mem_mib ?? Number(row.mem_mib),
+          });
         await trx
           .updateTable('vms')
           .set({
