@@ -375,6 +375,8 @@ export const AgentVmReport = z.object({
     .optional(),
   /** When the guest of the running VMM came up and what said so; null while it boots (or is down). */
   guest_ready: z.object({ at: Timestamp, signal: GuestReadySignal }).nullable().optional(),
+  /** The VM ended by itself and its restart policy boots it again shortly: it still wants to run. */
+  restarting: z.boolean().optional(),
 });
 export type AgentVmReport = z.infer<typeof AgentVmReport>;
 

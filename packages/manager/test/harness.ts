@@ -9,6 +9,7 @@ import path from 'node:path';
 import pg from 'pg';
 import { loadManagerConfig } from '../src/config';
 import { openDatastore } from '../src/db/datastore';
+import { registerPathImage } from '../src/images/images';
 import { createManager, type Manager, type ManagerOptions } from '../src/manager';
 
 export const PG_ADMIN_URL = process.env.NQVM_TEST_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
@@ -46,6 +47,8 @@ export interface TestManager {
   dataDir: string;
   dbUrl: string;
   adminToken: string;
+  /** Stops the manager and starts another on the same data folder, datastore and address. */
+  restart(): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -56,24 +59,34 @@ export async function startManager(
 ): Promise<TestManager> {
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'nqvm-test-'));
   const db = await freshDatabaseUrl(kind, dataDir);
-  const config = loadManagerConfig({
+  const settings = {
     NQVM_DATA_DIR: dataDir,
     DATABASE_URL: db.url,
     MANAGER_BIND: '127.0.0.1:0',
     NQVM_ADMIN_PASSWORD: ADMIN_PASSWORD,
     NQVM_LOG_LEVEL: 'silent',
     ...env,
-  });
-  const store = await openDatastore(config.databaseUrl);
-  const manager = await createManager(config, { store, loopIntervalMs: 200, ...opts });
-  const url = await manager.listen();
+  };
+  const open = async (bind: string) => {
+    const config = loadManagerConfig({ ...settings, MANAGER_BIND: bind });
+    const store = await openDatastore(config.databaseUrl);
+    const manager = await createManager(config, { store, loopIntervalMs: 200, ...opts });
+    return { store, manager, url: await manager.listen() };
+  };
+  let { store, manager, url } = await open(settings.MANAGER_BIND);
   const adminToken = await tokenFor(url, 'admin', ADMIN_PASSWORD);
-  return {
+  const t: TestManager = {
     manager,
     url,
     dataDir,
     dbUrl: db.url,
     adminToken,
+    async restart() {
+      await manager.close();
+      await store.close();
+      ({ store, manager, url } = await open(new URL(url).host));
+      t.manager = manager;
+    },
     async close() {
       await manager.close();
       await store.close();
@@ -81,6 +94,19 @@ export async function startManager(
       fs.rmSync(dataDir, { recursive: true, force: true });
     },
   };
+  return t;
+}
+
+/** Registers a stand-in kernel file (4 KiB) as the default kernel: enough for VMs on stand-in hosts. */
+export async function registerDefaultKernel(t: TestManager): Promise<void> {
+  const kernel = path.join(t.dataDir, 'vmlinux');
+  fs.writeFileSync(kernel, Buffer.alloc(4096, 1));
+  await registerPathImage(t.manager.services.store, {
+    name: 'k',
+    kind: 'kernel',
+    path: kernel,
+    isDefault: true,
+  });
 }
 
 /** Logs in and mints an API token with the user's role. */

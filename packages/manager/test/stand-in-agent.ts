@@ -276,6 +276,16 @@ export class StandInAgent {
     );
   }
 
+  /**
+   * The VM changed on this host by itself (its VMM died, its restart policy brought it back, the
+   * agent restarted and lost it): from the next heartbeat on, its report is this.
+   */
+  changeReport(vmId: string, change: Partial<Omit<AgentVmReport, 'id' | 'generation'>>): void {
+    const r = this.vms.get(vmId);
+    if (!r) throw new Error(`VM ${vmId} is not on this host`);
+    this.vms.set(vmId, { ...r, ...change });
+  }
+
   /** Adds a line of output; followers get it at once. */
   addLog(vmId: string, stream: LogLine['stream'], line: string): void {
     const l = { ts: Date.now(), stream, line };

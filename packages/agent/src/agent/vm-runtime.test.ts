@@ -4,6 +4,7 @@ import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'no
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import type { VmExit } from '../drivers/types';
 import { readProcStartTime } from '../host/proc';
 import type { Agent } from './agent';
 import { FakeDriver } from './fake-driver';
@@ -32,12 +33,12 @@ describe('VM runtime with a fake driver', () => {
   let client: SignedAgentClient;
   const agents: Agent[] = [];
 
-  async function start(d: FakeDriver[] = [driver]): Promise<Agent> {
+  async function start(d: FakeDriver[] = [driver], restartBackoff = backoff): Promise<Agent> {
     const started = await startStandaloneAgent({
       stateDir,
       drivers: d,
       publicKeyPem: keys.publicKeyPem,
-      options: { restartBackoff: backoff },
+      options: { restartBackoff },
     });
     agents.push(started.agent);
     return started.agent;
@@ -58,6 +59,8 @@ describe('VM runtime with a fake driver', () => {
   });
 
   const vmDir = (id: string) => path.join(stateDir, 'vms', id);
+  const waitForEndRecord = (id: string) =>
+    waitFor('the record of how the VM ended', () => existsSync(path.join(vmDir(id), 'ended.json')));
 
   it('boots once per generation: a retried command does nothing', async () => {
     const id = randomUUID();
@@ -163,7 +166,9 @@ describe('VM runtime with a fake driver', () => {
     );
     const failed = await waitForState(agent, id, 'failed');
     expect(failed.error).toBe('boot step "boot-vmm" failed: no KVM in this test');
-    expect(readdirSync(vmDir(id))).toEqual(['desired.json']);
+    // Beside the command, only the record of the failure (its reason outlives an agent restart).
+    await waitForEndRecord(id);
+    expect(readdirSync(vmDir(id)).sort()).toEqual(['desired.json', 'ended.json']);
 
     const missing = randomUUID();
     const gone = imageRef(path.join(dir, 'no-such-kernel'));
@@ -171,7 +176,8 @@ describe('VM runtime with a fake driver', () => {
     const f2 = await waitForState(agent, missing, 'failed');
     expect(f2.error).toContain('boot step "resolve-images" failed');
     expect(f2.error).toContain(`kernel image ${gone.id}`);
-    expect(readdirSync(vmDir(missing))).toEqual(['desired.json']);
+    await waitForEndRecord(missing);
+    expect(readdirSync(vmDir(missing)).sort()).toEqual(['desired.json', 'ended.json']);
   });
 
   it('keeps the disk of a VM that booted before when a later boot fails', async () => {
@@ -184,7 +190,8 @@ describe('VM runtime with a fake driver', () => {
     driver.failBoot = new Error('boom');
     await client.put(id, vmCommand(3, 'running', images));
     await waitForState(agent, id, 'failed');
-    expect(readdirSync(vmDir(id)).sort()).toEqual(['desired.json', 'root.qcow2']);
+    await waitForEndRecord(id);
+    expect(readdirSync(vmDir(id)).sort()).toEqual(['desired.json', 'ended.json', 'root.qcow2']);
   });
 
   it('refuses a VMM this host does not have, by name', async () => {
@@ -282,6 +289,27 @@ describe('VM runtime with a fake driver', () => {
       await waitForState(agent, id, 'stopped');
       await sleep(backoff.maxMs);
       expect(driver.boots).toHaveLength(1);
+    });
+
+    it('a crash its policy restarts is reported restarting until the VM is back; one it does not, not', async () => {
+      // A backoff long enough to read the report in between.
+      const slow = await start([driver], { minMs: 1_000, maxMs: 1_000, stableMs: 10_000 });
+      const c = new SignedAgentClient(slow.url, keys.privateKey);
+      const id = randomUUID();
+      await c.put(id, vmCommand(1, 'running', images, { spec: { restart_policy: 'on-failure' } }));
+      await waitForState(slow, id, 'running');
+      driver.exit(id, { reason: 'crashed', code: null, signal: 'SIGKILL', message: 'QEMU was killed' });
+      const failed = await waitForState(slow, id, 'failed', 2_000);
+      expect(failed).toMatchObject({ error: 'QEMU was killed', restarting: true });
+      const back = await waitForState(slow, id, 'running');
+      expect(back.restarting).toBeUndefined();
+      expect(driver.boots).toHaveLength(2);
+
+      const other = randomUUID();
+      await c.put(other, vmCommand(1, 'running', images, { spec: { restart_policy: 'on-failure' } }));
+      await waitForState(slow, other, 'running');
+      driver.exit(other, { reason: 'shutdown', code: 0, signal: null, message: 'guest-shutdown' });
+      expect((await waitForState(slow, other, 'stopped', 2_000)).restarting).toBeUndefined();
     });
 
     it('a crash is reported within the 2 s goal', async () => {
@@ -430,6 +458,74 @@ describe('VM runtime with a fake driver', () => {
       await waitForState(next, id, 'running');
       expect(await exited).toBeDefined();
       expect(driver.boots).toHaveLength(2);
+    });
+
+    /**
+     * Boots a VM on `on`, lets it end by itself with `exit`, then closes that agent and starts
+     * another; answers the VM's id, its report at the end, and the new agent.
+     */
+    async function endThenRestartAgent(
+      policy: 'never' | 'on-failure' | 'always',
+      exit: VmExit,
+      ended: 'failed' | 'stopped',
+      on = agent,
+    ) {
+      const id = randomUUID();
+      const c = new SignedAgentClient(on.url, keys.privateKey);
+      await c.put(id, vmCommand(1, 'running', images, { spec: { restart_policy: policy } }));
+      await waitForState(on, id, 'running');
+      driver.exit(id, exit);
+      const report = await waitForState(on, id, ended, 2_000);
+      await on.close();
+      return { id, report, next: await start() };
+    }
+
+    it('keeps a crash and its reason: the VM stays failed, not booted again', async () => {
+      const message = 'QEMU ended with signal SIGSEGV';
+      const { id, next } = await endThenRestartAgent(
+        'never',
+        { reason: 'crashed', code: null, signal: 'SIGSEGV', message },
+        'failed',
+      );
+      expect(reportOf(next, id)).toMatchObject({ state: 'failed', error: message, generation: 1 });
+      await sleep(backoff.maxMs);
+      expect(driver.boots).toHaveLength(1);
+    });
+
+    it('on-failure: a guest that powered off is not booted again by the restart', async () => {
+      const { id, next } = await endThenRestartAgent(
+        'on-failure',
+        { reason: 'shutdown', code: 0, signal: null, message: 'guest-shutdown' },
+        'stopped',
+      );
+      expect(reportOf(next, id)).toMatchObject({ state: 'stopped', error: null });
+      await sleep(backoff.maxMs);
+      expect(driver.boots).toHaveLength(1);
+    });
+
+    it('boots a VM whose restart its policy had scheduled', async () => {
+      const slow = await start([driver], { minMs: 60_000, maxMs: 60_000, stableMs: 60_000 });
+      const { id, report, next } = await endThenRestartAgent(
+        'always',
+        { reason: 'crashed', code: 1, signal: null },
+        'failed',
+        slow,
+      );
+      expect(report.restarting).toBe(true);
+      await waitForState(next, id, 'running');
+      expect(driver.boots).toHaveLength(2);
+    });
+
+    it('keeps the reason a boot failed', async () => {
+      const id = randomUUID();
+      driver.failBoot = new Error('the kernel is not a kernel');
+      await client.put(id, vmCommand(1, 'running', images, { spec: { restart_policy: 'always' } }));
+      const failed = await waitForState(agent, id, 'failed');
+      expect(failed.error).toContain('the kernel is not a kernel');
+      driver.failBoot = null;
+      await agent.close();
+      const next = await start();
+      expect(reportOf(next, id)).toMatchObject({ state: 'failed', error: failed.error });
     });
 
     it('answers a retried command after the restart without acting', async () => {

@@ -117,6 +117,17 @@ const CONTAINER_STOP_GRACE_MS = 5_000;
 const EXIT_MARKER_SCAN_BYTES = 64 * 1024;
 /** `restored.json`: the generation whose restore is done; a later boot of it is a cold one. */
 const RESTORED_FILE = 'restored.json';
+/** `ended.json`: how the VM last ended by itself (an EndRecord), kept across agent restarts. */
+const ENDED_FILE = 'ended.json';
+
+/** A VM that ended without being asked to, under the command of `generation`. */
+interface EndRecord {
+  generation: number;
+  state: 'failed' | 'stopped';
+  error: string | null;
+  /** Whether its restart policy was to boot it again. */
+  restart: boolean;
+}
 
 export class VmRuntime {
   readonly vmDir: string;
@@ -144,6 +155,8 @@ export class VmRuntime {
   private bootAbort: AbortController | null = null;
   private readonly stopRequested = new WeakSet<VmHandle>();
   private restartTimer: NodeJS.Timeout | null = null;
+  /** A restart by the restart policy is scheduled or under way: the VM still wants to run. */
+  private restartPending = false;
   private restartDelayMs: number;
   private startedAt = 0;
   private deleting = false;
@@ -201,6 +214,7 @@ export class VmRuntime {
       ...(this.found.length ? { nics: this.found } : {}),
       ...(this.container ? { container: this.container.report() } : {}),
       guest_ready: this.handle ? this.guestReady : null,
+      ...(this.restartPending ? { restarting: true } : {}),
     };
   }
 
@@ -371,12 +385,18 @@ export class VmRuntime {
       return;
     }
     if (record) await this.forgetRun();
-    if (cmd.desired === 'running' && cmd.spec.restart_policy !== 'never') {
+    // A VM that had ended by itself under this command keeps its reason; it boots again only
+    // when its restart policy was to restart it.
+    const ended = await this.endOf(cmd.generation);
+    const restarts = ended ? ended.restart : cmd.spec.restart_policy !== 'never';
+    if (cmd.desired === 'running' && restarts) {
       this.deps.log.info({ vmId: this.id }, 'VMM gone while the agent was down; booting it again');
       this.setState('starting', null);
       void this.enqueue(() => this.boot(cmd));
+    } else if (ended) {
+      this.setState(ended.state, ended.error);
     } else {
-      this.setState('stopped', null);
+      this.setState('stopped', record ? 'the VMM ended while the host agent was down' : null);
     }
   }
 
@@ -797,6 +817,7 @@ export class VmRuntime {
       }
       this.deps.log.warn({ vmId: this.id, err: errorMessage(err) }, 'boot failed');
       this.setState('failed', errorMessage(err));
+      this.recordEnd('failed', false);
       this.consoleRoom.end('vm-stopped', `the VM failed to start: ${errorMessage(err)}`);
     } finally {
       this.bootAbort = null;
@@ -920,13 +941,8 @@ export class VmRuntime {
       return;
     }
     void this.enqueue(() => this.forgetRun());
-    this.setState(crashed ? 'failed' : 'stopped', crashed ? detail : null);
+    this.endedByItself(crashed ? 'failed' : 'stopped', crashed ? detail : null, crashed);
     this.consoleRoom.end('vm-stopped', crashed ? `the VM crashed: ${detail}` : 'the VM powered off');
-    const cmd = this.command;
-    const policy = cmd?.spec.restart_policy ?? 'never';
-    const restart = policy === 'always' || (policy === 'on-failure' && crashed);
-    if (cmd && cmd.desired !== 'stopped' && restart && !this.deleting && !this.closing)
-      this.scheduleRestart();
   }
 
   /**
@@ -943,17 +959,42 @@ export class VmRuntime {
         `VMM exited with ${exit.signal ? `signal ${exit.signal}` : `code ${exit.code ?? 'unknown'}`}`)
       : null;
     this.deps.log.info({ vmId: this.id, exit, process: ended }, 'container VM ended');
-    this.setState(vmmCrashed ? 'failed' : 'stopped', detail);
+    void this.enqueue(() => this.forgetRun());
+    this.endedByItself(vmmCrashed ? 'failed' : 'stopped', detail, failed);
     this.consoleRoom.end(
       'vm-stopped',
       ended ? `the container's process ended (${ended.kind} ${ended.value})` : 'the VM ended',
     );
-    void this.enqueue(() => this.forgetRun());
+  }
+
+  /**
+   * The VM ended without being asked to (`failure`: an end `on-failure` restarts after): its
+   * restart policy applies, and its state and reason are shown and kept for an agent restart.
+   */
+  private endedByItself(state: EndRecord['state'], error: string | null, failure: boolean): void {
     const cmd = this.command;
     const policy = cmd?.spec.restart_policy ?? 'never';
-    const restart = policy === 'always' || (policy === 'on-failure' && failed);
-    if (cmd && cmd.desired !== 'stopped' && restart && !this.deleting && !this.closing)
-      this.scheduleRestart();
+    const restart =
+      cmd !== null &&
+      cmd.desired !== 'stopped' &&
+      (policy === 'always' || (policy === 'on-failure' && failure)) &&
+      !this.deleting &&
+      !this.closing;
+    // Scheduled first, so that every report of the end already says the VM will be back.
+    if (restart) this.scheduleRestart();
+    this.setState(state, error);
+    this.recordEnd(state, restart);
+  }
+
+  private recordEnd(state: EndRecord['state'], restart: boolean): void {
+    const end: EndRecord = { generation: this.generation, state, error: this.error, restart };
+    void this.enqueue(() => writeJsonAtomic(path.join(this.vmDir, ENDED_FILE), end));
+  }
+
+  /** How the VM ended by itself under the command of `generation`; null when it did not. */
+  private async endOf(generation: number): Promise<EndRecord | null> {
+    const end = (await readJsonFile(path.join(this.vmDir, ENDED_FILE)).catch(() => null)) as EndRecord | null;
+    return end?.generation === generation && (end.state === 'failed' || end.state === 'stopped') ? end : null;
   }
 
   private async containerEnded() {
@@ -969,6 +1010,7 @@ export class VmRuntime {
     const delay = this.restartDelayMs;
     this.restartDelayMs = Math.min(delay * 2, maxMs);
     this.deps.log.info({ vmId: this.id, delayMs: delay }, 'restarting VM per its restart policy');
+    this.restartPending = true;
     this.restartTimer = setTimeout(() => {
       this.restartTimer = null;
       void this.enqueue(() => this.restart());
@@ -979,13 +1021,18 @@ export class VmRuntime {
   private cancelRestart(): void {
     if (this.restartTimer) clearTimeout(this.restartTimer);
     this.restartTimer = null;
+    this.restartPending = false;
   }
 
   private async restart(): Promise<void> {
-    const cmd = this.command;
-    if (!cmd || cmd.desired === 'stopped' || this.handle || this.deleting || this.closing) return;
-    await this.boot(cmd, true);
-    if (cmd.desired === 'paused' && this.handle) await this.pause();
+    try {
+      const cmd = this.command;
+      if (!cmd || cmd.desired === 'stopped' || this.handle || this.deleting || this.closing) return;
+      await this.boot(cmd, true);
+      if (cmd.desired === 'paused' && this.handle) await this.pause();
+    } finally {
+      this.restartPending = false;
+    }
   }
 
   /**

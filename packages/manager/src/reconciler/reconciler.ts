@@ -301,22 +301,29 @@ export class Reconciler {
     const current = r.generation >= vm.generation;
     if (!current && vm.state !== 'unknown') return;
     let state = r.state as VmState;
+    let error = r.error;
     let desired = vm.desired_state;
-    if (
-      current &&
-      (state === 'stopped' || state === 'failed') &&
-      vm.desired_state === 'running' &&
-      SETTLED.has(state)
-    ) {
-      // The guest ended on its own and the host's restart policy did not bring it back.
+    // Desired state is the user's; reports under the current command only say whether the VM
+    // still wants to run after it ended by itself (user actions always make a new generation).
+    if (current && (state === 'stopped' || state === 'failed') && desired === 'running' && !r.restarting) {
+      // The guest ended on its own and the host's restart policy will not bring it back.
       desired = 'stopped';
+    } else if (current && (state === 'starting' || state === 'running') && desired === 'stopped') {
+      // The host's restart policy brought it back (a report that did not say it would).
+      desired = 'running';
+    }
+    if (current && vm.state === 'failed' && state === 'stopped') {
+      // A failure and its reason stay until the user changes the VM's state: a host agent that
+      // restarted without its record of it reports the VM merely stopped.
+      state = 'failed';
+      error = r.error ?? vm.last_error;
     }
     if (vm.state === 'creating' && (state === 'stopping' || state === 'stopped') && !current)
       state = 'creating';
     const ready = r.guest_ready ?? null;
     const changed =
       vm.state !== state ||
-      vm.last_error !== r.error ||
+      vm.last_error !== error ||
       vm.desired_state !== desired ||
       vm.pid !== r.pid ||
       vm.guest_ready_at !== (ready?.at ?? null);
@@ -338,13 +345,13 @@ export class Reconciler {
         { state: vm.state, generation: vm.generation },
         {
           state,
-          last_error: r.error,
+          last_error: error,
           desired_state: desired,
           guest_ready_at: ready?.at ?? null,
           guest_ready_signal: ready?.signal ?? null,
         },
       );
-    if (current) await this.settleOperations(vm.id, state, r.error, r.generation);
+    if (current) await this.settleOperations(vm.id, state, error, r.generation);
   }
 
   private async settleOperations(
