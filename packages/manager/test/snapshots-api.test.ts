@@ -761,6 +761,47 @@ describe.concurrent.each(DATASTORES)('snapshots API on %s', (kind) => {
       }
     });
 
+    it('a clone whose placement failed restores its snapshot when started, never boots its image', async () => {
+      // No host takes VMs: the clone is accepted and waits. Then a host other than the snapshot's
+      // takes VMs again, and the clone fails there being placed (the snapshot's host is cordoned).
+      const out = await cordoned([hostA, hostB, hostF], async () => {
+        const o = await instantiate(snap.id, { name: 'cl-late' });
+        expect((await api.post(`/api/v1/hosts/${hostA.hostId}/uncordon`)).status).toBe(200);
+        const failed = await waitVm(o.vm.id, 'failed');
+        expect(failed.last_error).toContain(
+          `snapshot cl-1, whose files are on host snap-b-${kind}, which is cordoned`,
+        );
+        expect(await waitOp(o.operation.id)).toMatchObject({
+          status: 'failed',
+          error: { code: 'NO_CAPACITY' },
+        });
+        return o;
+      });
+      // Until it has run, it is its snapshot: not resized, and the snapshot stays.
+      expectError(await api.patch(`/api/v1/vms/${out.vm.id}`, { vcpu: 1 }), 409, 'VM_INVALID_STATE');
+      const held = await api.del(`/api/v1/snapshots/${snap.id}`);
+      expectError(held, 409, 'SNAPSHOT_IN_USE');
+      expect(held.body.error.details).toEqual({ vm_id: out.vm.id });
+
+      const start = await api.post(`/api/v1/vms/${out.vm.id}/start`);
+      expect(start.status, start.text).toBe(202);
+      expect((await waitOp(start.body.operation.id)).status).toBe('succeeded');
+      const ran = await waitVm(out.vm.id, 'running');
+      expect(ran.host_id).toBe(hostB.hostId);
+      expect(hostB.commands.get(out.vm.id)).toEqual([
+        expect.objectContaining({ desired: 'running', restore: { snapshot_id: snap.id } }),
+      ]);
+      // Once it ran, its disk is its own: a stop and a start boot it, no restore.
+      expect((await vmRow(out.vm.id))!.boot_snapshot_id).toBeNull();
+      for (const action of ['stop', 'start']) {
+        const r = await api.post(`/api/v1/vms/${out.vm.id}/${action}`);
+        expect(r.status, r.text).toBe(202);
+        expect((await waitOp(r.body.operation.id)).status).toBe('succeeded');
+      }
+      expect(hostB.commands.get(out.vm.id)!.at(-1)).toMatchObject({ desired: 'running', restore: null });
+      await deleteVm(out.vm.id, '?force=true');
+    });
+
     it('instantiate refusals create nothing: not ready, a taken name, bad bodies, unknown snapshot', async () => {
       const failed = (await api.get('/api/v1/snapshots?status=failed')).body.items[0] as Snapshot;
       const before = await recorded();

@@ -425,6 +425,15 @@ const steps8: Record<string, Step> = {
 };
 Object.assign(steps, steps8);
 
+const steps9: Record<string, Step> = {
+  async '0009_vm_boot_snapshot'(db) {
+    // A clone's first boot is a restore, however many starts it takes to happen (a clone whose
+    // placement failed used to boot its image when started again).
+    await db.schema.alterTable('vms').addColumn('boot_snapshot_id', 'text').execute();
+  },
+};
+Object.assign(steps, steps9);
+
 class StaticProvider implements MigrationProvider {
   constructor(private readonly dialect: DialectName) {}
   async getMigrations(): Promise<Record<string, Migration>> {

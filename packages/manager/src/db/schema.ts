@@ -96,6 +96,8 @@ export interface VmsTable {
   /** When the guest of the running VMM came up, as its host reported it; null while it boots. */
   guest_ready_at: Time | null;
   guest_ready_signal: 'guest-agent' | 'console' | null;
+  /** A clone until it first runs: the snapshot its next boot restores (never a cold boot from its image). */
+  boot_snapshot_id: string | null;
 }
 
 export interface VmLabelsTable {

@@ -39,9 +39,6 @@ const CLAIM_RENEW_MS = 5_000;
 /** ...and a claim not renewed for this long is taken over (that manager stopped). */
 const CLAIM_MS = 15_000;
 
-/** Operation kinds that boot a VM from a snapshot; while one is active the snapshot stays. */
-const RESTORING_KINDS = ['vm.restore', 'snapshot.instantiate'];
-
 /**
  * What `snapshots.spec` keeps: the VM's shape when it was taken, images resolved to the ids it
  * ran with and under the VM spec's names (image delete finds its users by them), the guest
@@ -538,7 +535,10 @@ export class Snapshots {
     return (await this.ops.active(id)).filter((o) => o.kind === 'snapshot.create');
   }
 
-  /** 409 SNAPSHOT_IN_USE while a live Diff builds on the snapshot or a VM is booting from it. */
+  /**
+   * 409 SNAPSHOT_IN_USE while a live Diff builds on the snapshot, a VM is booting from it, or a
+   * clone of it has not run yet (its first boot restores it).
+   */
   private async checkUnused(row: SnapshotRow): Promise<void> {
     const child = await this.store.db
       .selectFrom('snapshots')
@@ -556,7 +556,7 @@ export class Snapshots {
       .selectFrom('operations')
       .select(['id', 'kind', 'target_id'])
       .where('status', 'in', ['queued', 'running'])
-      .where('kind', 'in', RESTORING_KINDS)
+      // Whatever its kind (a restore, an instantiate, a clone's start): it boots from the files.
       .where('params', 'like', `%"restore_snapshot_id":"${row.id}"%`)
       .executeTakeFirst();
     if (booting)
@@ -564,6 +564,17 @@ export class Snapshots {
         'SNAPSHOT_IN_USE',
         `VM ${booting.target_id} is booting from snapshot ${row.name} (operation ${booting.id}); wait for it`,
         { operation_id: booting.id, vm_id: booting.target_id },
+      );
+    const clone = await this.store.db
+      .selectFrom('vms')
+      .select(['id', 'name'])
+      .where('boot_snapshot_id', '=', row.id)
+      .executeTakeFirst();
+    if (clone)
+      throw new ConflictError(
+        'SNAPSHOT_IN_USE',
+        `VM ${clone.name} is a clone of snapshot ${row.name} that has not run yet: its first boot restores it; start or delete that VM first`,
+        { vm_id: clone.id },
       );
   }
 

@@ -264,6 +264,7 @@ export class Vms {
       pid: null,
       guest_ready_at: null,
       guest_ready_signal: null,
+      boot_snapshot_id: clone?.snapshotId ?? null,
     };
     try {
       await this.store.db.transaction().execute(async (trx) => {
@@ -309,6 +310,12 @@ export class Vms {
   async patch(id: string, p: VmPatch): Promise<Vm> {
     const row = await this.getRow(id);
     const resizing = p.vcpu !== undefined || p.mem_mib !== undefined;
+    if (resizing && row.boot_snapshot_id)
+      throw new ConflictError(
+        'VM_INVALID_STATE',
+        `the VM is a clone that has not run yet: its first boot restores its snapshot's ${row.vcpu} vCPU and ${row.mem_mib} MiB; resize it once it has run`,
+        { state: row.state, snapshot_id: row.boot_snapshot_id },
+      );
     if (resizing && row.state !== 'stopped') {
       throw new ConflictError(
         'VM_INVALID_STATE',
@@ -369,6 +376,11 @@ export class Vms {
         allowed_from: TRANSITIONS[action].from,
       });
     }
+    // A clone that has not run yet boots only by restoring its snapshot: a start is that restore.
+    const restore =
+      action === 'start' && row.boot_snapshot_id
+        ? { restore_snapshot_id: await this.bootSnapshot(row, row.boot_snapshot_id) }
+        : {};
     const t = TRANSITIONS[action];
     // Without a host there is no process to act on: the change is complete at once.
     const immediate = row.host_id === null && (action === 'stop' || state === 'creating');
@@ -380,7 +392,7 @@ export class Vms {
       kind: `vm.${action}`,
       target: { type: 'vm', id },
       createdBy: actor,
-      params: { ...params, generation },
+      params: { ...params, ...restore, generation },
       message: immediate ? 'done' : 'waiting for the host',
     });
     const updated = await this.store.db
@@ -533,9 +545,11 @@ export class Vms {
   ): Promise<Vm | null> {
     // A new generation goes out at once, not after the resend window of the previous command.
     const fresh = set.generation !== undefined ? { commanded_at: null } : {};
+    // Running is what a clone's first restore ends in: its later boots are its own.
+    const ran = set.state === 'running' ? { boot_snapshot_id: null } : {};
     let q = this.store.db
       .updateTable('vms')
-      .set({ ...set, ...fresh, updated_at: nowIso() })
+      .set({ ...set, ...fresh, ...ran, updated_at: nowIso() })
       .where('id', '=', id);
     if (expected) q = q.where('state', '=', expected.state).where('generation', '=', expected.generation);
     const res = await q.executeTakeFirst();
@@ -559,6 +573,29 @@ export class Vms {
       if (op.id === own || op.target_type !== 'vm') continue;
       await this.ops.update(op.id, { status: 'cancelled', message: `superseded by ${by}` });
     }
+  }
+
+  /** The snapshot a clone's first boot restores, as long as it can: ready, its host there. */
+  private async bootSnapshot(vm: VmRow, snapshotId: string): Promise<string> {
+    const snap = await this.store.db
+      .selectFrom('snapshots')
+      .select(['id', 'name', 'status', 'host_id'])
+      .where('id', '=', snapshotId)
+      .executeTakeFirst();
+    const why = !snap
+      ? `snapshot ${snapshotId} is gone`
+      : snap.host_id === null
+        ? `the host that kept snapshot ${snap.name}'s files is gone`
+        : snap.status !== 'ready'
+          ? `snapshot ${snap.name} is ${snap.status}`
+          : null;
+    if (why)
+      throw new ConflictError(
+        'SNAPSHOT_NOT_READY',
+        `VM ${vm.name} is a clone that has not run yet, and its first boot restores its snapshot: ${why}; a clone never boots from its image, so delete it`,
+        { snapshot_id: snapshotId },
+      );
+    return snapshotId;
   }
 
   /** VMs created without `networks` get one NIC on the default network, when there is one. */
