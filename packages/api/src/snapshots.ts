@@ -14,7 +14,7 @@ export type SnapshotStatus = z.infer<typeof SnapshotStatus>;
 
 /** POST /api/v1/vms/{id}/snapshots (the reference form). */
 export const SnapshotCreate = z.strictObject({
-  name: Name,
+  name: Name.describe('unique among the snapshots of the VM'),
   snapshot_type: SnapshotType.default('Full').describe(
     'Diff: only the memory pages written since the previous snapshot of the same run (Firecracker only)',
   ),
@@ -54,6 +54,7 @@ export type Snapshot = z.infer<typeof Snapshot>;
 
 export const SnapshotListQuery = ListQuery.extend({
   vm_id: Uuid.optional(),
+  name: Name.optional().describe("exactly this name (unique per VM: several VMs' snapshots may share it)"),
   host_id: Uuid.optional(),
   status: SnapshotStatus.optional(),
 });

@@ -1,10 +1,11 @@
 /**
  * `nqvm snapshot ...`: a VM frozen at one instant (memory, devices, disk), restored in place or
- * made into a new VM. Names or ids wherever a snapshot or VM is taken (snapshot names are global).
+ * made into a new VM. Names or ids wherever a snapshot or VM is taken; snapshot names are unique
+ * per VM, so a snapshot is `NAME` when only one VM has one by that name, else `VM/NAME`.
  */
 import type { Snapshot, SnapshotInstantiateResponse } from '@nqvm/api/snapshots';
 import { Command, Option } from 'commander';
-import { ApiError } from '../client/api';
+import { type ApiClient, ApiError } from '../client/api';
 import {
   age,
   formatBytes,
@@ -29,6 +30,36 @@ import { collect, finish, parseLabels, type VmAction, waitOptions } from './vm';
 interface SnapshotAction {
   snapshot: Snapshot;
   operation: OperationLike;
+}
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+const SNAPSHOT_REF = 'id, NAME, or VM/NAME when several VMs have a snapshot NAME';
+
+/**
+ * The snapshot `ref` means: an id, `VM/NAME` (VM by name or id, also a deleted VM's name), or a
+ * `NAME` only one snapshot has (of `vm`, when given).
+ *
+ * @example
+ * await resolveSnapshot(api, 'web1/before-upgrade');
+ */
+export async function resolveSnapshot(api: ApiClient, ref: string, vm?: string): Promise<Snapshot> {
+  if (UUID.test(ref)) return api.get<Snapshot>(`/api/v1/snapshots/${ref.toLowerCase()}`);
+  const slash = ref.indexOf('/');
+  const name = slash < 0 ? ref : ref.slice(slash + 1);
+  const of = slash < 0 ? vm : ref.slice(0, slash);
+  const hits = (await api.all<Snapshot>('/api/v1/snapshots', { name })).filter(
+    (s) => s.name === name && (!of || s.vm_id === of.toLowerCase() || s.vm_name === of),
+  );
+  const [only] = hits;
+  if (hits.length === 1 && only) return only;
+  if (!only)
+    throw new ApiError(404, 'SNAPSHOT_NOT_FOUND', `no snapshot named "${name}"${of ? ` of VM ${of}` : ''}`);
+  throw new ApiError(
+    409,
+    'NAME_AMBIGUOUS',
+    `${hits.length} snapshots are named "${name}" (of ${hits.map((s) => `${s.vm_name} ${s.id}`).join(', ')}): ` +
+      `say which as VM/NAME (e.g. ${only.vm_name}/${name}) or by id`,
+  );
 }
 
 function printSnapshot(print: Printer, s: Snapshot): void {
@@ -65,9 +96,12 @@ export function snapshotCommand(): Command {
       'after',
       `
 Examples:
-  $ nqvm snapshot create web1 --name web1-before
-  $ nqvm snapshot restore web1-before
-  $ nqvm snapshot instantiate web1-before --name web1-copy`,
+  $ nqvm snapshot create web1 --name before
+  $ nqvm snapshot restore web1/before
+  $ nqvm snapshot instantiate web1/before --name web1-copy
+
+A snapshot is named by its id, its NAME, or VM/NAME when several VMs have one called NAME
+(names are unique per VM).`,
     );
 
   snapshot
@@ -110,17 +144,16 @@ Examples:
   snapshot
     .command('show')
     .alias('get')
-    .argument('<snapshot>', 'name or id')
+    .argument('<snapshot>', SNAPSHOT_REF)
     .description('show one snapshot')
     .addHelpText(
       'after',
-      '\nExamples:\n  $ nqvm snapshot show web1-before\n  $ nqvm snapshot show web1-before -o json',
+      '\nExamples:\n  $ nqvm snapshot show web1/before\n  $ nqvm snapshot show before -o json',
     )
     .action(
-      action(async (name: string, _opts, cmd: Command) => {
+      action(async (ref: string, _opts, cmd: Command) => {
         const { api, print } = await session(cmd);
-        const id = await resolveId(api, KINDS.snapshot, name);
-        printSnapshot(print, await api.get<Snapshot>(`/api/v1/snapshots/${id}`));
+        printSnapshot(print, await resolveSnapshot(api, ref));
       }),
     );
 
@@ -129,15 +162,15 @@ Examples:
       .command('create')
       .argument('<vm>', 'the running or paused VM (name or id)')
       .description('snapshot a VM: it pauses while its memory and disk are written, then runs on')
-      .requiredOption('--name <snapshot>', 'the snapshot name (unique among all snapshots)')
+      .requiredOption('--name <snapshot>', "the snapshot name (unique among the VM's snapshots)")
       .option('--diff', 'only the memory written since its previous snapshot (Firecracker only)')
       .option('--description <text>', 'what the snapshot is for')
       .addHelpText(
         'after',
         `
 Examples:
-  $ nqvm snapshot create web1 --name web1-before-upgrade
-  $ nqvm snapshot create web1 --name web1-t2 --diff --description "after the migration"`,
+  $ nqvm snapshot create web1 --name before-upgrade
+  $ nqvm snapshot create web1 --name t2 --diff --description "after the migration"`,
       ),
   ).action(
     action(async (vm: string, opts, cmd: Command) => {
@@ -163,9 +196,12 @@ Examples:
   waitOptions(
     snapshot
       .command('restore')
-      .argument('<snapshot>', 'name or id')
+      .argument('<snapshot>', SNAPSHOT_REF)
       .description('return a VM to the state its snapshot froze (it runs from there)')
-      .option('--vm <vm>', 'the VM to restore (name or id; default: the one the snapshot is of)')
+      .option(
+        '--vm <vm>',
+        'the VM to restore, whose snapshot NAME is (name or id; default: the one the snapshot is of)',
+      )
       .option('-y, --yes', 'do not ask first')
       .addHelpText(
         'after',
@@ -173,13 +209,14 @@ Examples:
 What the VM did since the snapshot is lost: on a terminal you are asked first (--yes skips it).
 Another VM's snapshot is not restored: make a new VM of it with \`nqvm snapshot instantiate\`.
 
-Example:
-  $ nqvm snapshot restore web1-before-upgrade --yes`,
+Examples:
+  $ nqvm snapshot restore web1/before-upgrade --yes
+  $ nqvm snapshot restore before-upgrade --vm web1`,
       ),
   ).action(
-    action(async (name: string, opts, cmd: Command) => {
+    action(async (ref: string, opts, cmd: Command) => {
       const { api, print } = await session(cmd);
-      const snap = await api.get<Snapshot>(`/api/v1/snapshots/${await resolveId(api, KINDS.snapshot, name)}`);
+      const snap = await resolveSnapshot(api, ref, opts.vm);
       const vmId = opts.vm ? await resolveId(api, KINDS.vm, opts.vm) : snap.vm_id;
       if (!vmId) {
         throw new ApiError(
@@ -203,7 +240,7 @@ Example:
   waitOptions(
     snapshot
       .command('instantiate')
-      .argument('<snapshot>', 'name or id')
+      .argument('<snapshot>', SNAPSHOT_REF)
       .description("create a VM from a snapshot (a clone, on the snapshot's host, with new addresses)")
       .requiredOption('--name <vm>', 'the new VM name')
       .option('-l, --label <key=value>', 'label (repeatable)', collect, [])
@@ -214,12 +251,12 @@ The clone starts where the snapshot froze. What clones share with their source (
 guest's random state) is printed as warnings on standard error.
 
 Example:
-  $ nqvm snapshot instantiate web1-before-upgrade --name web1-copy -l purpose=debug`,
+  $ nqvm snapshot instantiate web1/before-upgrade --name web1-copy -l purpose=debug`,
       ),
   ).action(
-    action(async (name: string, opts, cmd: Command) => {
+    action(async (ref: string, opts, cmd: Command) => {
       const { api, print } = await session(cmd);
-      const id = await resolveId(api, KINDS.snapshot, name);
+      const { id } = await resolveSnapshot(api, ref);
       const res = await api.post<SnapshotInstantiateResponse>(`/api/v1/snapshots/${id}/instantiate`, {
         name: opts.name,
         labels: parseLabels(opts.label),
@@ -233,14 +270,15 @@ Example:
   snapshot
     .command('delete')
     .alias('rm')
-    .argument('<snapshot>', 'name or id')
+    .argument('<snapshot>', SNAPSHOT_REF)
     .description('delete a snapshot and its files (refused while a Diff builds on it or a VM uses it)')
-    .addHelpText('after', '\nExample:\n  $ nqvm snapshot delete web1-before')
+    .addHelpText('after', '\nExample:\n  $ nqvm snapshot delete web1/before')
     .action(
-      action(async (name: string, _opts, cmd: Command) => {
+      action(async (ref: string, _opts, cmd: Command) => {
         const { api } = await session(cmd);
-        await api.delete(`/api/v1/snapshots/${await resolveId(api, KINDS.snapshot, name)}`);
-        process.stderr.write(`deleted snapshot ${name}\n`);
+        const { id } = await resolveSnapshot(api, ref);
+        await api.delete(`/api/v1/snapshots/${id}`);
+        process.stderr.write(`deleted snapshot ${ref}\n`);
       }),
     );
   return snapshot;

@@ -434,6 +434,21 @@ const steps9: Record<string, Step> = {
 };
 Object.assign(steps, steps9);
 
+const steps10: Record<string, Step> = {
+  async '0010_snapshot_names_per_vm'(db) {
+    // Names are unique per VM, as `before-upgrade` is for each VM that has one; a deleted VM's
+    // snapshots (vm_id null) keep theirs. The global index allowed no duplicates to carry over.
+    await db.schema.dropIndex('snapshots_name').execute();
+    await db.schema
+      .createIndex('snapshots_vm_name')
+      .on('snapshots')
+      .columns(['vm_id', 'name'])
+      .unique()
+      .execute();
+  },
+};
+Object.assign(steps, steps10);
+
 class StaticProvider implements MigrationProvider {
   constructor(private readonly dialect: DialectName) {}
   async getMigrations(): Promise<Record<string, Migration>> {

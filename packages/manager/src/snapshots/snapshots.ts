@@ -101,6 +101,7 @@ export interface SnapshotListFilter {
   limit: number;
   cursor?: string;
   vm_id?: string;
+  name?: string;
   host_id?: string;
   status?: SnapshotStatus;
 }
@@ -127,6 +128,7 @@ export class Snapshots {
   async list(f: SnapshotListFilter): Promise<{ items: Snapshot[]; next: string | null }> {
     let q = this.store.db.selectFrom('snapshots').selectAll();
     if (f.vm_id) q = q.where('vm_id', '=', f.vm_id);
+    if (f.name) q = q.where('name', '=', f.name);
     if (f.host_id) q = q.where('host_id', '=', f.host_id);
     if (f.status) q = q.where('status', '=', f.status);
     const page = await paginate(q, 'created_at', f);
@@ -222,7 +224,10 @@ export class Snapshots {
       await this.store.db.insertInto('snapshots').values(row).execute();
     } catch (err) {
       if (isUniqueViolation(err))
-        throw new ConflictError('NAME_TAKEN', `a snapshot named "${input.name}" exists`, { field: 'name' });
+        throw new ConflictError('NAME_TAKEN', `VM ${vm.name} has a snapshot named "${input.name}"`, {
+          field: 'name',
+          vm_id: vm.id,
+        });
       throw err;
     }
     const snapshot = toSnapshot(row);
