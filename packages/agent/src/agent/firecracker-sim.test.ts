@@ -6,7 +6,12 @@ import { execFileSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { existsSync, readFileSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
-import { writeSimulatorBinary, writeTinyElfKernel } from '@nqvm/testkit/firecracker-sim/index';
+import {
+  journalRequests,
+  readJournal,
+  writeSimulatorBinary,
+  writeTinyElfKernel,
+} from '@nqvm/testkit/firecracker-sim/index';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadAgentConfig } from '../config';
 import { FirecrackerDriver } from '../drivers/firecracker/driver';
@@ -43,6 +48,7 @@ describe('agent with the Firecracker driver (simulator)', () => {
   let client: SignedAgentClient;
   let kernel: string;
   let rootfs: string;
+  const journal = path.join(dir, 'journal');
 
   const start = async () => {
     // A new driver per agent, as a new agent process has: the old one may still watch its VMs.
@@ -64,7 +70,7 @@ describe('agent with the Firecracker driver (simulator)', () => {
   };
 
   beforeAll(async () => {
-    bin = await writeSimulatorBinary(path.join(dir, 'bin'), '1.13.1', { journal: path.join(dir, 'journal') });
+    bin = await writeSimulatorBinary(path.join(dir, 'bin'), '1.13.1', { journal });
     kernel = await writeTinyElfKernel(path.join(dir, 'vmlinux'));
     rootfs = path.join(dir, 'rootfs.ext4');
     execFileSync('mkfs.ext4', ['-q', '-F', rootfs, '16M'], { stdio: 'ignore' });
@@ -104,11 +110,79 @@ describe('agent with the Firecracker driver (simulator)', () => {
     expect(reportOf(agent, id)).toMatchObject({ state: 'running', pid: before.pid, vmm: 'firecracker' });
   }, 30_000);
 
+  it('boots a VM with a volume: its disk reaches Firecracker as vol_<hex>, which Firecracker takes', async () => {
+    const withVolume = randomUUID();
+    const volume = {
+      id: randomUUID(),
+      name: 'data',
+      size_mib: 8,
+      filesystem: 'none' as const,
+      read_only: false,
+    };
+    const images = { kernel: imageRef(kernel), rootfs: imageRef(rootfs) };
+    await client.put(withVolume, vmCommand(1, 'running', images, { spec: { volumes: [volume] } }));
+    const running = await waitForState(agent, withVolume, 'running', 20_000);
+    const drives = journalRequests(await readJournal(journal), running.pid!).filter((r) =>
+      r.path.startsWith('/drives/'),
+    );
+    expect(drives.map((r) => [r.path, r.status])).toEqual([
+      ['/drives/root', 204],
+      [`/drives/vol_${volume.id.slice(0, 8)}`, 204],
+    ]);
+    await client.del(withVolume);
+    await waitForState(agent, withVolume, 'deleted', 20_000);
+  }, 30_000);
+
   it('deletes it: no process, no folder', async () => {
     const { pid } = reportOf(agent, id)!;
     await client.del(id);
     await waitForState(agent, id, 'deleted', 20_000);
     expect(existsSync(vmDir)).toBe(false);
     expect(await readProcStartTime(pid!)).toBeNull();
+  }, 30_000);
+});
+
+describe('agent with a Firecracker that dies during boot (simulator)', () => {
+  const keys = managerKeys();
+  const dir = tempDir();
+  let agent: Agent;
+
+  afterAll(async () => {
+    await agent?.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('fails the VM with the request that broke and the VMM’s last output in its error', async () => {
+    const bin = await writeSimulatorBinary(path.join(dir, 'bin'), '1.13.1', {
+      panicOn: {
+        request: 'ACTION InstanceStart',
+        message: 'Cannot create the KVM object: Permission denied',
+      },
+    });
+    const kernel = await writeTinyElfKernel(path.join(dir, 'vmlinux'));
+    const rootfs = path.join(dir, 'rootfs.ext4');
+    execFileSync('mkfs.ext4', ['-q', '-F', rootfs, '16M'], { stdio: 'ignore' });
+    agent = await createAgent(
+      loadAgentConfig({
+        AGENT_BIND: '127.0.0.1:0',
+        FC_RUN_DIR: path.join(dir, 'state'),
+        NQVM_AGENT_NAME: 'fc-dies',
+      }),
+      {
+        drivers: [
+          new FirecrackerDriver({ firecrackerBin: bin, probeKvm: async () => true, logger: silentLogger }),
+        ],
+        managerPublicKey: keys.publicKeyPem,
+        logger: silentLogger,
+      },
+    );
+    const client = new SignedAgentClient(agent.url, keys.privateKey);
+    const id = randomUUID();
+    await client.put(id, vmCommand(1, 'running', { kernel: imageRef(kernel), rootfs: imageRef(rootfs) }));
+    const failed = await waitForState(agent, id, 'failed', 20_000);
+    expect(failed.error).toMatch(
+      /boot step "instance-start" failed: Firecracker API PUT \/actions: socket hang up; Firecracker was killed by SIGABRT/,
+    );
+    expect(failed.error).toContain('Cannot create the KVM object: Permission denied');
   }, 30_000);
 });

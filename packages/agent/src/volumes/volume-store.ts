@@ -39,7 +39,11 @@ export function volumeLabel(name: string): string {
   return label || 'nqvm-volume';
 }
 
-/** The disk a volume is attached as: `vol-<first 8 hex of its id>`, raw, never the root. */
+/**
+ * The disk a volume is attached as: `vol-<first 8 hex of its id>`, raw, never the root. QEMU
+ * snapshots record this id; the Firecracker driver hands it to Firecracker as `vol_<hex>` (its
+ * resource ids take no `-`, see drivers/firecracker/resource-id.ts).
+ */
 export function volumeDiskSpec(volume: AgentVolume, file: string): DiskSpec {
   return {
     id: `vol-${volume.id.slice(0, 8)}`,

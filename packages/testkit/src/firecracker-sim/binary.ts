@@ -12,6 +12,13 @@ export interface SimulatorBinaryOptions {
    * NQVM_FC_SIM_GUEST_VSOCK_DIR in the environment wins.
    */
   guestVsockDir?: string;
+  /**
+   * Test fault baked into the wrapper: the VMM panics (logs the message, dies by SIGABRT
+   * without answering) on this request, a route key such as `ACTION InstanceStart` or
+   * `PUT /drives/{drive_id}`. NQVM_FC_SIM_PANIC_ON / NQVM_FC_SIM_PANIC_MESSAGE in the
+   * environment win.
+   */
+  panicOn?: { request: string; message?: string };
 }
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -27,11 +34,13 @@ function nodeCommand(entry: string): string {
 function envLines(version: FirecrackerSimVersion, opts: SimulatorBinaryOptions): string[] {
   const lines = [`FC_SIM_VERSION=${quote(version)}`, 'export FC_SIM_VERSION'];
   const byDefault = (name: string, value: string | undefined) => {
-    // Inside double quotes the shell still expands $ and ` and takes \ and " as escapes.
-    if (value) lines.push(`: "\${${name}:=${value.replace(/[\\"$`]/g, '\\$&')}}"`, `export ${name}`);
+    // Single-quoted, the value is taken as it is (a `}` in it would end a `${NAME:=...}`).
+    if (value) lines.push(`[ -n "\${${name}:-}" ] || ${name}=${quote(value)}`, `export ${name}`);
   };
   byDefault('FC_SIM_JOURNAL', opts.journal);
   byDefault('NQVM_FC_SIM_GUEST_VSOCK_DIR', opts.guestVsockDir);
+  byDefault('NQVM_FC_SIM_PANIC_ON', opts.panicOn?.request);
+  byDefault('NQVM_FC_SIM_PANIC_MESSAGE', opts.panicOn?.message);
   return lines;
 }
 
@@ -59,6 +68,8 @@ export async function writeSimulatorBinary(
     '#!/bin/sh',
     `# nqvm test tooling: Firecracker v${version} simulator`,
     ...envLines(version, opts),
+    // A panic aborts the process: no core file.
+    'ulimit -c 0',
     `exec ${nodeCommand('main.ts')} "$@"`,
   ]);
 }

@@ -128,7 +128,7 @@ function main(): void {
     ? kind === 'tty' || kind === 'fifo'
     : kind !== 'closed';
 
-  const exit = (code: number): never => {
+  const journalExit = (detail: Record<string, unknown>) =>
     appendJournal(journalPath, {
       kind: 'event',
       ts: Date.now(),
@@ -136,8 +136,10 @@ function main(): void {
       instance: id,
       version,
       event: 'exit',
-      detail: { code },
+      detail,
     });
+  const exit = (code: number): never => {
+    journalExit({ code });
     process.exit(code);
   };
 
@@ -154,7 +156,25 @@ function main(): void {
     writeConsole: (text) => {
       process.stdout.write(text);
     },
+    writeStderr: (text) => {
+      process.stderr.write(text);
+    },
     exit,
+    abort: () => {
+      journalExit({ signal: 'SIGABRT' });
+      // The writes above are synchronous: nothing is lost when the signal ends the process,
+      // and nothing runs after it (no answer goes out) while the signal is on its way.
+      process.kill(process.pid, 'SIGABRT');
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 10_000);
+    },
+    ...(process.env.NQVM_FC_SIM_PANIC_ON
+      ? {
+          panicOn: {
+            request: process.env.NQVM_FC_SIM_PANIC_ON,
+            message: process.env.NQVM_FC_SIM_PANIC_MESSAGE || 'simulated panic',
+          },
+        }
+      : {}),
     guestVsockDir: process.env.NQVM_FC_SIM_GUEST_VSOCK_DIR || undefined,
   });
   if (seccomp && !existsSync(sim.hostPath(seccomp)))
@@ -224,15 +244,7 @@ function main(): void {
   }
 
   process.once('SIGTERM', () => {
-    appendJournal(journalPath, {
-      kind: 'event',
-      ts: Date.now(),
-      pid: process.pid,
-      instance: id,
-      version,
-      event: 'exit',
-      detail: { signal: 'SIGTERM' },
-    });
+    journalExit({ signal: 'SIGTERM' });
     // Die by the signal, as Firecracker (which does not handle SIGTERM) does.
     process.kill(process.pid, 'SIGTERM');
   });

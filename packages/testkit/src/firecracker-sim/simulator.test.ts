@@ -9,6 +9,8 @@ import { fcRequest } from './client';
 import { journalRequests, readJournal } from './journal';
 import { writeTinyElfKernel } from './kernel-fixture';
 import { type LaunchedSim, launchSimulator } from './launch';
+import { EMPTY_ID_FAULT, INVALID_ID_FAULT } from './resource-id';
+import { FirecrackerSimulator, type SimResponse } from './simulator';
 import {
   createBodyValidator,
   FIRECRACKER_SIM_VERSIONS,
@@ -307,7 +309,8 @@ describe.each(FIRECRACKER_SIM_VERSIONS)('firecracker simulator v%s', (version: F
       JSON.stringify({
         'boot-source': { kernel_image_path: kernel, boot_args: 'console=ttyS0' },
         'machine-config': { vcpu_count: 2, mem_size_mib: 32 },
-        drives: [{ drive_id: 'root', path_on_host: disk, is_root_device: true, is_read_only: true }],
+        // The config file builds the devices directly: Firecracker checks no id there.
+        drives: [{ drive_id: 'root-1', path_on_host: disk, is_root_device: true, is_read_only: true }],
         metrics: { metrics_path: metrics },
       }),
     );
@@ -324,5 +327,149 @@ describe.each(FIRECRACKER_SIM_VERSIONS)('firecracker simulator v%s', (version: F
     );
     const lines = (await readFile(metrics, 'utf8')).trim().split('\n');
     expect(JSON.parse(lines.at(-1)!)).toHaveProperty('utc_timestamp_ms');
+    expect((await fcRequest(sim.socket, 'GET', '/vm/config')).body).toMatchObject({
+      drives: [{ drive_id: 'root-1' }],
+    });
+  });
+
+  it('refuses a resource id with a dash over HTTP, as Firecracker answers PUT /drives/vol-0a1b', async () => {
+    const { api } = await start();
+    const drive = { drive_id: 'vol-0a1b', path_on_host: disk, is_root_device: false, is_read_only: true };
+    expect(await api('PUT', '/drives/vol-0a1b', drive)).toEqual({
+      status: 400,
+      body: { fault_message: 'API Resource IDs can only contain alphanumeric characters and underscores.' },
+    });
+    // Not percent-decoded: the `%` is refused as well.
+    expect(faultOf(await api('PUT', '/drives/vol%5F0a1b', { ...drive, drive_id: 'vol_0a1b' }))).toBe(
+      INVALID_ID_FAULT,
+    );
+    expect((await api('PUT', '/drives/vol_0a1b', { ...drive, drive_id: 'vol_0a1b' })).status).toBe(204);
+    expect(faultOf(await api('PUT', '/drives/', drive))).toBe(EMPTY_ID_FAULT);
+  });
+
+  it('panics on the request it is told to: logs the panic and dies by SIGABRT without answering', async () => {
+    const dir = join(root, version, `panic${++counter}`);
+    await import('node:fs/promises').then((fs) => fs.mkdir(dir, { recursive: true }));
+    const panicking = await writeSimulatorBinary(join(dir, 'bin'), version, {
+      panicOn: {
+        request: 'ACTION InstanceStart',
+        message: 'Cannot create the KVM object: Permission denied',
+      },
+    });
+    const sim = await launchSimulator({ bin: panicking, dir, env: { FC_SIM_JOURNAL: journal } });
+    running.push(sim);
+    const api = (method: string, path: string, body?: unknown) => fcRequest(sim.socket, method, path, body);
+    await configure(api);
+    const log = join(dir, 'fc.log');
+    await writeFile(log, '');
+    expect((await api('PUT', '/logger', { log_path: log, level: 'Info' })).status).toBe(204);
+    await expect(api('PUT', '/actions', { action_type: 'InstanceStart' })).rejects.toThrow(
+      /socket hang up|ECONNRESET/,
+    );
+    expect(await sim.exited).toEqual({ code: null, signal: 'SIGABRT' });
+    const text = await readFile(log, 'utf8');
+    expect(text).toMatch(/Firecracker panicked at .*\nCannot create the KVM object: Permission denied/);
+    expect(existsSync(join(dir, 'core'))).toBe(false);
+
+    // Without a logger the panic goes to stderr before 1.5 and to stdout from then on: here both
+    // land in console.log.
+    const quiet = join(dir, 'quiet');
+    await import('node:fs/promises').then((fs) => fs.mkdir(quiet));
+    const early = await launchSimulator({
+      bin: panicking,
+      dir: quiet,
+      env: { NQVM_FC_SIM_PANIC_ON: 'PUT /drives/{drive_id}', NQVM_FC_SIM_PANIC_MESSAGE: 'drive panic' },
+    });
+    running.push(early);
+    await expect(
+      fcRequest(early.socket, 'PUT', '/drives/root', {
+        drive_id: 'root',
+        path_on_host: disk,
+        is_root_device: true,
+        is_read_only: false,
+      }),
+    ).rejects.toThrow(/socket hang up|ECONNRESET/);
+    expect((await early.exited).signal).toBe('SIGABRT');
+    expect(await readFile(join(quiet, 'console.log'), 'utf8')).toContain('drive panic');
+  });
+});
+
+describe.each(FIRECRACKER_SIM_VERSIONS)('Firecracker resource ids, simulator v%s', (version) => {
+  let dir: string;
+  let sim: FirecrackerSimulator;
+  const put = (path: string, body: unknown) => sim.handle('PUT', path, JSON.stringify(body));
+  const fault = (r: SimResponse) =>
+    r.status === 400 ? (r.body as { fault_message: string }).fault_message : null;
+
+  beforeAll(async () => {
+    dir = join(root, `ids-${version}`);
+    await import('node:fs/promises').then((fs) => fs.mkdir(dir, { recursive: true }));
+    await writeFile(join(dir, 'disk'), Buffer.alloc(4096));
+    sim = new FirecrackerSimulator({
+      version,
+      instanceId: 'ids',
+      cwd: dir,
+      payloadLimit: 51_200,
+      mmdsSizeLimit: 51_200,
+      bootTimer: false,
+      serialInput: false,
+      writeConsole: () => {},
+      writeStderr: () => {},
+      exit: () => {},
+      abort: () => {},
+    });
+  });
+
+  const drive = (id: string) => ({
+    drive_id: id,
+    path_on_host: 'disk',
+    is_root_device: false,
+    is_read_only: true,
+  });
+  const nic = (id: string, n: number) => ({ iface_id: id, host_dev_name: `tap-ids${n}` });
+
+  it('takes `_` and alphanumerics (Unicode too, at any length) in every path id', () => {
+    const ok = ['vol_0a1b', 'A9', '_', 'dísk', '١٢', 'x'.repeat(200)];
+    ok.forEach((id, i) => {
+      expect(fault(put(`/drives/${id}`, drive(id))), id).toBeNull();
+      expect(fault(put(`/network-interfaces/${id}`, nic(id, i))), id).toBeNull();
+    });
+    const cfg = sim.handle('GET', '/vm/config', '').body as { drives: { drive_id: string }[] };
+    expect(cfg.drives.map((d) => d.drive_id)).toEqual(ok);
+  });
+
+  it('refuses any other character, an empty id, and checks the id before the body', () => {
+    for (const id of ['vol-0a1b', 'a.b', 'a b', 'a%2Db', 'a:b', 'ä-']) {
+      expect(fault(put(`/drives/${id}`, drive(id))), id).toBe(INVALID_ID_FAULT);
+      expect(fault(put(`/network-interfaces/${id}`, nic(id, 9))), id).toBe(INVALID_ID_FAULT);
+      expect(fault(sim.handle('PATCH', `/drives/${id}`, JSON.stringify({ drive_id: id }))), id).toBe(
+        INVALID_ID_FAULT,
+      );
+      expect(
+        fault(sim.handle('PATCH', `/network-interfaces/${id}`, JSON.stringify({ iface_id: id }))),
+        id,
+      ).toBe(INVALID_ID_FAULT);
+    }
+    expect(fault(put('/drives/vol-1', { bogus: true }))).toBe(INVALID_ID_FAULT);
+    expect(fault(sim.handle('PUT', '/drives/vol-1', ''))).toBe('Empty PUT request.');
+    for (const path of ['/drives', '/drives/', '/network-interfaces'])
+      expect(fault(put(path, {})), path).toBe(EMPTY_ID_FAULT);
+    expect(fault(put('/drives/a', drive('b')))).toBe(
+      'The id from the path does not match the id from the body!',
+    );
+    expect(fault(put('/network-interfaces/a', nic('b', 8)))).toBe(
+      version === '1.1.0'
+        ? 'The id from the path does not match the id from the body!'
+        : 'The id from the path [a] does not match the id from the body [b]!',
+    );
+  });
+
+  it.runIf(version === '1.16.1')('applies the rule to pmem ids', () => {
+    const pmem = (id: string) => ({ id, path_on_host: 'disk' });
+    expect(fault(put('/pmem/pm-1', pmem('pm-1')))).toBe(INVALID_ID_FAULT);
+    expect(fault(put('/pmem/pm_1', pmem('pm_1')))).toBeNull();
+    expect(fault(put('/pmem/pm_1', pmem('pm_2')))).toBe(
+      'The id from the path does not match the id from the body!',
+    );
   });
 });

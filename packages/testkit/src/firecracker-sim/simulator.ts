@@ -13,6 +13,7 @@ import { connect, createServer, type Server, type Socket } from 'node:net';
 import { dirname, isAbsolute, join, normalize, relative, resolve } from 'node:path';
 import { GuestMemory } from './guest-memory';
 import { appendJournal, type SimPhase } from './journal';
+import { EMPTY_ID_FAULT, resourceIdFault } from './resource-id';
 import {
   type BodyValidator,
   createBodyValidator,
@@ -48,7 +49,17 @@ export interface SimulatorOptions {
   serialInput: boolean;
   /** Guest serial output (Firecracker's stdout). */
   writeConsole: (text: string) => void;
+  /** Firecracker's stderr. */
+  writeStderr: (text: string) => void;
   exit: (code: number) => void;
+  /** Dies by SIGABRT, as Firecracker (built with panic = "abort") does after a panic. */
+  abort: () => void;
+  /**
+   * Test fault: the VMM panics on this request, a route key such as `ACTION InstanceStart` or
+   * `PUT /drives/{drive_id}` (after the request passed its checks, as a panic in the VMM
+   * thread comes): the message is logged, then the process aborts without answering.
+   */
+  panicOn?: { request: string; message: string };
   /**
    * The guest's vsock listeners: a host-initiated connection to port P goes to the Unix socket
    * `<dir>/<P>.sock`. Without it every CONNECT is answered OK and leads nowhere.
@@ -183,6 +194,8 @@ export class FirecrackerSimulator {
   private pendingReboot = false;
   private readonly startedAt = Date.now();
   private exiting = false;
+  /** Set while `--config-file` is applied. */
+  private fromConfigFile = false;
 
   constructor(readonly opts: SimulatorOptions) {
     this.spec = loadFirecrackerSpec(opts.version);
@@ -379,18 +392,26 @@ export class FirecrackerSimulator {
 
   private route(method: string, path: string, body: unknown, empty: boolean): SimResponse {
     const match = matchOperation(this.spec, method, path);
-    if (!match) throw new Fault(`Invalid request method and/or path: ${method} ${path}.`);
+    if (!match) {
+      if (!empty && this.namesResourceWithoutId(method, path)) throw new Fault(EMPTY_ID_FAULT);
+      throw new Fault(`Invalid request method and/or path: ${method} ${path}.`);
+    }
     const { op, params } = match;
     let key = `${method} ${op.template}`;
-    if (op.bodyDefinition) {
-      if (empty) {
-        if (op.bodyRequired || method === 'PUT') throw new Fault(`Empty ${method} request.`);
-      } else {
-        const definition =
-          key === 'PATCH /machine-config' ? 'MachineConfigurationPartial' : (op.bodyDefinition as string);
-        const err = this.validate(definition, body);
-        if (err) throw new Fault(err);
-      }
+    if (op.bodyDefinition && empty && (op.bodyRequired || method === 'PUT')) {
+      throw new Fault(`Empty ${method} request.`);
+    }
+    // Firecracker checks the path's resource id before it reads the body (its config file
+    // builds the devices directly and checks no id).
+    for (const id of this.fromConfigFile ? [] : Object.values(params)) {
+      const fault = resourceIdFault(id);
+      if (fault) throw new Fault(fault);
+    }
+    if (op.bodyDefinition && !empty) {
+      const definition =
+        key === 'PATCH /machine-config' ? 'MachineConfigurationPartial' : (op.bodyDefinition as string);
+      const err = this.validate(definition, body);
+      if (err) throw new Fault(err);
     }
     if (key === 'PUT /actions') key = `ACTION ${(body as Json).action_type as string}`;
     const started = this.state !== 'Not started';
@@ -401,12 +422,27 @@ export class FirecrackerSimulator {
       throw new Fault('The requested operation is not supported before starting the microVM.');
     }
     this.count(`${method.toLowerCase()}_api_requests`, `${op.template.split('/')[1] || 'root'}_count`);
+    if (this.opts.panicOn?.request === key) this.panic(this.opts.panicOn.message);
     const b = (body ?? {}) as Json;
     const result = this.dispatch(key, params, b);
     if (PRE_BOOT_ONLY.has(key) && !LOAD_COMPATIBLE.has(key) && key !== 'PUT /snapshot/load') {
       this.bootConfigured = true;
     }
     return result ?? { status: method === 'GET' ? 200 : 204 };
+  }
+
+  /** `PUT /drives` or `/drives/`: a resource of the spec's `/drives/{drive_id}` named without its id. */
+  private namesResourceWithoutId(method: string, path: string): boolean {
+    const resource = path.replace(/\/+$/, '');
+    return (
+      resource !== '' &&
+      this.spec.operations.some(
+        (op) =>
+          op.method === method &&
+          op.template.startsWith(`${resource}/{`) &&
+          !op.template.slice(resource.length + 1).includes('/'),
+      )
+    );
   }
 
   private dispatch(key: string, params: Record<string, string>, b: Json): SimResponse | undefined {
@@ -443,8 +479,7 @@ export class FirecrackerSimulator {
         return this.putDrive(params.drive_id!, b);
       case 'PATCH /drives/{drive_id}': {
         const d = this.drives.get(params.drive_id!);
-        if (params.drive_id !== b.drive_id)
-          throw new Fault('The id from the path does not match the id from the body!');
+        this.sameId(params.drive_id!, b.drive_id);
         if (!d) throw new Fault(`Invalid drive ID - not found: ${params.drive_id}`);
         if (b.path_on_host !== undefined)
           this.existing(b.path_on_host as string, 'Unable to patch the block device:');
@@ -455,8 +490,7 @@ export class FirecrackerSimulator {
         return this.putNic(params.iface_id!, b);
       case 'PATCH /network-interfaces/{iface_id}': {
         const n = this.nics.get(params.iface_id!);
-        if (params.iface_id !== b.iface_id)
-          throw new Fault('The id from the path does not match the id from the body!');
+        this.sameId(params.iface_id!, b.iface_id, 'nic');
         if (!n) throw new Fault(`Invalid interface ID - not found: ${params.iface_id}`);
         this.nics.set(params.iface_id!, { ...n, ...b });
         return;
@@ -511,7 +545,7 @@ export class FirecrackerSimulator {
         if (!this.memoryHotplug) throw new Fault('Memory hotplug is not configured.');
         return { status: 200, body: { ...this.memoryHotplug, plugged_size_mib: 0, requested_size_mib: 0 } };
       case 'PUT /pmem/{id}':
-        if (params.id !== b.id) throw new Fault('The id from the path does not match the id from the body!');
+        this.sameId(params.id!, b.id);
         this.existing(b.path_on_host as string, 'Unable to open the pmem backing file:');
         this.pmem.set(params.id!, b);
         return;
@@ -536,6 +570,9 @@ export class FirecrackerSimulator {
         return this.createSnapshot(b);
       case 'PUT /snapshot/load':
         return this.loadSnapshot(b);
+      case 'PATCH /pmem/{id}':
+        this.sameId(params.id!, b.id);
+        return;
       case 'ACTION InstanceStart':
         return this.instanceStart();
       case 'ACTION FlushMetrics':
@@ -568,8 +605,18 @@ export class FirecrackerSimulator {
     return m;
   }
 
+  /** The body must name the resource of the path (from 1.2 the NIC answer quotes both ids). */
+  private sameId(pathId: string, bodyId: unknown, kind: 'nic' | 'other' = 'other'): void {
+    if (pathId === bodyId) return;
+    throw new Fault(
+      kind === 'nic' && this.at('1.2.0')
+        ? `The id from the path [${pathId}] does not match the id from the body [${String(bodyId)}]!`
+        : 'The id from the path does not match the id from the body!',
+    );
+  }
+
   private putDrive(id: string, b: Json): SimResponse | undefined {
-    if (id !== b.drive_id) throw new Fault('The id from the path does not match the id from the body!');
+    this.sameId(id, b.drive_id);
     if (b.socket !== undefined) {
       if (b.path_on_host !== undefined)
         throw new Fault('A drive is either virtio-block or vhost-user-block, not both.');
@@ -592,7 +639,7 @@ export class FirecrackerSimulator {
   }
 
   private putNic(id: string, b: Json): SimResponse | undefined {
-    if (id !== b.iface_id) throw new Fault('The id from the path does not match the id from the body!');
+    this.sameId(id, b.iface_id, 'nic');
     const tap = b.host_dev_name as string;
     if (tap.length === 0 || tap.length > 15) {
       throw new Fault(
@@ -983,6 +1030,21 @@ export class FirecrackerSimulator {
     this.runGuest(guest);
   }
 
+  /**
+   * Firecracker's panic hook logs `Firecracker panicked at ...` (to the log file, or without one
+   * to stdout from 1.5 and to stderr before), writes the metrics, and the process aborts.
+   */
+  private panic(message: string): void {
+    this.exiting = true;
+    const text = `Firecracker panicked at src/vmm/src/builder.rs:\n${message}`;
+    if (this.loggerFd !== null) this.log('Error', text);
+    else if (this.at('1.5.0')) this.opts.writeConsole(`${text}\n`);
+    else this.opts.writeStderr(`${text}\n`);
+    this.count('vmm', 'panic_count');
+    this.flushMetrics();
+    this.opts.abort();
+  }
+
   private fail(message: string): void {
     if (this.exiting) return;
     this.exiting = true;
@@ -1010,13 +1072,18 @@ export class FirecrackerSimulator {
       ['entropy', '/entropy'],
       ['cpu-config', '/cpu-config'],
     ];
-    for (const [k, path] of single) if (config[k]) put(path, config[k]);
-    for (const d of (config.drives as Json[] | undefined) ?? []) put(`/drives/${d.drive_id as string}`, d);
-    for (const n of (config['network-interfaces'] as Json[] | undefined) ?? []) {
-      put(`/network-interfaces/${n.iface_id as string}`, n);
+    this.fromConfigFile = true;
+    try {
+      for (const [k, path] of single) if (config[k]) put(path, config[k]);
+      for (const d of (config.drives as Json[] | undefined) ?? []) put(`/drives/${d.drive_id as string}`, d);
+      for (const n of (config['network-interfaces'] as Json[] | undefined) ?? []) {
+        put(`/network-interfaces/${n.iface_id as string}`, n);
+      }
+      if (config['mmds-config']) put('/mmds/config', config['mmds-config']);
+      put('/actions', { action_type: 'InstanceStart' });
+    } finally {
+      this.fromConfigFile = false;
     }
-    if (config['mmds-config']) put('/mmds/config', config['mmds-config']);
-    put('/actions', { action_type: 'InstanceStart' });
   }
 
   /** `--metadata`: the MMDS store at startup. */

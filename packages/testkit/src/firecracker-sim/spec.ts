@@ -218,8 +218,9 @@ export function matchOperation(
       const t = tpl[i]!;
       const p = parts[i]!;
       if (t.startsWith('{') && t.endsWith('}')) {
+        // Firecracker takes the segment as it came, never percent-decoded.
         if (p === '') ok = false;
-        else params[t.slice(1, -1)] = decodeURIComponent(p);
+        else params[t.slice(1, -1)] = p;
       } else if (t !== p) ok = false;
       if (!ok) break;
     }

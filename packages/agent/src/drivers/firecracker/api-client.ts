@@ -16,6 +16,24 @@ export class FirecrackerApiError extends Error {
 }
 
 /**
+ * The request got no answer: the socket refused or broke (the VMM died or closed it) or the
+ * deadline passed. Names the request, which the socket's own error ("socket hang up") does not.
+ */
+export class FirecrackerConnectionError extends Error {
+  readonly code = 'FIRECRACKER_API';
+  constructor(
+    readonly method: string,
+    readonly path: string,
+    override readonly cause: Error,
+    /** No answer before the deadline (the VMM may still run). */
+    readonly timedOut = false,
+  ) {
+    super(`Firecracker API ${method} ${path}: ${cause.message}`);
+    this.name = 'FirecrackerConnectionError';
+  }
+}
+
+/**
  * HTTP/1.1 over the API Unix socket. One connection per request: the API server handles one
  * request at a time and the socket is local, so keep-alive buys nothing.
  *
@@ -47,11 +65,13 @@ export class FirecrackerApiClient {
   private send(method: string, path: string, body: unknown, timeoutMs = this.timeoutMs): Promise<unknown> {
     this.requests++;
     const text = body === undefined ? undefined : JSON.stringify(body);
+    const broken = (err: Error, timedOut = false) =>
+      new FirecrackerConnectionError(method, path, err, timedOut);
     let addr: ReturnType<typeof socketAddress>;
     try {
       addr = socketAddress(this.socketPath);
     } catch (err) {
-      return Promise.reject(err);
+      return Promise.reject(broken(err as Error));
     }
     return new Promise((resolve, reject) => {
       const req = request(
@@ -72,7 +92,7 @@ export class FirecrackerApiClient {
         (res) => {
           const chunks: Buffer[] = [];
           res.on('data', (c: Buffer) => chunks.push(c));
-          res.on('error', reject);
+          res.on('error', (err) => reject(broken(err)));
           res.on('end', () => {
             const raw = Buffer.concat(chunks).toString('utf8');
             let parsed: unknown = null;
@@ -95,10 +115,12 @@ export class FirecrackerApiClient {
           });
         },
       );
-      req.on('timeout', () =>
-        req.destroy(new Error(`Firecracker API ${method} ${path}: no answer in ${timeoutMs} ms`)),
-      );
-      req.on('error', reject);
+      let timedOut = false;
+      req.on('timeout', () => {
+        timedOut = true;
+        req.destroy(new Error(`no answer in ${timeoutMs} ms`));
+      });
+      req.on('error', (err) => reject(broken(err, timedOut)));
       req.end(text);
     }).finally(addr.release);
   }

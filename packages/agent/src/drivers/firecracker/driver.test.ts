@@ -14,7 +14,7 @@ import { cloudInitData, mmdsDocument } from '../../guest-config';
 import { BootStepError, type VmSpec } from '../types';
 import { FirecrackerFeatureUnavailableError } from './capabilities';
 import { openFirecrackerConsole } from './console';
-import { FirecrackerDriver, type FirecrackerVmHandle } from './driver';
+import { FirecrackerDriver, type FirecrackerDriverOptions, type FirecrackerVmHandle } from './driver';
 import { readFirecrackerMetrics } from './metrics';
 import { requestsOf, type SimFixture, until, useSimFixtures } from './sim-fixture';
 
@@ -71,13 +71,13 @@ describe.each(FIRECRACKER_SIM_VERSIONS)('FirecrackerDriver against simulator v%s
       'prepare',
       'spawn',
       'wait-socket',
+      'logger',
+      'metrics',
       'boot-source',
       'machine-config',
       'drives',
       'network-interfaces',
       'vsock',
-      'logger',
-      'metrics',
       'entropy',
       'mmds',
       'instance-start',
@@ -264,6 +264,84 @@ describe.each(FIRECRACKER_SIM_VERSIONS)('FirecrackerDriver against simulator v%s
     expect(Date.now() - t0).toBeLessThan(2000);
   });
 
+  it('gives a volume disk (vol-<hex>) to Firecracker as vol_<hex>, and restores its copy from new and old records', async () => {
+    const volume = join(fx.dir, 'disks', 'vol.raw');
+    await writeFile(volume, Buffer.alloc(64 * 1024, 1));
+    const s = await fx.spec('volume');
+    s.disks.push({ id: 'vol-0a1b2c3d', path: volume, format: 'raw', readOnly: false, isRoot: false });
+    const h = keep(await driver.boot(s));
+    const reqs = await requestsOf(fx.journal, h.record.pid);
+    expectValidAndInPhase(reqs);
+    expect(reqs.find((r) => r.path.startsWith('/drives/vol'))).toMatchObject({
+      method: 'PUT',
+      path: '/drives/vol_0a1b2c3d',
+      body: { drive_id: 'vol_0a1b2c3d', path_on_host: volume },
+    });
+    const dir = join(fx.dir, 'snap-volume');
+    const snap = await driver.snapshot(h, dir, 'Full');
+    const manifest = JSON.parse(await readFile(join(dir, 'snapshot.json'), 'utf8'));
+    expect(manifest.disks).toContainEqual({ id: 'vol_0a1b2c3d', file: 'disk-vol_0a1b2c3d.img' });
+    await driver.shutdown(h, { graceful: false, timeoutMs: 0 });
+
+    // The guest wrote after the snapshot: a restore brings the volume back to the snapshot's moment.
+    await writeFile(volume, Buffer.alloc(64 * 1024, 2));
+    const restored = keep(await driver.restore(s, snap));
+    expect((await readFile(volume))[0]).toBe(1);
+    await driver.shutdown(restored, { graceful: false, timeoutMs: 0 });
+
+    // A record written before the mapping (the simulator let `vol-0a1b2c3d` through) restores too.
+    const state = JSON.parse(await readFile(snap.statePath, 'utf8'));
+    for (const d of state.drives) d.drive_id = d.drive_id.replace('_', '-');
+    await writeFile(snap.statePath, JSON.stringify(state));
+    manifest.disks = [
+      { id: 'root', file: 'disk-root.img' },
+      { id: 'vol-0a1b2c3d', file: 'disk-vol-0a1b2c3d.img' },
+    ];
+    for (const d of manifest.vmConfig.drives) d.drive_id = d.drive_id.replace('_', '-');
+    await writeFile(join(dir, 'snapshot.json'), JSON.stringify(manifest));
+    await writeFile(join(dir, 'disk-vol-0a1b2c3d.img'), await readFile(join(dir, 'disk-vol_0a1b2c3d.img')));
+    await writeFile(volume, Buffer.alloc(64 * 1024, 3));
+    const old = keep(await driver.restore(s, snap));
+    expect((await readFile(volume))[0]).toBe(1);
+    expectValidAndInPhase(await requestsOf(fx.journal, old.record.pid));
+    await driver.shutdown(old, { graceful: false, timeoutMs: 0 });
+  });
+
+  it('refuses ids that would reach Firecracker as one', async () => {
+    const s = await fx.spec('twins');
+    s.disks.push({ id: 'vol-1', path: s.disks[0]!.path, format: 'raw', readOnly: true, isRoot: false });
+    s.disks.push({ id: 'vol.1', path: s.disks[0]!.path, format: 'raw', readOnly: true, isRoot: false });
+    await expect(driver.boot(s)).rejects.toThrow('disks vol-1 and vol.1 would both be Firecracker id vol_1');
+  });
+
+  it('when Firecracker dies at InstanceStart, says which request broke, how it ended and its last output, and keeps its log', async () => {
+    const panicking = await fixture(version, 'panic', {
+      panicOn: {
+        request: 'ACTION InstanceStart',
+        message: 'Cannot create the KVM object: Permission denied (os error 13)',
+      },
+    });
+    const d = new FirecrackerDriver({ firecrackerBin: panicking.bin, socketTimeoutMs: 20_000 });
+    const s = await panicking.spec('dies');
+    const err = await d.boot(s).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(BootStepError);
+    expect((err as BootStepError).step).toBe('instance-start');
+    const message = (err as Error).message;
+    expect(message).toMatch(
+      /^boot step "instance-start" failed: Firecracker API PUT \/actions: socket hang up/,
+    );
+    expect(message).toContain('Firecracker was killed by SIGABRT');
+    expect(message).toMatch(
+      /firecracker\.log: .*Firecracker panicked at .* \| Cannot create the KVM object: Permission denied \(os error 13\)/,
+    );
+    expect(message.length).toBeLessThan(2000);
+    expect(await readdir(s.vmDir)).toEqual(expect.arrayContaining(['firecracker.log', 'firecracker.stderr']));
+    expect(await readFile(join(s.vmDir, 'firecracker.log'), 'utf8')).toContain(
+      'Cannot create the KVM object',
+    );
+    expect(await readdir(s.vmDir)).not.toContain('firecracker.sock');
+  });
+
   it('names the failed step and leaves nothing behind', async () => {
     const noKernel = await fx.spec('nokernel', { kernelPath: join(fx.dir, 'missing-vmlinux') });
     const err1 = await driver.boot(noKernel).catch((e: unknown) => e);
@@ -295,19 +373,26 @@ describe.each(FIRECRACKER_SIM_VERSIONS)('FirecrackerDriver against simulator v%s
 
 describe.each(FIRECRACKER_SIM_VERSIONS)('FirecrackerDriver with the jailer simulator v%s', (version) => {
   const validateBody = specValidator(version);
-
-  it('stages into the chroot, rewrites paths, sets cgroups, and removes the jail after stop', async () => {
-    const fx = await fixture(version, 'jailed');
+  /** A driver running the fixture's Firecracker under the jailer simulator, jail ids from `firstId`. */
+  const jailedDriver = async (fx: SimFixture, firstId: number, over: Partial<FirecrackerDriverOptions>) => {
     const jailerBin = await writeJailerBinary(join(fx.dir, 'bin'), version, { journal: fx.journal });
     const base = join(fx.dir, 'jail');
     const driver = new FirecrackerDriver({
       firecrackerBin: fx.bin,
       jailerBin,
       chrootBaseDir: base,
-      jailIds: { first: 40_000, count: 100 },
+      jailIds: { first: firstId, count: 100 },
+      socketTimeoutMs: 20_000,
+      ...over,
+    });
+    return { base, driver };
+  };
+
+  it('stages into the chroot, rewrites paths, sets cgroups, and removes the jail after stop', async () => {
+    const fx = await fixture(version, 'jailed');
+    const { base, driver } = await jailedDriver(fx, 40_000, {
       parentCgroup: 'nqvm',
       cgroupRoot: join(fx.dir, 'cgroup'),
-      socketTimeoutMs: 20_000,
     });
     expect(await driver.probe()).toMatchObject({ available: true, version });
     expect((await driver.probe()).features).toContain('jailer');
@@ -377,23 +462,34 @@ describe.each(FIRECRACKER_SIM_VERSIONS)('FirecrackerDriver with the jailer simul
     expect(await readdir(broken.vmDir)).toEqual([]);
   });
 
+  it('keeps the log of a jailed Firecracker that died at boot beside the VM, and removes the jail', async () => {
+    const fx = await fixture(version, 'jailed-panic', {
+      panicOn: { request: 'PUT /drives/{drive_id}', message: 'cannot open the block device' },
+    });
+    const { base, driver } = await jailedDriver(fx, 43_000, { cgroupRoot: join(fx.dir, 'cgroup') });
+    const spec = await fx.spec('jail-dies');
+    const err = await driver.boot(spec).catch((e: unknown) => e);
+    expect((err as BootStepError).step).toBe('drives');
+    expect((err as Error).message).toMatch(
+      /PUT \/drives\/root: socket hang up; Firecracker was killed by SIGABRT/,
+    );
+    expect((err as Error).message).toContain('cannot open the block device');
+    expect(await readFile(join(spec.vmDir, 'firecracker.log'), 'utf8')).toContain(
+      'cannot open the block device',
+    );
+    expect(await readdir(join(base, `firecracker-v${version}`))).toEqual([]);
+  });
+
   it('on a cgroup v1 host, gives the jailer version 1 and the v1 limit files, and removes each group', async () => {
     const fx = await fixture(version, 'jailed-v1');
-    const jailerBin = await writeJailerBinary(join(fx.dir, 'bin'), version, { journal: fx.journal });
-    const base = join(fx.dir, 'jail');
     const mounts = {
       cpu: join(fx.dir, 'cg', 'cpu'),
       memory: join(fx.dir, 'cg', 'memory'),
       pids: join(fx.dir, 'cg', 'pids'),
     };
-    const driver = new FirecrackerDriver({
-      firecrackerBin: fx.bin,
-      jailerBin,
-      chrootBaseDir: base,
-      jailIds: { first: 41_000, count: 100 },
+    const { base, driver } = await jailedDriver(fx, 41_000, {
       parentCgroup: 'nqvm',
       cgroupLayout: { version: 1, mounts },
-      socketTimeoutMs: 20_000,
     });
     const spec = await fx.spec('jail-v1', { memMib: 32, vcpu: 2 });
     const vm = await driver.boot(spec);

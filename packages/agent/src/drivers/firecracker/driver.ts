@@ -16,7 +16,7 @@ import type {
   VmmDriver,
   VmSpec,
 } from '../types';
-import { FirecrackerApiClient } from './api-client';
+import { FirecrackerApiClient, FirecrackerApiError, FirecrackerConnectionError } from './api-client';
 import {
   capabilitiesFor,
   type FirecrackerCapabilities,
@@ -29,15 +29,18 @@ import { createConsoleFifo, openConsoleFds, rotateConsoleLog } from './console';
 import { chownIfRoot, cloneFile, JailIdAllocator, moveFile, removeJail, stageIntoJail } from './jail';
 import { copyWrittenExtents, mergeMemoryLayers } from './memory-merge';
 import {
+  exitWithin,
   isSameProcess,
   kill,
   MAX_SOCKET_PATH,
+  type ProcessExit,
   readProcStat,
   runTool,
   spawnDetached,
   waitForSocket,
   watchProcess,
 } from './process';
+import { checkFirecrackerIds, firecrackerId, sameFirecrackerId } from './resource-id';
 import {
   readSnapshotManifest,
   resolveSnapshotChain,
@@ -158,6 +161,8 @@ interface Launch {
   startTime: number;
   spawnedAt: number;
   startedAt: number;
+  /** How the VMM ended when it died during the launch: its log and stderr then stay. */
+  died: ProcessExit | null;
 }
 
 function sleep(ms: number): Promise<void> {
@@ -181,10 +186,47 @@ async function truncateIfOver(path: string, max: number): Promise<void> {
   }
 }
 
+/** The NIC a snapshot recorded for a spec NIC (ids as Firecracker held them, see resource-id). */
+function recordedNic(
+  manifest: SnapshotManifest | null,
+  specId: string,
+): { iface_id: string; host_dev_name: string } | undefined {
+  const nics = (manifest?.vmConfig['network-interfaces'] ?? []) as {
+    iface_id: string;
+    host_dev_name: string;
+  }[];
+  return nics.find((x) => sameFirecrackerId(x.iface_id, specId));
+}
+
 function recordedVsock(manifest: SnapshotManifest | null): string | undefined {
   return (manifest?.vmConfig.vsock as { uds_path?: string } | undefined)?.uds_path;
 }
 
+/** Firecracker logs each API request and its answer: noise in a post-mortem. */
+const ROUTINE_LOG_LINE = /The API server received a|The request was executed successfully/;
+const LOG_TIMESTAMP = /^\d{4}-\d\d-\d\dT[\d:.]+Z?\s+/;
+
+/**
+ * The last lines of the VMM's stderr and log (its routine request lines left out), on one line,
+ * short enough for a VM's last_error (which keeps 2000 characters).
+ */
+async function vmmOutput(paths: VmPaths): Promise<string> {
+  const parts: string[] = [];
+  for (const [name, path, chars] of [
+    ['stderr', paths.stderrLog, 400],
+    ['firecracker.log', paths.logPath, 900],
+  ] as const) {
+    const lines = (await tailText(path, 4096))
+      .split('\n')
+      .map((l) => l.trim().replace(LOG_TIMESTAMP, ''))
+      .filter((l) => l !== '' && !ROUTINE_LOG_LINE.test(l));
+    const text = lines.join(' | ');
+    if (text) parts.push(`${name}: ${text.length > chars ? `...${text.slice(-chars)}` : text}`);
+  }
+  return parts.join('; ');
+}
+
+/** The end of a file, from the first whole line in its last `bytes`. */
 async function tailText(path: string, bytes = 2048): Promise<string> {
   try {
     const fh = await open(path, 'r');
@@ -193,7 +235,10 @@ async function tailText(path: string, bytes = 2048): Promise<string> {
       const len = Math.min(size, bytes);
       const buf = Buffer.alloc(len);
       await fh.read(buf, 0, len, size - len);
-      return buf.toString('utf8').trim();
+      let text = buf.toString('utf8');
+      const nl = text.indexOf('\n');
+      if (len < size && nl >= 0 && nl < text.length - 1) text = text.slice(nl + 1);
+      return text.trim();
     } finally {
       await fh.close();
     }
@@ -311,6 +356,8 @@ export class FirecrackerDriver implements VmmDriver {
     const trackDirtyPages = this.opts.trackDirtyPages ?? false;
     const steps: PipelineStep[] = [
       ...this.launchSteps(launch, version, { kind: 'boot' }),
+      // First: what Firecracker says about the rest of the configuration goes to its log.
+      ...this.observabilitySteps(launch),
       {
         name: 'boot-source',
         run: () =>
@@ -337,8 +384,8 @@ export class FirecrackerDriver implements VmmDriver {
         run: async () => {
           const ordered = [...spec.disks].sort((a, b) => Number(b.isRoot) - Number(a.isRoot));
           for (const d of ordered) {
-            await launch.api.put(`/drives/${encodeURIComponent(d.id)}`, {
-              drive_id: d.id,
+            await launch.api.put(`/drives/${firecrackerId(d.id)}`, {
+              drive_id: firecrackerId(d.id),
               path_on_host: launch.paths.api(launch.paths.staged?.disk(d.id) ?? d.path),
               is_root_device: d.isRoot,
               is_read_only: d.readOnly,
@@ -351,8 +398,8 @@ export class FirecrackerDriver implements VmmDriver {
         name: 'network-interfaces',
         run: async () => {
           for (const n of spec.nics) {
-            await launch.api.put(`/network-interfaces/${encodeURIComponent(n.id)}`, {
-              iface_id: n.id,
+            await launch.api.put(`/network-interfaces/${firecrackerId(n.id)}`, {
+              iface_id: firecrackerId(n.id),
               host_dev_name: n.tap,
               guest_mac: n.mac,
             });
@@ -371,7 +418,6 @@ export class FirecrackerDriver implements VmmDriver {
             },
           ]
         : []),
-      ...this.observabilitySteps(launch),
       {
         name: 'entropy',
         run: async () => {
@@ -386,7 +432,7 @@ export class FirecrackerDriver implements VmmDriver {
               run: async () => {
                 // Before start: the MMDS configuration is refused once the VM runs.
                 await launch.api.put('/mmds/config', {
-                  network_interfaces: spec.nics.map((n) => n.id),
+                  network_interfaces: spec.nics.map((n) => firecrackerId(n.id)),
                   version: 'V2',
                 });
                 await launch.api.put('/mmds', spec.mmds);
@@ -416,6 +462,8 @@ export class FirecrackerDriver implements VmmDriver {
         throw new Error(`disk ${d.id}: Firecracker reads raw disks only, not ${d.format}`);
     }
     if (spec.disks.filter((d) => d.isRoot).length > 1) throw new Error('more than one root disk');
+    checkFirecrackerIds('disk', spec.disks);
+    checkFirecrackerIds('NIC', spec.nics);
     if (spec.mmds) {
       const size = Buffer.byteLength(JSON.stringify(spec.mmds));
       if (size > MMDS_MAX_BYTES)
@@ -448,7 +496,18 @@ export class FirecrackerDriver implements VmmDriver {
         : null,
     );
     const api = new FirecrackerApiClient(paths.apiSocket, this.opts.requestTimeoutMs);
-    return { spec, paths, api, caps: null, child: null, pid: 0, startTime: 0, spawnedAt: 0, startedAt: 0 };
+    return {
+      spec,
+      paths,
+      api,
+      caps: null,
+      child: null,
+      pid: 0,
+      startTime: 0,
+      spawnedAt: 0,
+      startedAt: 0,
+      died: null,
+    };
   }
 
   /** prepare, spawn, wait-socket: shared by boot and restore. */
@@ -520,7 +579,10 @@ export class FirecrackerDriver implements VmmDriver {
           await createConsoleFifo(paths.consoleFifo);
         },
         undo: async () => {
-          for (const f of [...created, paths.apiSocket, paths.vsockPath]) await unlink(f).catch(() => {});
+          const output = launch.died ? await this.keepVmmOutput(paths) : [];
+          for (const f of [...created, paths.apiSocket, paths.vsockPath]) {
+            if (!output.includes(f)) await unlink(f).catch(() => {});
+          }
           if (paths.jail) {
             await removeJail(paths.jail);
             this.ids.release(spec.id);
@@ -537,7 +599,7 @@ export class FirecrackerDriver implements VmmDriver {
           launch.child = await spawnDetached(bin, args, fds);
           launch.pid = launch.child.pid!;
           const st = await readProcStat(launch.pid);
-          if (!st) throw new Error(`${basename(bin)} exited at once: ${await tailText(paths.stderrLog)}`);
+          if (!st) throw new Error(`${basename(bin)} exited at once`);
           launch.startTime = st.startTime;
           this.log.debug({ vmId: spec.id, pid: launch.pid, bin, args }, 'firecracker spawned');
         },
@@ -557,7 +619,6 @@ export class FirecrackerDriver implements VmmDriver {
             paths.apiSocket,
             this.opts.socketTimeoutMs ?? 5000,
             () => child.exitCode !== null || child.signalCode !== null,
-            async () => (await tailText(paths.stderrLog)) || `exit ${child.exitCode ?? child.signalCode}`,
           );
           const info = await launch.api.get<{ vmm_version: string; state: string }>('/');
           const running = parseVersion(info.vmm_version)?.join('.') ?? info.vmm_version;
@@ -679,7 +740,11 @@ export class FirecrackerDriver implements VmmDriver {
       ...s,
       run: async () => {
         const start = performance.now();
-        await s.run();
+        try {
+          await s.run();
+        } catch (err) {
+          throw await this.withVmmDeath(launch, err);
+        }
         timings.push({ name: s.name, ms: performance.now() - start });
       },
     }));
@@ -703,6 +768,39 @@ export class FirecrackerDriver implements VmmDriver {
       .catch((err) => this.log.warn({ vmId: launch.spec.id, err: String(err) }, 'cannot save vm config'));
     this.log.info({ vmId: launch.spec.id, pid: launch.pid, version, ...stats }, 'firecracker VM running');
     return handle;
+  }
+
+  /**
+   * A VMM that dies during its launch leaves the step talking to it a broken connection
+   * ("socket hang up"): the error then says how it ended and what it wrote last, which the
+   * launch's undo keeps (see keepVmmOutput). A VMM that answered, or still runs, is left alone.
+   */
+  private async withVmmDeath(launch: Launch, err: unknown): Promise<unknown> {
+    const child = launch.child;
+    if (!child || err instanceof FirecrackerApiError) return err;
+    const gone = child.exitCode !== null || child.signalCode !== null;
+    const broken = err instanceof FirecrackerConnectionError && !err.timedOut;
+    if (!gone && !broken) return err;
+    // The connection breaks a moment before the exit is reported.
+    const exit = await exitWithin(child, 5000);
+    if (!exit) return err;
+    launch.died = exit;
+    const how = exit.signal ? `was killed by ${exit.signal}` : `exited with code ${exit.code}`;
+    const output = await vmmOutput(launch.paths);
+    const message = `${(err as Error).message}; Firecracker ${how}${output ? `, its last output: ${output}` : ''}`;
+    return new Error(message, { cause: err });
+  }
+
+  /**
+   * The VMM's log and stderr of a failed launch stay in the VM folder for a post-mortem (the
+   * jailed log is copied out of the jail, which goes). Returns the paths to keep.
+   */
+  private async keepVmmOutput(paths: VmPaths): Promise<string[]> {
+    if (!paths.jail) return [paths.logPath, paths.stderrLog];
+    await readFile(paths.logPath)
+      .then((b) => writeFile(join(paths.vmDir, 'firecracker.log'), b))
+      .catch(() => {});
+    return [paths.stderrLog];
   }
 
   private async track(
@@ -1052,7 +1150,10 @@ export class FirecrackerDriver implements VmmDriver {
             ] = true;
           }
           if (caps.has('snapshot-network-overrides') && spec.nics.length > 0) {
-            body.network_overrides = spec.nics.map((n) => ({ iface_id: n.id, host_dev_name: n.tap }));
+            body.network_overrides = spec.nics.map((n) => ({
+              iface_id: recordedNic(manifest, n.id)?.iface_id ?? firecrackerId(n.id),
+              host_dev_name: n.tap,
+            }));
           }
           const recorded = recordedVsock(manifest);
           const vsockPath = paths.api(paths.vsockPath);
@@ -1098,10 +1199,8 @@ export class FirecrackerDriver implements VmmDriver {
     caps: FirecrackerCapabilities,
   ): void {
     if (caps.has('snapshot-network-overrides') || !manifest) return;
-    const recorded =
-      (manifest.vmConfig['network-interfaces'] as { iface_id: string; host_dev_name: string }[]) ?? [];
     for (const n of spec.nics) {
-      const r = recorded.find((x) => x.iface_id === n.id);
+      const r = recordedNic(manifest, n.id);
       if (r && r.host_dev_name !== n.tap) {
         throw new FirecrackerFeatureUnavailableError(
           'snapshot-network-overrides',
@@ -1123,7 +1222,7 @@ export class FirecrackerDriver implements VmmDriver {
     snapDir: string,
   ): Promise<void> {
     for (const d of spec.disks) {
-      const copy = manifest?.disks.find((x) => x.id === d.id);
+      const copy = manifest?.disks.find((x) => sameFirecrackerId(x.id, d.id));
       if (copy) {
         await cloneFile(join(snapDir, copy.file), d.path);
         this.log.info({ vmId: spec.id, disk: d.id, from: copy.file }, 'disk restored from the snapshot copy');
@@ -1135,7 +1234,7 @@ export class FirecrackerDriver implements VmmDriver {
       // Unjailed, Firecracker reopens the disks at the paths it recorded.
       const drives = (manifest.vmConfig.drives as { drive_id: string; path_on_host?: string }[]) ?? [];
       for (const d of drives) {
-        const want = spec.disks.find((x) => x.id === d.drive_id);
+        const want = spec.disks.find((x) => sameFirecrackerId(d.drive_id, x.id));
         if (want && d.path_on_host && want.path !== d.path_on_host) {
           throw new Error(
             `disk ${d.drive_id} was at ${d.path_on_host} when snapshotted; without the jailer it must be there again (spec says ${want.path})`,

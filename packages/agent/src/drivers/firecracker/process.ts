@@ -98,6 +98,24 @@ export async function spawnDetached(
   return child;
 }
 
+/** The child's exit, waiting at most `waitMs` for it; null while it still runs. */
+export function exitWithin(child: ChildProcess, waitMs: number): Promise<ProcessExit | null> {
+  if (child.exitCode !== null || child.signalCode !== null) {
+    return Promise.resolve({ code: child.exitCode, signal: child.signalCode });
+  }
+  return new Promise((resolve) => {
+    const onExit = (code: number | null, signal: NodeJS.Signals | null) => {
+      clearTimeout(timer);
+      resolve({ code, signal });
+    };
+    const timer = setTimeout(() => {
+      child.off('exit', onExit);
+      resolve(null);
+    }, waitMs);
+    child.once('exit', onExit);
+  });
+}
+
 export function kill(pid: number, signal: NodeJS.Signals): boolean {
   try {
     process.kill(pid, signal);
@@ -123,16 +141,11 @@ function accepts(socket: string): Promise<boolean> {
  * Polls for the API socket until it accepts connections (the file appears at bind(), a moment
  * before listen()). Fails at the deadline or as soon as `gone()` says the process died.
  */
-export async function waitForSocket(
-  path: string,
-  timeoutMs: number,
-  gone: () => boolean,
-  describeDeath: () => Promise<string>,
-): Promise<void> {
+export async function waitForSocket(path: string, timeoutMs: number, gone: () => boolean): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let delay = 2;
   for (;;) {
-    if (gone()) throw new Error(`the VMM exited before its API socket appeared: ${await describeDeath()}`);
+    if (gone()) throw new Error('the VMM exited before its API socket appeared');
     try {
       if ((await stat(path)).isSocket() && (await accepts(path))) return;
     } catch {
