@@ -6,10 +6,11 @@ import { execFileSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { existsSync, readFileSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
-import type { AgentGuestConfig } from '@nqvm/api';
+import { type AgentGuestConfig, signManagerRequest } from '@nqvm/api';
 import { BOOT_MARKER, ensureTestGuest, qemuPidsOf as qemuPids, type TestGuest } from '@nqvm/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadAgentConfig } from '../config';
+import { ConsoleTestClient } from '../console/testing';
 import { QemuDriver } from '../drivers/qemu/qemu-driver';
 import { detectCgroups, VmCgroups } from '../host/cgroups';
 import { type Agent, createAgent } from './agent';
@@ -161,6 +162,38 @@ describe('agent with QEMU and the test guest', () => {
     // Scrollback survives the restart (the console log seeds it).
     expect(markers(await consoleText())).toBeGreaterThanOrEqual(2);
   }, 30_000);
+
+  it('shows the bytes the guest wrote, once, after an agent restart, where QEMU logged some twice', async () => {
+    const wsPath = `/v1/vms/${id}/console/ws?write=1&user=test`;
+    const con = await ConsoleTestClient.connect(
+      `${agent.url.replace('http', 'ws')}${wsPath}`,
+      signManagerRequest(keys.privateKey, 'GET', wsPath),
+    );
+    const size = (file: string) => statSync(path.join(vmDir, file), { throwIfNoEntry: false })?.size ?? 0;
+    const [logFrom, receivedFrom] = [size('console.log'), size('console.received.log')];
+    const line = (i: number) => `nqvm-line-${i} abcdefghijklmnopqrstuvwxyz0123456789`;
+    con.type(
+      `for i in $(seq 1 300); do echo "${line(0).replace('0', '$i')}"; done; echo NQVM-$((6*7))-DONE\n`,
+    );
+    // The agent falls behind, as on a loaded host: its thread stalls while the guest prints, so
+    // QEMU's socket fills up and refuses bytes, which its serial port sends again later.
+    const stall = new Int32Array(new SharedArrayBuffer(4));
+    for (let i = 0; i < 15 && !con.output.includes('NQVM-42-DONE'); i++) {
+      Atomics.wait(stall, 0, 0, 200);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    await con.waitForOutput('NQVM-42-DONE', BOOT_TIMEOUT_MS);
+    con.close();
+    const before = await consoleText();
+    // QEMU's log holds more than the guest wrote: the refused bytes, twice.
+    expect(size('console.log') - logFrom).toBeGreaterThan(size('console.received.log') - receivedFrom);
+
+    await agent.close();
+    await start();
+    const after = await consoleText();
+    expect(after).toBe(before);
+    for (let i = 1; i <= 300; i++) expect(after).toContain(`${line(i)}\r\n`);
+  }, 120_000);
 
   // The goal is 2 s (bench/vm-faults.ts prints the figure); the test allows five times that.
   it('reports a crash of the VMM within 10 s', async () => {

@@ -10,7 +10,7 @@ import {
   type ConsoleViewerCloseReason,
   suffixPrefixOverlap,
 } from './console-hub';
-import { rotatedLogPath } from './console-log';
+import { receivedLogPath, rotatedLogPath } from './console-log';
 import { FakeVmmConsole } from './testing';
 
 async function until(check: () => boolean, timeoutMs = 3_000): Promise<void> {
@@ -144,6 +144,30 @@ describe('ConsoleHub', () => {
     await until(() => hub.tail().toString().endsWith('attached\nlive\n'));
   });
 
+  it('seeds an agent restart with the bytes the guest wrote, once, though the log repeats some', async () => {
+    const boot = 'smpboot: CPU0: AMD EPYC processor\r\nACPI: Core revision 20230628\r\n';
+    const first = newHub();
+    await first.attach();
+    // The hub lagged: QEMU's socket refused two bytes once, and its log holds them twice.
+    fake.output(boot, [boot.indexOf('ssor') + 1, boot.indexOf('I:')]);
+    await until(() => first.totalBytes === boot.length);
+    expect(first.tail().toString()).toBe(boot);
+    expect(await readFile(fake.logPath, 'utf8')).toContain('processsor');
+    await first.close();
+    fake.output('written while the agent was down\r\n');
+
+    const second = newHub();
+    await second.attach();
+    expect(second.tail().toString()).toBe(`${boot}written while the agent was down\r\n`);
+    fake.output('# ');
+    await until(() => second.tail().toString().endsWith('down\r\n# '));
+    await second.close();
+    const third = newHub();
+    await third.attach();
+    expect(third.tail().toString()).toBe(`${boot}written while the agent was down\r\n# `);
+    expect(await readFile(receivedLogPath(fake.logPath), 'utf8')).toBe(third.tail().toString());
+  });
+
   it('seeds from the rotated generation too', async () => {
     appendFileSync(rotatedLogPath(fake.logPath), 'older ');
     appendFileSync(fake.logPath, 'newer');
@@ -202,6 +226,10 @@ describe('ConsoleHub', () => {
     expect(older).toBeGreaterThan(0);
     expect(older).toBeLessThanOrEqual(100 * 1024 + 64 * 1024);
     expect(current).toBeLessThanOrEqual(100 * 1024);
+    // The hub's own log goes the same way (checked as output comes, and at each attach).
+    await newHub({ maxLogBytes: 100 * 1024 }).attach();
+    expect((await stat(receivedLogPath(fake.logPath))).size).toBeLessThanOrEqual(100 * 1024);
+    expect((await stat(rotatedLogPath(receivedLogPath(fake.logPath)))).size).toBeGreaterThan(0);
     // Nothing was lost or duplicated between the two generations.
     const all =
       (await readFile(rotatedLogPath(fake.logPath), 'utf8')) + (await readFile(fake.logPath, 'utf8'));
@@ -237,6 +265,18 @@ describe('attach overlap helpers', () => {
     expect(bytesAfterAnchor(Buffer.from('abcdef'), Buffer.from('cd')).toString()).toBe('ef');
     expect(bytesAfterAnchor(Buffer.from('abcdef'), Buffer.alloc(0)).toString()).toBe('abcdef');
     expect(bytesAfterAnchor(Buffer.from('abcdef'), Buffer.from('zz')).toString()).toBe('abcdef');
+  });
+
+  it('finds it where the log repeats bytes the hub got once', () => {
+    const after = (log: string, anchor: string) =>
+      bytesAfterAnchor(Buffer.from(log), Buffer.from(anchor)).toString();
+    expect(after('a processsor, ACPII: ok\nnew', 'processor, ACPI: ok\n')).toBe('new');
+    // The last one: the anchor's count of its last byte, the rest of that run is new.
+    expect(after('xaaa', 'xa')).toBe('aa');
+    expect(after('xyz xyz', 'xyz')).toBe('');
+    expect(after('xyz xyz!', 'yz')).toBe('!');
+    // A byte the log lacks is no match.
+    expect(after('processr new', 'processor')).toBe('processr new');
   });
 
   it('measures how much live output the log already holds', () => {

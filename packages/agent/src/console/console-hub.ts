@@ -1,14 +1,21 @@
+import { closeSync, openSync, writeSync } from 'node:fs';
 import { createConnection, type Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ByteRing } from './byte-ring';
-import { readLogTail, rotateLogIfLarge } from './console-log';
+import { readLogTail, receivedLogPath, rotateLogIfLarge } from './console-log';
 
 /**
  * The agent's side of one VM's serial console. The console itself is held by the VMM (QEMU: a
  * chardev socket server with a log file), so it outlives the agent; the hub connects to that
  * socket, keeps recent output in memory, fans it out to any number of viewers, forwards input,
- * reconnects when the connection drops, and seeds its memory from the log file on every
- * (re)attach so scrollback survives an agent restart.
+ * and reconnects when the connection drops. Scrollback survives an agent restart: the hub
+ * appends what it receives to its own log, which seeds a new hub, and the VMM's log supplies
+ * what came while no hub was connected.
+ *
+ * The VMM's log alone is not the guest's output: QEMU logs a byte each time it tries to send
+ * it, and its serial port tries again when the socket refuses it (full, while the hub lags), so
+ * the log repeats such bytes (`processsor`, `ACPII:`); only its part written while nobody was
+ * connected (each byte logged once, sent to no one) is taken from it.
  */
 
 export type ConsoleViewerCloseReason = 'slow' | 'error' | 'hub-closed';
@@ -28,8 +35,10 @@ export interface ConsoleViewer {
 export interface ConsoleHubOptions {
   /** The Unix socket where the VMM serves the console. */
   socketPath: string;
-  /** The log file the VMM appends console output to: seeds scrollback, rotated by the hub. */
+  /** The log file the VMM appends console output to: fills gaps in scrollback, rotated by the hub. */
   logPath?: string;
+  /** The hub's own log of the output it received, rotated like `logPath`. Default: `receivedLogPath(logPath)`. */
+  receivedPath?: string;
   /** Output kept in memory. Default 1 MiB. */
   bufferBytes?: number;
   /** `logPath` is rotated once larger than this (its tail goes to `<logPath>.1`). Default 1 MiB. */
@@ -69,7 +78,13 @@ export class ConsoleHub {
   private reconnectDelay: number;
   private bytesSinceRotateCheck = 0;
   private rotating: Promise<unknown> | null = null;
-  private readonly opts: Required<Omit<ConsoleHubOptions, 'logPath' | 'logger'>> &
+  /** Whether the scrollback was seeded from the received log (done once, by the first attach). */
+  private seeded = false;
+  /** The received log, open for appending; null until output comes, or when it cannot be written. */
+  private receivedFd: number | null = null;
+  private receivedFailed = false;
+  private readonly receivedPath: string | undefined;
+  private readonly opts: Required<Omit<ConsoleHubOptions, 'logPath' | 'receivedPath' | 'logger'>> &
     Pick<ConsoleHubOptions, 'logPath' | 'logger'>;
 
   constructor(opts: ConsoleHubOptions) {
@@ -85,6 +100,7 @@ export class ConsoleHub {
     };
     this.ring = new ByteRing(this.opts.bufferBytes);
     this.reconnectDelay = this.opts.reconnectMinMs;
+    this.receivedPath = opts.receivedPath ?? (opts.logPath ? receivedLogPath(opts.logPath) : undefined);
   }
 
   /**
@@ -209,6 +225,8 @@ export class ConsoleHub {
     this.isConnected = false;
     for (const v of [...this.viewers]) this.drop(v, 'hub-closed');
     await this.rotating?.catch(() => {});
+    if (this.receivedFd !== null) closeSync(this.receivedFd);
+    this.receivedFd = null;
   }
 
   /** `settle`: a VMM that ran before this attach may have output the log has not caught up with. */
@@ -242,6 +260,11 @@ export class ConsoleHub {
         await this.rotateNow().catch((err: unknown) => {
           this.opts.logger?.warn({ err, log: this.opts.logPath }, 'console log rotation failed');
         });
+        if (!this.seeded && this.receivedPath) {
+          // What earlier hubs received: the scrollback up to where the last one left off.
+          this.ring.push(await readLogTail(this.receivedPath, this.opts.bufferBytes));
+          this.seeded = true;
+        }
         const log = await readLogTail(this.opts.logPath, this.opts.bufferBytes);
         const missed = bytesAfterAnchor(log, this.ring.tail(ANCHOR_BYTES));
         if (missed.length > 0) this.ingest(missed);
@@ -281,6 +304,7 @@ export class ConsoleHub {
   private ingest(chunk: Buffer): void {
     if (chunk.length === 0) return;
     this.ring.push(chunk);
+    this.record(chunk);
     for (const v of [...this.viewers]) this.deliver(v, chunk);
     this.bytesSinceRotateCheck += chunk.length;
     if (this.bytesSinceRotateCheck >= ROTATE_CHECK_BYTES && this.opts.logPath && !this.rotating) {
@@ -291,11 +315,24 @@ export class ConsoleHub {
     }
   }
 
+  /** Appends to the received log, at once: an agent killed right after loses none of it. */
+  private record(chunk: Buffer): void {
+    if (!this.receivedPath || this.receivedFailed) return;
+    try {
+      this.receivedFd ??= openSync(this.receivedPath, 'a', 0o600);
+      writeSync(this.receivedFd, chunk);
+    } catch (err) {
+      // A full disk: the scrollback in memory goes on; after an agent restart it starts from the VMM's log.
+      this.receivedFailed = true;
+      this.opts.logger?.warn({ err, log: this.receivedPath }, 'cannot write the received console log');
+    }
+  }
+
   private rotateNow(): Promise<unknown> {
-    const logPath = this.opts.logPath;
-    if (!logPath) return Promise.resolve();
+    const logs = [this.opts.logPath, this.receivedPath].filter((p) => p !== undefined);
+    if (logs.length === 0) return Promise.resolve();
     if (this.rotating) return this.rotating;
-    this.rotating = rotateLogIfLarge(logPath, this.opts.maxLogBytes).finally(() => {
+    this.rotating = Promise.all(logs.map((p) => rotateLogIfLarge(p, this.opts.maxLogBytes))).finally(() => {
       this.rotating = null;
     });
     return this.rotating;
@@ -324,13 +361,52 @@ export class ConsoleHub {
 }
 
 /**
- * What `log` holds after the last occurrence of `anchor` (the end of what the hub already has).
- * With no anchor (nothing seen yet) or when the anchor has rotated out, all of `log` is new.
+ * What the VMM's `log` holds after the last place it shows `anchor` (the end of what the hub
+ * already has). The log may repeat a byte the anchor has once (QEMU's retries), so a run of one
+ * byte in the anchor matches a run at least as long in the log; the anchor's last run ends as
+ * many bytes into the log's run as it has, the rest of that run being new output. With no
+ * anchor (nothing seen yet) or when the anchor has rotated out, all of `log` is new.
  */
 export function bytesAfterAnchor(log: Buffer, anchor: Buffer): Buffer {
   if (anchor.length === 0) return log;
-  const at = log.lastIndexOf(anchor);
-  return at < 0 ? log : log.subarray(at + anchor.length);
+  const runs = byteRuns(anchor);
+  const last = runs.pop()!;
+  for (let end = log.length; end > 0; ) {
+    let start = end - 1;
+    while (start > 0 && log[start - 1] === log[end - 1]) start--;
+    if (log[start] === last.byte && end - start >= last.count && runsEndAt(log, start, runs))
+      return log.subarray(start + last.count);
+    end = start;
+  }
+  return log;
+}
+
+interface ByteRun {
+  byte: number;
+  count: number;
+}
+
+function byteRuns(bytes: Buffer): ByteRun[] {
+  const runs: ByteRun[] = [];
+  for (const byte of bytes) {
+    const last = runs.at(-1);
+    if (last?.byte === byte) last.count++;
+    else runs.push({ byte, count: 1 });
+  }
+  return runs;
+}
+
+/** Whether `log` ends at `end` with `runs`, each as long or longer there. */
+function runsEndAt(log: Buffer, end: number, runs: readonly ByteRun[]): boolean {
+  let at = end;
+  for (let r = runs.length - 1; r >= 0; r--) {
+    const { byte, count } = runs[r]!;
+    let from = at;
+    while (from > 0 && log[from - 1] === byte) from--;
+    if (at - from < count) return false;
+    at = from;
+  }
+  return true;
 }
 
 /**

@@ -13,6 +13,14 @@ export function rotatedLogPath(logPath: string): string {
   return `${logPath}.1`;
 }
 
+/**
+ * Path of the console hub's own log beside the VMM's `logPath`: the output as the hub received
+ * it, each byte once (QEMU's log repeats the bytes its socket refused once, see ConsoleHub).
+ */
+export function receivedLogPath(logPath: string): string {
+  return logPath.endsWith('.log') ? `${logPath.slice(0, -4)}.received.log` : `${logPath}.received`;
+}
+
 async function sizeOf(path: string): Promise<number> {
   try {
     return (await stat(path)).size;

@@ -39,9 +39,18 @@ export class FakeVmmConsole {
     await new Promise<void>((resolve) => server.listen(this.socketPath, resolve));
   }
 
-  output(text: string | Uint8Array): void {
-    this.client?.write(text);
-    appendFileSync(this.logPath, text);
+  /**
+   * Sends output. `refused`: offsets of bytes the socket refused once (full, the reader behind)
+   * while a client is connected: QEMU logs such a byte on the refusal and again when its retry
+   * goes through, and the client gets it once.
+   */
+  output(text: string | Uint8Array, refused: number[] = []): void {
+    const bytes = Buffer.from(text);
+    this.client?.write(bytes);
+    const logged = this.client
+      ? Buffer.concat([...bytes].map((b, i) => Buffer.from(refused.includes(i) ? [b, b] : [b])))
+      : bytes;
+    appendFileSync(this.logPath, logged);
   }
 
   /** Drops the current client, as QEMU does when the peer goes away. */

@@ -4,6 +4,7 @@ import { access, mkdir, readFile, rm, stat } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { InputError } from '@nqvm/api/errors';
 import type { ConsoleHub } from '../../console/console-hub';
+import { receivedLogPath } from '../../console/console-log';
 import { readProcStartTime } from '../../host/proc';
 import { inNetns } from '../../network/host-runner';
 import { type PipelineStep, runPipeline } from '../pipeline';
@@ -131,7 +132,7 @@ class QemuStart {
     const ours = [
       ...this.runtimeFiles(),
       this.paths.vmmLog,
-      ...(this.createdLog ? [this.paths.consoleLog] : []),
+      ...(this.createdLog ? [this.paths.consoleLog, receivedLogPath(this.paths.consoleLog)] : []),
     ];
     await Promise.all(ours.map((p) => rm(p, { force: true })));
   }
