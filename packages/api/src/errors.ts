@@ -57,7 +57,11 @@ export const ErrorCodes = {
   PINNED_HOST_UNAVAILABLE: 409,
   IMAGE_PATHS_DISABLED: 403,
   IMAGE_PATH_OUTSIDE_ROOT: 400,
+  /** URL imports: the URL's host is (or resolves to) an address imports may not fetch from. */
+  URL_NOT_ALLOWED: 400,
   CHECKSUM_MISMATCH: 422,
+  /** Images: the bytes are not a kernel, initrd or root file system of the kind the import names. */
+  IMAGE_INVALID: 422,
   /** Containers: the reference names no tag or repository the registry has. */
   REGISTRY_IMAGE_NOT_FOUND: 422,
   /** Containers: the registry refused the credentials (or wants some). */

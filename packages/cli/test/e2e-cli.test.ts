@@ -9,6 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ADMIN_PASSWORD, userWithRole } from '../../manager/test/harness';
+import { rawDisk } from '../../manager/test/image-fixtures';
 import { type AgentProcess, type CliRun, NQVM, runNqvm, startAgent, startStack, stopAgent } from './stack';
 
 let home: string;
@@ -135,7 +136,7 @@ describe('the nqvm CLI against a real stack', () => {
 
   it('imports an image from a file with a progress display and lists it', async () => {
     const file = path.join(home, 'blob.img');
-    fs.writeFileSync(file, Buffer.alloc(3 * 1024 * 1024, 7));
+    fs.writeFileSync(file, rawDisk(3 * 1024 * 1024, 7));
     const r = await nqvm(['image', 'import', file, '--name', 'cli-blob', '--kind', 'rootfs', '-o', 'json']);
     expect(r.code, r.stderr).toBe(0);
     const img = JSON.parse(r.stdout);

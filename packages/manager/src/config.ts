@@ -14,6 +14,7 @@ import {
   splitHostPort,
 } from '@nqvm/api';
 import { z } from 'zod';
+import { parseFetchAllow } from './images/url-policy';
 
 /** The manager's variables; `managerConfigDoc` below describes them for the README. */
 const ManagerEnv = z.object({
@@ -25,6 +26,17 @@ const ManagerEnv = z.object({
   MANAGER_IMAGE_ROOT: z.string().min(1).optional(),
   MANAGER_ALLOW_IMAGE_PATHS: envBool.default(false),
   MANAGER_IMAGE_MAX_BYTES: envPositiveInt.default(64 * 1024 ** 3),
+  NQVM_IMAGE_FETCH_ALLOW: z
+    .string()
+    .default('')
+    .transform((v, ctx) => {
+      try {
+        return parseFetchAllow(v).entries;
+      } catch (err) {
+        ctx.addIssue({ code: 'custom', message: (err as Error).message });
+        return z.NEVER;
+      }
+    }),
   NQVM_DATA_DIR: z.string().min(1).optional(),
   NQVM_ADMIN_PASSWORD: z.string().min(8, 'at least 8 characters').optional(),
   NQVM_TLS_CERT: z.string().min(1).optional(),
@@ -44,6 +56,8 @@ export interface ManagerConfig {
   allowImagePaths: boolean;
   /** Largest image an upload or URL import may bring. */
   imageMaxBytes: number;
+  /** What URL imports may fetch from although the URL policy refuses it (CIDRs, addresses, host names). */
+  imageFetchAllow: string[];
   dataDir: string;
   adminPassword?: string;
   tls?: { certFile: string; keyFile: string };
@@ -73,6 +87,7 @@ export function loadManagerConfig(env: NodeJS.ProcessEnv = process.env): Manager
     imageRoot: path.resolve(e.MANAGER_IMAGE_ROOT ?? path.join(dataDir, 'images')),
     allowImagePaths: e.MANAGER_ALLOW_IMAGE_PATHS,
     imageMaxBytes: e.MANAGER_IMAGE_MAX_BYTES,
+    imageFetchAllow: e.NQVM_IMAGE_FETCH_ALLOW,
     dataDir,
     adminPassword: e.NQVM_ADMIN_PASSWORD,
     tls:
@@ -101,6 +116,12 @@ export const managerConfigDoc: Array<[string, string, string]> = [
     'allow registering images by host path (under MANAGER_IMAGE_ROOT only)',
   ],
   ['MANAGER_IMAGE_MAX_BYTES', '68719476736 (64 GiB)', 'largest image an upload or URL import may bring'],
+  [
+    'NQVM_IMAGE_FETCH_ALLOW',
+    '(empty)',
+    'CIDRs, addresses and host names URL imports may fetch from although they are loopback, ' +
+      "link-local, multicast, reserved, the manager's machine or a registered host (refused otherwise)",
+  ],
   ['NQVM_DATA_DIR', '/var/lib/nqvm (root) or ~/.local/share/nqvm', 'embedded store, keys and local state'],
   [
     'NQVM_ADMIN_PASSWORD',

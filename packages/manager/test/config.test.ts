@@ -22,6 +22,7 @@ describe('loadManagerConfig', () => {
       bind: { host: '127.0.0.1', port: 8080 },
       imageRoot: path.join(dataDir, 'images'),
       allowImagePaths: false,
+      imageFetchAllow: [],
       dataDir,
       adminPassword: undefined,
       tls: undefined,
@@ -40,6 +41,7 @@ describe('loadManagerConfig', () => {
       MANAGER_BIND: '[::1]:9443',
       MANAGER_IMAGE_ROOT: '/srv/images',
       MANAGER_ALLOW_IMAGE_PATHS: 'yes',
+      NQVM_IMAGE_FETCH_ALLOW: '127.0.0.1, 10.0.0.0/8,images.lan',
       NQVM_DATA_DIR: 'relative/data',
       NQVM_ADMIN_PASSWORD: 'a-strong-one',
       NQVM_TLS_CERT: '/etc/nqvm/cert.pem',
@@ -55,6 +57,7 @@ describe('loadManagerConfig', () => {
       bind: { host: '::1', port: 9443 },
       imageRoot: '/srv/images',
       allowImagePaths: true,
+      imageFetchAllow: ['127.0.0.1', '10.0.0.0/8', 'images.lan'],
       dataDir: path.resolve('relative/data'),
       adminPassword: 'a-strong-one',
       tls: { certFile: '/etc/nqvm/cert.pem', keyFile: '/etc/nqvm/key.pem' },
@@ -111,6 +114,8 @@ describe('loadManagerConfig', () => {
     ['NQVM_SESSION_TTL_HOURS', ''],
     ['NQVM_LOG_LEVEL', 'loud'],
     ['MANAGER_ALLOW_IMAGE_PATHS', 'maybe'],
+    ['NQVM_IMAGE_FETCH_ALLOW', '127.0.0.1,http://images.lan'],
+    ['NQVM_IMAGE_FETCH_ALLOW', '10.0.0.0/40'],
   ])('a bad %s (%j) throws a ConfigError naming it', (variable, value) => {
     const e = configError({ [variable]: value });
     expect(e.variable).toBe(variable);
@@ -125,6 +130,7 @@ describe('loadManagerConfig', () => {
       'MANAGER_BIND',
       'MANAGER_IMAGE_ROOT',
       'MANAGER_ALLOW_IMAGE_PATHS',
+      'NQVM_IMAGE_FETCH_ALLOW',
       'NQVM_DATA_DIR',
       'NQVM_ADMIN_PASSWORD',
       'NQVM_TLS_CERT',

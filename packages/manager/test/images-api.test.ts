@@ -2,8 +2,10 @@
  * The image registry over HTTP on both datastores: streamed uploads with progress, size limit,
  * checksums, dedupe, sparse images stored sparse (upload, URL, OCI), URL imports from a local
  * server (success, mismatch, 404, cancel: none leaves an image), host path registration and its
- * refusals, format detection (a real bzImage yields its vmlinux), delete refused while in use,
- * and the agent blob route.
+ * refusals, format detection (a real bzImage yields its vmlinux), bytes that are not an image of
+ * their kind refused (422 IMAGE_INVALID) on every import path, URLs of loopback and the hosts'
+ * own addresses refused at admission and on redirect, delete refused while in use, and the
+ * agent blob route.
  */
 import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
@@ -27,17 +29,24 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openPresence } from '../src/db/presence';
 import { parseRange } from '../src/routes/images';
 import { client, DATASTORES, startManager, type TestManager, userWithRole } from './harness';
-import { expectError, registerHost, rowsOf, tableNames } from './helpers';
+import { CAPACITY, expectError, registerHost, rowsOf, tableNames } from './helpers';
+import { rawDisk } from './image-fixtures';
 import { chunksOf, upload } from './image-upload';
 
 const StrictImage = Image.strict();
 const MiB = 1024 * 1024;
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
-/** The upstream of URL imports: a file, a redirect to it, a 404, a slow endpoint. */
+/**
+ * The upstream of URL imports: a file, a redirect to it, random bytes, a redirect to its own
+ * loopback address, a 404, a slow endpoint.
+ */
 let upstream: http.Server;
 let upstreamUrl: string;
-const payload = randomBytes(3 * MiB + 17);
+/** Every path the upstream was asked for. */
+const upstreamAsked: string[] = [];
+const payload = rawDisk(3 * MiB + 17);
+const noise = randomBytes(2 * MiB);
 /** Keys of `/slow.img?key=` downloads whose client went away (the two datastores' suites run at once). */
 const slowAborted = new Set<string>();
 
@@ -57,7 +66,16 @@ beforeAll(async () => {
   execFileSync('mkfs.ext4', ['-q', '-F', '-d', tree, file, '128M']);
   sparseExt4 = { bytes: fs.readFileSync(file), storedBytes: fs.statSync(file).blocks * 512 };
   upstream = http.createServer((req, res) => {
-    if (req.url === '/sparse.ext4') {
+    upstreamAsked.push(req.url ?? '');
+    if (req.url?.startsWith('/to-loopback?key=')) {
+      res.writeHead(302, {
+        location: `${upstreamUrl}/file.img?from=${req.url.slice('/to-loopback?key='.length)}`,
+      });
+      res.end();
+    } else if (req.url === '/noise.img') {
+      res.writeHead(200, { 'content-length': noise.length });
+      res.end(noise);
+    } else if (req.url === '/sparse.ext4') {
       res.writeHead(200, { 'content-length': sparseExt4.bytes.length });
       res.end(sparseExt4.bytes);
     } else if (req.url === '/file.img') {
@@ -98,20 +116,22 @@ afterAll(async () => {
 
 describe.concurrent.each(DATASTORES)('images API on %s', (kind) => {
   let t: TestManager;
-  /** A second manager with host paths allowed and a 1 MiB size limit. */
+  /** A second manager with host paths allowed, a 1 MiB size limit, and URL imports from `localhost` only. */
   let p: TestManager;
   let root: string;
   let api: ReturnType<typeof client>;
   let papi: ReturnType<typeof client>;
 
   beforeAll(async () => {
-    t = await startManager(kind);
+    // The upstream listens on loopback, which URL imports refuse unless allowed.
+    t = await startManager(kind, { NQVM_IMAGE_FETCH_ALLOW: '127.0.0.1' });
     api = client(t.url, t.adminToken);
     root = fs.mkdtempSync(path.join(workDir, `root-${kind}-`));
     p = await startManager(kind, {
       MANAGER_ALLOW_IMAGE_PATHS: 'true',
       MANAGER_IMAGE_ROOT: root,
       MANAGER_IMAGE_MAX_BYTES: String(MiB),
+      NQVM_IMAGE_FETCH_ALLOW: 'localhost',
     });
     papi = client(p.url, p.adminToken);
   });
@@ -207,7 +227,7 @@ describe.concurrent.each(DATASTORES)('images API on %s', (kind) => {
       });
     });
 
-    it('detects formats: ext4 without cloud-init, qcow2, raw, a gzip initrd; refuses a non-kernel', async () => {
+    it('detects formats: ext4 without cloud-init, qcow2, raw, a gzip initrd', async () => {
       const plain = await uploadOk('plain', 'rootfs', ext4('plain', { 'etc/hostname': 'x\n' }));
       expect(plain).toMatchObject({ format: 'ext4', metadata: { has_cloud_init: false } });
       const qcow = path.join(workDir, `d-${kind}.qcow2`);
@@ -216,15 +236,43 @@ describe.concurrent.each(DATASTORES)('images API on %s', (kind) => {
         format: 'qcow2',
         metadata: {},
       });
-      expect(await uploadOk('raw-disk', 'rootfs', randomBytes(8192))).toMatchObject({ format: 'raw' });
+      expect(await uploadOk('raw-disk', 'rootfs', rawDisk(8192))).toMatchObject({ format: 'raw' });
       expect(await uploadOk('initrd', 'initrd', fs.readFileSync(guest.initrd))).toMatchObject({
         format: 'cpio.gz',
       });
+    });
+
+    it('refuses bytes that are not an image of their kind with 422 IMAGE_INVALID, saying what they are, keeping nothing', async () => {
       const before = blobFiles(t);
-      const bad = await upload(t.url, t.adminToken, 'name=not-a-kernel&kind=kernel', [randomBytes(70_000)]);
-      expectError(bad, 400, 'VALIDATION_FAILED');
-      expect((await api.get('/api/v1/images?name=not-a-kernel')).body.items).toEqual([]);
+      const ops = async () =>
+        (await api.get('/api/v1/operations?kind=image.upload&limit=500')).body.items.length;
+      const opsBefore = await ops();
+      const cases: Array<[string, Buffer, string, string]> = [
+        [
+          'rootfs',
+          randomBytes(40 * MiB),
+          'random',
+          'random-looking bytes, no file system, partition table or qcow2 header',
+        ],
+        ['rootfs', Buffer.from('{"status":"ok"}\n'), 'json', 'JSON text'],
+        ['kernel', randomBytes(70_000), 'random', 'random-looking bytes, no ELF or bzImage header'],
+        ['kernel', fs.readFileSync(guest.initrd), 'gzip', 'gzip-compressed data'],
+        ['initrd', fs.readFileSync(guest.kernel), 'bzimage', 'an x86 bzImage kernel, no cpio header'],
+      ];
+      for (const [k, bytes, found, text] of cases) {
+        const bad = await upload(t.url, t.adminToken, `name=not-a-${k}&kind=${k}`, chunksOf(bytes));
+        expectError(bad, 422, 'IMAGE_INVALID');
+        expect(bad.body.error.message).toContain(text);
+        expect(bad.body.error.details).toEqual({ field: 'kind', kind: k, found });
+        expect((await api.get(`/api/v1/images?name=not-a-${k}`)).body.items).toEqual([]);
+      }
       expect(blobFiles(t)).toEqual(before);
+      expect(fs.readdirSync(blobDir(t)).filter((f) => f.startsWith('.tmp-'))).toEqual([]);
+      // Each refused upload's operation failed with the code.
+      const failed = (await api.get('/api/v1/operations?kind=image.upload&status=failed&limit=500')).body
+        .items as Operation[];
+      expect(failed.filter((o) => o.error?.code === 'IMAGE_INVALID')).toHaveLength(cases.length);
+      expect(await ops()).toBe(opsBefore + cases.length);
     });
 
     it('a bzImage kernel also yields its ELF vmlinux as a blob the agent can fetch', async () => {
@@ -309,7 +357,7 @@ describe.concurrent.each(DATASTORES)('images API on %s', (kind) => {
       expectError(chunked, 413, 'BODY_TOO_LARGE');
       expect(blobFiles(p)).toEqual([]);
       expect((await papi.get('/api/v1/images?name=huge')).body.items).toEqual([]);
-      const fits = await upload(p.url, p.adminToken, 'name=fits&kind=rootfs', [randomBytes(MiB)]);
+      const fits = await upload(p.url, p.adminToken, 'name=fits&kind=rootfs', [rawDisk(MiB)]);
       expect(fits.status, fits.text).toBe(201);
     });
 
@@ -407,6 +455,86 @@ describe.concurrent.each(DATASTORES)('images API on %s', (kind) => {
       expect(op).toMatchObject({ status: 'failed', error: { code: 'IMPORT_FAILED' } });
       expect(op.error?.message).toContain('404');
       expectError(await api.get(`/api/v1/images/${image.id}`), 404, 'IMAGE_NOT_FOUND');
+    });
+
+    it('a download that is not an image of its kind fails with IMAGE_INVALID and keeps nothing', async () => {
+      const before = blobFiles(t);
+      const { image, operation } = await importUrl('url-noise', {
+        type: 'url',
+        url: `${upstreamUrl}/noise.img`,
+      });
+      const op = await waitOp(t, operation.id);
+      expect(op).toMatchObject({ status: 'failed', error: { code: 'IMAGE_INVALID' } });
+      expect(op.error?.message).toContain('random-looking bytes');
+      expectError(await api.get(`/api/v1/images/${image.id}`), 404, 'IMAGE_NOT_FOUND');
+      expect(blobFiles(t)).toEqual(before);
+    });
+
+    it("refuses at admission (400 URL_NOT_ALLOWED) loopback, link-local, unspecified and multicast addresses and the hosts' own, creating nothing", async () => {
+      const port = new URL(upstreamUrl).port;
+      const own = Object.values(os.networkInterfaces())
+        .flat()
+        .find((a) => a && !a.internal && a.family === 'IPv4')?.address;
+      expect(own, 'this machine has a non-loopback IPv4 address').toBeDefined();
+      // A host registered under an address of its own: its agent's port is no image server.
+      const jt = await papi.post('/api/v1/join-tokens', { description: 'url policy' });
+      const reg = await fetch(`${p.url}/api/v1/agent/register`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${jt.body.token}`, 'content-type': 'application/json' },
+        body: JSON.stringify({
+          name: `far-host-${kind}`,
+          address: 'https://198.51.100.20:8443',
+          agent_version: '0.1.0',
+          capacity: CAPACITY,
+        }),
+      });
+      expect(reg.status, await reg.text()).toBe(201);
+      const asked = upstreamAsked.length;
+      const importsBefore = (await papi.get('/api/v1/operations?kind=image.import&limit=500')).body.items
+        .length;
+      for (const [url, reason] of [
+        [`http://127.0.0.1:${port}/file.img`, 'loopback'],
+        [`http://[::1]:${port}/file.img`, 'loopback'],
+        [`http://2130706433:${port}/file.img`, 'loopback'],
+        [`http://localhost.localhost:${port}/file.img`, 'loopback'],
+        ['http://169.254.169.254/latest/meta-data/iam/', 'link-local'],
+        [`http://0.0.0.0:${port}/file.img`, 'unspecified'],
+        ['http://224.0.0.251/x', 'multicast'],
+        [`http://${own}:${port}/file.img`, 'manager'],
+        ['https://198.51.100.20:8443/v1/health', 'host'],
+      ]) {
+        const r = await papi.post('/api/v1/images', {
+          name: 'refused-url',
+          kind: 'rootfs',
+          source: { type: 'url', url },
+        });
+        expectError(r, 400, 'URL_NOT_ALLOWED');
+        expect(r.body.error.details, url).toMatchObject({ field: 'source.url', reason });
+        expect(r.body.error.message).toContain('NQVM_IMAGE_FETCH_ALLOW');
+      }
+      expect((await papi.get('/api/v1/images?name=refused-url')).body.items).toEqual([]);
+      expect((await papi.get('/api/v1/operations?kind=image.import&limit=500')).body.items).toHaveLength(
+        importsBefore,
+      );
+      expect(upstreamAsked.length).toBe(asked);
+    });
+
+    it('refuses a redirect to loopback during the fetch: URL_NOT_ALLOWED, the target never asked, nothing kept', async () => {
+      const before = blobFiles(p);
+      // `localhost` is allowed by name on this manager; the address it redirects to is not.
+      const { image, operation } = await importUrl(
+        'url-to-loopback',
+        { type: 'url', url: `http://localhost:${new URL(upstreamUrl).port}/to-loopback?key=${kind}` },
+        p,
+      );
+      const op = await waitOp(p, operation.id);
+      expect(op).toMatchObject({ status: 'failed', error: { code: 'URL_NOT_ALLOWED' } });
+      expect(op.error?.message).toContain(`redirects to ${upstreamUrl}/file.img?from=${kind}`);
+      expect(op.error?.message).toContain('a loopback address');
+      expect(upstreamAsked).toContain(`/to-loopback?key=${kind}`);
+      expect(upstreamAsked).not.toContain(`/file.img?from=${kind}`);
+      expectError(await papi.get(`/api/v1/images/${image.id}`), 404, 'IMAGE_NOT_FOUND');
+      expect(blobFiles(p)).toEqual(before);
     });
 
     it('keeps a sparse download sparse', async () => {
@@ -560,6 +688,18 @@ describe.concurrent.each(DATASTORES)('images API on %s', (kind) => {
       expectError(await register(p, 'p', path.join(root, 'sub')), 400, 'VALIDATION_FAILED');
       expectError(await register(p, 'p', path.join(root, 'missing.img')), 400, 'VALIDATION_FAILED');
       expect((await papi.get('/api/v1/images?name=p')).body.items).toEqual([]);
+    });
+
+    it('refuses a file that is not an image of its kind (422 IMAGE_INVALID), registering nothing', async () => {
+      fs.writeFileSync(path.join(root, 'noise.img'), randomBytes(2 * MiB));
+      fs.writeFileSync(path.join(root, 'kernel.txt'), 'not a kernel\n');
+      const r = await register(p, 'p-noise', 'noise.img');
+      expectError(r, 422, 'IMAGE_INVALID');
+      expect(r.body.error.details).toEqual({ field: 'kind', kind: 'rootfs', found: 'random' });
+      expectError(await register(p, 'p-noise', 'kernel.txt', 'kernel'), 422, 'IMAGE_INVALID');
+      expect((await papi.get('/api/v1/images?name=p-noise')).body.items).toEqual([]);
+      const work = path.join(p.dataDir, 'images', 'work');
+      expect(fs.existsSync(work) ? fs.readdirSync(work) : []).toEqual([]);
     });
 
     it('registers a file under the root in place (hashed, not copied), even a kernel with its vmlinux', async () => {
@@ -800,7 +940,7 @@ describe('images API on a full disk', () => {
         : [];
     expect(left(path.join(dataDir, 'images'))).toEqual([]);
     // What fits still works afterwards.
-    const ok = await upload(t.url, t.adminToken, 'name=fits&kind=rootfs', [chunk]);
+    const ok = await upload(t.url, t.adminToken, 'name=fits&kind=rootfs', [rawDisk(MiB, 0x5a)]);
     expect(ok.status, JSON.stringify(ok.body)).toBe(201);
   });
 });

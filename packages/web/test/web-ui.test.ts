@@ -29,6 +29,7 @@ import { type Browser, type BrowserContext, chromium, type Page } from 'playwrig
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { webRoutes } from '../../manager/src/http/web';
 import { ADMIN_PASSWORD, client, startManager, type TestManager } from '../../manager/test/harness';
+import { rawDisk } from '../../manager/test/image-fixtures';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const webDir = path.resolve(here, '..');
@@ -264,7 +265,12 @@ beforeAll(async () => {
   }
   fs.mkdirSync(shots, { recursive: true });
   // webRoutes is idempotent: harmless if server.ts already registers the UI.
-  t = await startManager('sqlite', {}, { extend: (app) => webRoutes(app, distDir) });
+  // URL imports come from a server on 127.0.0.1, which imports refuse unless allowed.
+  t = await startManager(
+    'sqlite',
+    { NQVM_IMAGE_FETCH_ALLOW: '127.0.0.1' },
+    { extend: (app) => webRoutes(app, distDir) },
+  );
   api = client(t.url, t.adminToken);
   browser = await chromium.launch({
     executablePath: CHROMIUM,
@@ -637,7 +643,7 @@ describe('web UI', () => {
     await page.getByRole('heading', { name: /Images/ }).waitFor();
     await page.getByRole('button', { name: 'Upload image' }).click();
     const dialog = page.getByRole('dialog', { name: 'Upload image' });
-    const bytes = randomBytes(2 * 1024 * 1024);
+    const bytes = rawDisk(2 * 1024 * 1024);
     await dialog
       .getByLabel('File')
       .setInputFiles({ name: 'tiny rootfs.img', mimeType: 'application/octet-stream', buffer: bytes });
@@ -659,7 +665,7 @@ describe('web UI', () => {
     const sha = createHash('sha256').update(bytes).digest('hex');
     expect(await row.locator('code').textContent()).toBe(sha.slice(0, 12));
     expect(await row.textContent()).toContain('2 MiB');
-    // Random bytes hold no zero block: what is stored is the whole length.
+    // A disk of random bytes holds no zero block: what is stored is the whole length.
     expect(await row.textContent()).toContain('2 MiB stored');
     const image = (await api.get('/api/v1/images?name=uploaded-rootfs')).body.items[0];
     expect(image).toMatchObject({ status: 'ready', kind: 'rootfs', sha256: sha, size_bytes: bytes.length });
@@ -671,7 +677,7 @@ describe('web UI', () => {
   });
 
   test('images page: URL imports show the operation, its success or its error', async () => {
-    const payload = randomBytes(1024 * 1024);
+    const payload = rawDisk(1024 * 1024);
     const server = http.createServer((req, res) => {
       if (req.url === '/disk.img') {
         res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': payload.length });

@@ -26,7 +26,10 @@ export interface ExtractResult {
  * Node's zlib reads gzip only; the other formats go through Debian's tools, spawned with
  * argument arrays (package in the message when one is missing).
  */
-const TOOLS: Record<Exclude<KernelCompression, 'gzip'>, { bin: string; args: string[]; pkg: string }> = {
+export const DECOMPRESSORS: Record<
+  Exclude<KernelCompression, 'gzip'>,
+  { bin: string; args: string[]; pkg: string }
+> = {
   xz: { bin: 'xz', args: ['-dc', '--single-stream'], pkg: 'xz-utils' },
   lzma: { bin: 'xz', args: ['-dc', '--format=lzma'], pkg: 'xz-utils' },
   lz4: { bin: 'lz4', args: ['-dc'], pkg: 'lz4' },
@@ -51,7 +54,7 @@ async function decompressTo(
   }
   const out = await open(outPath, 'w', 0o644);
   try {
-    const tool = TOOLS[compression];
+    const tool = DECOMPRESSORS[compression];
     return await new Promise<string | null>((resolve, reject) => {
       const child = spawn(tool.bin, tool.args, { stdio: ['pipe', out.fd, 'pipe'] });
       let stderr = '';

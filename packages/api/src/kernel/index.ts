@@ -7,4 +7,4 @@ export {
   type KernelInfo,
   parseBzImageHeader,
 } from './bzimage';
-export { type ExtractResult, extractVmlinux } from './extract';
+export { DECOMPRESSORS, type ExtractResult, extractVmlinux } from './extract';

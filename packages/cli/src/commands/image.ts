@@ -116,7 +116,10 @@ export function imageCommand(): Command {
     .description('import an image; shows progress and waits until it is ready')
     .option('--name <name>', 'image name (default: from the source)')
     .addOption(
-      new Option('--kind <kind>', 'what the image is')
+      new Option(
+        '--kind <kind>',
+        'what the image is; checked on import (kernel: ELF vmlinux or bzImage; initrd: cpio archive; rootfs: file system, partitioned disk or qcow2)',
+      )
         .choices(['kernel', 'initrd', 'rootfs'])
         .default('rootfs'),
     )

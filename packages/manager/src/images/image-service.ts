@@ -34,17 +34,21 @@ import type { ImageRow } from '../db/schema';
 import type { EventBus } from '../events/bus';
 import type { Operations } from '../operations/operations';
 import { BlobStore, BlobTooLargeError, hashFile, type StagedBlob, storageError } from './blob-store';
-import { detectCloudInit, detectFormat } from './formats';
+import { detectCloudInit } from './formats';
 import { resolveHostPath } from './host-paths';
 import { importOciImage } from './oci/index';
 import { KEEPALIVE_MS, mib, ProgressReporter } from './progress';
+import { parseFetchAllow, UrlPolicy } from './url-policy';
 import { openUrl } from './url-source';
+import { validateImage } from './validation';
 
 export interface ImageServiceConfig {
   dataDir: string;
   imageRoot: string;
   allowImagePaths: boolean;
   imageMaxBytes: number;
+  /** NQVM_IMAGE_FETCH_ALLOW's entries: what URL imports may fetch from despite the URL policy. */
+  imageFetchAllow: string[];
 }
 
 interface Log {
@@ -134,6 +138,7 @@ function errorOf(err: unknown): { code: string; message: string } {
 export class ImageService {
   readonly blobs: BlobStore;
   private readonly workRoot: string;
+  private readonly urls: UrlPolicy;
   /** Abort controllers of the imports this manager runs, by operation id. */
   private readonly running = new Map<string, AbortController>();
   private readonly background = new Set<Promise<void>>();
@@ -150,6 +155,9 @@ export class ImageService {
     const root = path.join(config.dataDir, 'images');
     this.blobs = new BlobStore(path.join(root, 'blobs'), presence.id);
     this.workRoot = path.join(root, 'work');
+    this.urls = new UrlPolicy(parseFetchAllow(config.imageFetchAllow.join(',')), async () =>
+      (await store.db.selectFrom('hosts').select('address').execute()).map((h) => h.address),
+    );
     const cancel = async (op: { id: string }) => this.running.get(op.id)?.abort(new ImportCancelled());
     ops.onCancel(UPLOAD_KIND, cancel);
     ops.onCancel(IMPORT_KIND, cancel);
@@ -400,6 +408,7 @@ export class ImageService {
       return { image: await this.registerPath(input.name, input.kind, src.path, actor), operation: null };
     if (src.type === 'oci' && input.kind !== 'rootfs')
       throw new InputError('an OCI image becomes a root filesystem: kind must be rootfs', { field: 'kind' });
+    if (src.type === 'url') await this.urls.admit(src.url);
     const source: ImageSource =
       src.type === 'url' ? { type: 'url', url: src.url } : { type: 'oci', reference: src.reference };
     // The operation's params never hold the registry credentials.
@@ -540,7 +549,11 @@ export class ImageService {
       let staged: StagedBlob;
       const metadata: ImageMetadata = {};
       if (src.type === 'url') {
-        const opened = await openUrl(src.url, this.maxBytes, ac.signal);
+        const opened = await openUrl(src.url, {
+          maxBytes: this.maxBytes,
+          policy: this.urls,
+          signal: ac.signal,
+        });
         const total = opened.contentLength;
         staged = await this.blobs.receive(opened.body, {
           maxBytes: this.maxBytes,
@@ -653,7 +666,7 @@ export class ImageService {
     work: string,
   ): Promise<{ format: string; metadata: ImageMetadata; vmlinux: StagedBlob | null }> {
     if (size === 0) throw new InputError('the image is empty', { field: 'body' });
-    const format = await detectFormat(kind, file);
+    const format = await validateImage(kind, file);
     const metadata: ImageMetadata = {};
     let vmlinux: StagedBlob | null = null;
     if (format === 'bzimage') {

@@ -69,7 +69,9 @@ async function sha256File(file: string): Promise<string> {
 
 /**
  * Registers a file on this machine as an image (idempotent by name), optionally as the default
- * of its kind. Used by `nqvm up` for the built-in guest.
+ * of its kind, trusting its bytes: test fixtures (stand-in kernels for stand-in hosts) use it.
+ * Every import users make, and `nqvm up`'s built-in guest, goes through ImageService, which
+ * refuses a file that is not an image of its kind.
  */
 export async function registerPathImage(
   store: Datastore,

@@ -1,14 +1,22 @@
 /**
- * Opens an http(s) URL for an import: follows a few redirects itself (http and https only),
- * refuses an error answer or an announced size over the limit, and hands back the body as a
- * stream; nothing is buffered.
+ * Opens an http(s) URL for an import: every hop's host (the URL's, then each redirect's) is
+ * checked against the URL policy and the connection goes to the address checked; follows a few
+ * redirects itself (http and https only), refuses an error answer or an announced size over the
+ * limit, and hands back the body as a stream; nothing is buffered. A connection that fails
+ * gets one neutral message whatever answered (or did not) on the port: an import is no port
+ * scanner.
  */
-import { Readable } from 'node:stream';
-import type { ReadableStream as WebReadableStream } from 'node:stream/web';
+import http, { type IncomingMessage } from 'node:http';
+import https from 'node:https';
+import type { LookupFunction } from 'node:net';
+import type { Readable } from 'node:stream';
 import { NqvmError } from '@nqvm/api';
 import { BlobTooLargeError } from './blob-store';
+import type { PinnedAddress, UrlPolicy } from './url-policy';
 
 export const MAX_REDIRECTS = 5;
+/** A server silent this long (no answer, no body bytes) fails the import. */
+const IDLE_TIMEOUT_MS = 120_000;
 
 export interface OpenedUrl {
   body: Readable;
@@ -22,46 +30,84 @@ function failed(message: string, url: string, extra: Record<string, unknown> = {
   return new NqvmError('IMPORT_FAILED', message, { url, ...extra });
 }
 
+/** A lookup that answers the checked addresses, whatever the name resolves to now. */
+function pinned(to: PinnedAddress[]): LookupFunction {
+  return (_name, options, callback) => {
+    if (options.all) (callback as (e: null, a: PinnedAddress[]) => void)(null, to);
+    else callback(null, to[0]!.address, to[0]!.family);
+  };
+}
+
+function get(target: URL, to: PinnedAddress[], signal?: AbortSignal): Promise<IncomingMessage> {
+  return new Promise((resolve, reject) => {
+    const req = (target.protocol === 'https:' ? https : http).request(
+      target,
+      {
+        // A pooled socket could be connected to another address than the one checked.
+        agent: false,
+        lookup: pinned(to),
+        headers: { accept: '*/*', 'user-agent': 'nqvm-image-import' },
+        timeout: IDLE_TIMEOUT_MS,
+        signal,
+      },
+      resolve,
+    );
+    req.on('timeout', () => req.destroy(new Error(`no answer for ${IDLE_TIMEOUT_MS / 1000} s`)));
+    req.on('error', reject);
+    req.end();
+  });
+}
+
 /**
  * @example
- * const { body, contentLength } = await openUrl('https://example.org/rootfs.ext4', 64 << 30, signal);
+ * const { body, contentLength } = await openUrl('https://example.org/rootfs.ext4', {
+ *   maxBytes: 64 << 30, policy, signal,
+ * });
  */
-export async function openUrl(url: string, maxBytes: number, signal?: AbortSignal): Promise<OpenedUrl> {
+export async function openUrl(
+  url: string,
+  opts: { maxBytes: number; policy: UrlPolicy; signal?: AbortSignal },
+): Promise<OpenedUrl> {
+  const { maxBytes, policy, signal } = opts;
   let current = url;
+  let from: string | null = null;
   for (let hop = 0; ; hop++) {
-    let res: Response;
+    const target = new URL(current);
+    const to = await policy.resolve(target, from);
+    let res: IncomingMessage;
     try {
-      res = await fetch(current, { redirect: 'manual', signal });
-    } catch (err) {
+      res = await get(target, to, signal);
+    } catch {
       if (signal?.aborted) throw signal.reason;
-      const cause = (err as Error & { cause?: Error }).cause?.message ?? (err as Error).message;
-      throw failed(`GET ${current} failed: ${cause}`, current);
+      throw failed(
+        `GET ${current} failed: no HTTP answer (the connection was refused, closed or timed out)`,
+        current,
+      );
     }
-    if (res.status >= 300 && res.status < 400 && res.headers.has('location')) {
-      await res.body?.cancel();
+    const status = res.statusCode ?? 0;
+    if (status >= 300 && status < 400 && res.headers.location) {
+      res.destroy();
       if (hop >= MAX_REDIRECTS) throw failed(`more than ${MAX_REDIRECTS} redirects from ${url}`, url);
-      const next = new URL(res.headers.get('location')!, current);
+      const next = new URL(res.headers.location, current);
       if (next.protocol !== 'http:' && next.protocol !== 'https:')
         throw failed(`${current} redirects to a ${next.protocol} URL; only http and https are fetched`, url);
+      from = current;
       current = next.toString();
       continue;
     }
-    if (!res.ok || !res.body) {
-      await res.body?.cancel();
-      throw failed(`GET ${current} answered ${res.status} ${res.statusText}`.trim(), current, {
-        status: res.status,
+    if (status < 200 || status >= 300) {
+      res.destroy();
+      // The standard reason phrase, not the server's own words.
+      throw failed(`GET ${current} answered ${status} ${http.STATUS_CODES[status] ?? ''}`.trim(), current, {
+        status,
       });
     }
-    const header = res.headers.get('content-length');
-    const contentLength = header !== null && /^\d+$/.test(header) ? Number(header) : null;
+    const header = res.headers['content-length'];
+    const contentLength = header !== undefined && /^\d+$/.test(header) ? Number(header) : null;
     if (contentLength !== null && contentLength > maxBytes) {
-      await res.body.cancel();
+      res.destroy();
       throw new BlobTooLargeError(maxBytes);
     }
-    return {
-      body: Readable.fromWeb(res.body as unknown as WebReadableStream<Uint8Array>),
-      contentLength,
-      finalUrl: current,
-    };
+    return { body: res, contentLength, finalUrl: current };
   }
 }

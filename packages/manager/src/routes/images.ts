@@ -80,7 +80,11 @@ export function imageRoutes(app: App, s: Services): void {
           'manager stopped: the next manager start fails its operation and removes it. An OCI ' +
           'image becomes an ext4 rootfs; its registry password is used for this import only. ' +
           'A path (MANAGER_ALLOW_IMAGE_PATHS=true, under MANAGER_IMAGE_ROOT only) is hashed and ' +
-          'registered in place: 201 with the ready image and no operation.',
+          'registered in place: 201 with the ready image and no operation. A URL whose host is (or ' +
+          'whose redirects or resolved addresses are) loopback, link-local, unspecified, multicast, ' +
+          "reserved, the manager's machine or a registered host is refused with 400 URL_NOT_ALLOWED " +
+          'unless NQVM_IMAGE_FETCH_ALLOW allows it. Bytes that are not an image of the kind fail with ' +
+          '422 IMAGE_INVALID, naming what they are.',
         body: ImageCreate,
         response: { 201: ImageActionResponse, 202: ImageActionResponse },
       },
@@ -149,7 +153,8 @@ export function imageRoutes(app: App, s: Services): void {
             '413 beyond). The image (status importing) and its image.upload operation exist while ' +
             'bytes arrive; the operation shows progress from Content-Length. Blocks of zeros are ' +
             'stored as holes: stored_bytes is what a sparse image takes. Answers 201 once the ' +
-            'image is ready. A sha256 that does not match answers 422 CHECKSUM_MISMATCH; any failure ' +
+            'image is ready. A sha256 that does not match answers 422 CHECKSUM_MISMATCH, bytes that ' +
+            'are not an image of the kind 422 IMAGE_INVALID (naming what they are); any failure ' +
             'removes the image and its bytes.',
           querystring: ImageUploadQuery,
           response: { 201: ImageActionResponse },
