@@ -11,6 +11,8 @@ const heavy = [
   // Root, network namespaces, nft and dnsmasq; the guests file boots real VMs on TAPs.
   'packages/agent/src/network/host-network.netns.test.ts',
   'packages/agent/src/network/host-network.guests.test.ts',
+  // Root and network namespaces: injected network files brought up by ifup and systemd-networkd.
+  'packages/agent/src/guest-config/inject-network.netns.test.ts',
   'packages/cli/test/**/*.test.ts',
   'packages/web/test/web-ui.test.ts',
 ];

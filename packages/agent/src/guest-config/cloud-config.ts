@@ -1,11 +1,13 @@
 /**
  * The cloud-init NoCloud documents of a guest: meta-data, user-data (nqvm's #cloud-config with
  * the user's own merged in, or a MIME multipart when the user's is not a cloud-config) and
- * network-config v2. Pure functions: the same input gives the same bytes.
+ * network-config (v1 from the manager's v2, see guest-network.ts). Pure functions: the same input
+ * gives the same bytes.
  */
 import { createHash } from 'node:crypto';
 import type { AgentGuestConfig } from '@nqvm/api';
 import { isMap, parseDocument, stringify } from 'yaml';
+import { guestNics, networkConfigV1 } from './guest-network';
 import { authorizedKeys, GuestConfigError, guestAccount } from './guest-values';
 
 export interface CloudInitData {
@@ -145,6 +147,20 @@ export function metaData(cfg: AgentGuestConfig): string {
 }
 
 /**
+ * NoCloud network-config: v1 made from the manager's v2, which renders right with every
+ * cloud-init renderer; a v2 document this agent does not understand goes as it is.
+ */
+export function networkConfigDocument(doc: Record<string, unknown>): string {
+  let out: Record<string, unknown> = doc;
+  try {
+    out = networkConfigV1(guestNics(doc));
+  } catch (err) {
+    if (!(err instanceof GuestConfigError)) throw err;
+  }
+  return stringify(out, YAML_OPTIONS);
+}
+
+/**
  * All three NoCloud documents.
  *
  * @example
@@ -154,6 +170,6 @@ export function cloudInitData(cfg: AgentGuestConfig, extra: CloudConfig = {}): C
   return {
     metaData: metaData(cfg),
     userData: userData(cfg, extra),
-    networkConfig: cfg.network_config ? stringify(cfg.network_config, YAML_OPTIONS) : null,
+    networkConfig: cfg.network_config ? networkConfigDocument(cfg.network_config) : null,
   };
 }

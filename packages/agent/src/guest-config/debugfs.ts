@@ -125,6 +125,27 @@ export class DebugfsImage {
     );
   }
 
+  /**
+   * The entry names of each folder (without `.` and `..`), in one debugfs run; an empty list for
+   * a folder that is absent or not a folder.
+   */
+  async list(dirs: readonly string[]): Promise<string[][]> {
+    const { stdout } = await this.runScript(
+      dirs.map((d) => `ls -p ${checkDebugfsPath(d)}`),
+      false,
+    );
+    // `ls -p` prints `/inode/mode/uid/gid/name/size/` per entry.
+    return stdout
+      .split(/^debugfs: .*$/m)
+      .slice(1)
+      .map((answer) =>
+        answer
+          .split('\n')
+          .map((l) => /^\/\d+\/[0-7]+\/\d+\/\d+\/(.*)\/\d*\/$/.exec(l)?.[1])
+          .filter((name): name is string => name !== undefined && name !== '.' && name !== '..'),
+      );
+  }
+
   /** Runs edit commands built by GuestEdits; any complaint of debugfs fails the whole batch. */
   async write(commands: readonly string[]): Promise<void> {
     if (commands.length === 0) return;
@@ -169,6 +190,13 @@ export class GuestEdits {
     if (existed) this.commands.push(`rm ${p}`);
     this.commands.push(`write ${host} ${p}`);
     this.owner(p, 0o100000, meta.mode, meta.uid, meta.gid);
+    this.changed.push(p);
+  }
+
+  /** Removes regular file `p`. */
+  removeFile(p: string): void {
+    checkDebugfsPath(p);
+    this.commands.push(`rm ${p}`);
     this.changed.push(p);
   }
 

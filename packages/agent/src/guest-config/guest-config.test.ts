@@ -6,6 +6,7 @@ import { promisify } from 'node:util';
 import type { AgentGuestConfig } from '@nqvm/api';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
+import { ext4Image } from '../../test/support/guest-config';
 import {
   applyGuestConfig,
   CONFIG_DRIVE_FILE,
@@ -180,6 +181,52 @@ describe('applyGuestConfig', () => {
     expect(big.mmds).toBeNull();
     expect(big.notes).toEqual([expect.stringMatching(/MMDS left empty/)]);
     expect(big.configDrive).not.toBeNull();
+  });
+
+  it('a VM whose address changes is injected again; its drive carries network-config v1', async () => {
+    const vmDir = path.join(dir, `net${++n}`);
+    await mkdir(vmDir, { recursive: true });
+    const root = await ext4Image(vmDir, {
+      '/etc/passwd': 'root:x:0:0:root:/root:/bin/sh\n',
+      '/etc/shadow': 'root:*:19000:0:99999:7:::\n',
+      '/sbin/ifup': '#!/bin/true\n',
+      '/etc/network/interfaces': 'source /etc/network/interfaces.d/*\n',
+      '/etc/network/interfaces.d': { dir: true },
+    });
+    const network = (address: string) => ({
+      version: 2,
+      ethernets: {
+        eth0: {
+          match: { macaddress: '02:fc:00:00:00:01' },
+          'set-name': 'eth0',
+          dhcp4: false,
+          addresses: [address],
+        },
+      },
+    });
+    const target = {
+      vmDir,
+      vmm: 'qemu' as const,
+      hasCloudInit: false,
+      rootDisk: { path: root, editable: true, created: false },
+    };
+    const first = await applyGuestConfig({
+      ...target,
+      config: config({ network_config: network('10.213.0.2/24') }),
+    });
+    expect(first.injected).toContain('/etc/network/interfaces.d/nqvm');
+    const drive = path.join(vmDir, CONFIG_DRIVE_FILE);
+    expect(parse((await run('mtype', ['-i', drive, '::/network-config'])).stdout)).toMatchObject({
+      version: 1,
+      config: [{ type: 'physical', name: 'eth0', subnets: [{ type: 'static', address: '10.213.0.2/24' }] }],
+    });
+
+    const moved = await applyGuestConfig({
+      ...target,
+      config: config({ network_config: network('10.213.0.7/24') }),
+    });
+    expect(moved.injected).toEqual(['/etc/network/interfaces.d/nqvm']);
+    expect(await cat(root, '/etc/network/interfaces.d/nqvm')).toContain('address 10.213.0.7/24');
   });
 
   it('auto still boots an image that is no OS root (notes why); inject refuses it', async () => {

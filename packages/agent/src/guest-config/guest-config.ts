@@ -66,9 +66,9 @@ export function planGuestConfig(
 
 /** The settings injection depends on; the instance id and user-data reach only cloud-init. */
 function injectionHash(cfg: AgentGuestConfig): string {
-  const { hostname, username, password_hash, ssh_authorized_keys } = cfg;
+  const { hostname, username, password_hash, ssh_authorized_keys, network_config } = cfg;
   return createHash('sha256')
-    .update(JSON.stringify({ hostname, username, password_hash, ssh_authorized_keys }))
+    .update(JSON.stringify({ hostname, username, password_hash, ssh_authorized_keys, network_config }))
     .digest('hex');
 }
 
@@ -177,7 +177,9 @@ export async function applyGuestConfig(target: GuestConfigTarget): Promise<Appli
     const hash = injectionHash(cfg);
     if (previous?.injected_hash !== hash) {
       try {
-        result.injected = (await injectGuestConfig(target.rootDisk.path, cfg)).changed;
+        const injected = await injectGuestConfig(target.rootDisk.path, cfg);
+        result.injected = injected.changed;
+        result.notes.push(...injected.notes);
         Object.assign(record, {
           injected_hash: hash,
           injected_at: new Date().toISOString(),

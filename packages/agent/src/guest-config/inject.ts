@@ -1,17 +1,24 @@
 /**
  * Offline guest configuration for images without cloud-init: host name, the account with its
- * password hash and SSH keys, written into the VM's ext4 root disk with debugfs before boot.
+ * password hash and SSH keys, and the network configuration of the image's own network stack,
+ * written into the VM's ext4 root disk with debugfs before boot.
  * Idempotent: a second run with the same settings finds nothing to change.
  */
 import { open } from 'node:fs/promises';
 import type { AgentGuestConfig } from '@nqvm/api';
 import { checkDebugfsPath, DebugfsImage, GuestEdits, type GuestFileState } from './debugfs';
+import { type GuestNic, guestNics } from './guest-network';
 import { authorizedKeys, checkGuestConfig, GuestConfigError, guestAccount } from './guest-values';
 import { runTool } from './host-tools';
+import { injectNetwork, type NetworkStack } from './inject-network';
 
 export interface InjectResult {
-  /** Guest paths created or replaced; empty when the disk already held these settings. */
+  /** Guest paths created, replaced or removed; empty when the disk already held these settings. */
   changed: string[];
+  /** The network stack found in the image; null when none was. */
+  networkStack: NetworkStack | null;
+  /** What was left out, and why. */
+  notes: string[];
 }
 
 const FIRST_UID = 1000;
@@ -167,6 +174,14 @@ export async function injectGuestConfig(
   now: Date = new Date(),
 ): Promise<InjectResult> {
   checkGuestConfig(cfg);
+  const notes: string[] = [];
+  let nics: GuestNic[] = [];
+  try {
+    nics = cfg.network_config ? guestNics(cfg.network_config) : [];
+  } catch (err) {
+    if (!(err instanceof GuestConfigError)) throw err;
+    notes.push(`network not written: ${err.message}`);
+  }
   // A VM killed while it had the disk mounted leaves a journal to replay: debugfs would write
   // around it. e2fsck is run only then, as it rewrites the superblock even of a clean disk.
   if (await needsRecovery(disk)) await runTool('e2fsck', ['-p', disk], { okCodes: [1, 2] });
@@ -213,8 +228,9 @@ export async function injectGuestConfig(
       await putFile(edits, '/etc/shadow', shadow!, render(tables.shadow), { mode: 0o600, uid: 0, gid: 0 });
       await injectHome(image, edits, account, authorizedKeys(cfg));
     }
+    const network = await injectNetwork(image, edits, nics, cfg.mode === 'auto' ? 'auto' : 'inject');
     await image.write(edits.commands);
-    return { changed: edits.changed };
+    return { changed: edits.changed, networkStack: network.stack, notes: [...notes, ...network.notes] };
   } finally {
     await image.close();
   }
