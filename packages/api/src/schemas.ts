@@ -197,6 +197,13 @@ export const DeleteVmQuery = z.object({
 export const OperationStatus = z.enum(['queued', 'running', 'succeeded', 'failed', 'cancelled']);
 export type OperationStatus = z.infer<typeof OperationStatus>;
 
+/** One named step of the work and how long it took (a VM's boot: prepare-disk, boot-vmm, ...). */
+export const OperationStep = z.object({
+  name: z.string().max(64),
+  ms: z.number().min(0).describe('milliseconds, monotonic clock of the host that did it'),
+});
+export type OperationStep = z.infer<typeof OperationStep>;
+
 export const Operation = z.object({
   id: Uuid,
   kind: z.string(),
@@ -207,6 +214,12 @@ export const Operation = z.object({
   created_by: z.string().nullable(),
   created_at: Timestamp,
   updated_at: Timestamp,
+  steps: z
+    .array(OperationStep)
+    .describe(
+      "where the time went, in order, once it finished: a start's boot steps as the VM's host timed them " +
+        '(`boot-vmm.<step>` are parts of `boot-vmm`); empty for other operations',
+    ),
 });
 export type Operation = z.infer<typeof Operation>;
 
@@ -377,6 +390,8 @@ export const AgentVmReport = z.object({
   guest_ready: z.object({ at: Timestamp, signal: GuestReadySignal }).nullable().optional(),
   /** The VM ended by itself and its restart policy boots it again shortly: it still wants to run. */
   restarting: z.boolean().optional(),
+  /** How long each step of the running VMM's boot took (absent for a VMM adopted after a restart). */
+  boot_steps: z.array(OperationStep).max(64).optional(),
 });
 export type AgentVmReport = z.infer<typeof AgentVmReport>;
 

@@ -131,6 +131,8 @@ export class StandInAgent {
   followsAbandoned = 0;
   /** How `POST /v1/vms/{id}/exec` is answered (status, body). */
   execAnswer: (body: AgentExec) => [number, unknown] = echoExec;
+  /** The boot steps a VM commanded to run (or pause) reports, as a real agent times its boot. */
+  bootSteps: NonNullable<AgentVmReport['boot_steps']> | null = null;
   readonly execSessions: ExecSession[] = [];
   hostId = '';
   private readonly followers = new Map<
@@ -366,6 +368,7 @@ export class StandInAgent {
         vmm: cmd.spec.vmm ?? 'qemu',
         pid: cmd.desired === 'stopped' ? null : 4242,
         ...(nics ? { nics } : {}),
+        ...(this.bootSteps && cmd.desired !== 'stopped' ? { boot_steps: this.bootSteps } : {}),
       };
       if (cmd.spec.container) this.runContainer(report, prev, cmd);
       this.vms.set(id, report);

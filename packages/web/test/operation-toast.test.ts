@@ -12,6 +12,7 @@ const op = (status: Operation['status'], error: Operation['error'] = null): Oper
   created_by: null,
   created_at: '2026-12-07T06:00:00Z',
   updated_at: '2026-12-07T06:00:01Z',
+  steps: [],
 });
 const texts = {
   running: 'Creating VM web-1',

@@ -14,6 +14,7 @@ import type {
   DiskSpec,
   NicSpec,
   SnapshotFiles,
+  StepTiming,
   VmHandle,
   VmmDriver,
   VmmKind,
@@ -71,6 +72,11 @@ export interface BootedVm {
   notes: string[];
   /** A clone's guest agent connection, authenticated with the clone's own token once re-identified. */
   guest: GuestAgentClient | null;
+  /**
+   * How long each step took, in order; the driver's own steps follow `boot-vmm` as
+   * `boot-vmm.<step>` (parts of it, not added to it).
+   */
+  steps: StepTiming[];
 }
 
 /** A clone's guest agent is asked to re-address its NICs within this time. */
@@ -139,7 +145,7 @@ export async function bootVm(req: BootRequest): Promise<BootedVm> {
   let handle: VmHandle | null = null;
   let keep = new Set<string>();
 
-  await runPipeline(
+  const timings = await runPipeline(
     [
       {
         name: 'choose-vmm',
@@ -343,7 +349,11 @@ export async function bootVm(req: BootRequest): Promise<BootedVm> {
     req.signal,
   );
   if (!handle || !driver) throw new Error('boot pipeline ended without a VMM');
-  return { handle, driver, notes, guest };
+  const vmmSteps = (handle as VmHandle).bootSteps ?? [];
+  const steps = timings.flatMap((t) =>
+    t.name === 'boot-vmm' ? [t, ...vmmSteps.map((s) => ({ name: `boot-vmm.${s.name}`, ms: s.ms }))] : [t],
+  );
+  return { handle, driver, notes, guest, steps };
 }
 
 /**

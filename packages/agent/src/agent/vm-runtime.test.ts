@@ -85,6 +85,32 @@ describe('VM runtime with a fake driver', () => {
     expect(desired).toMatchObject({ generation: 1, desired: 'running' });
   });
 
+  it('reports how long each boot step took while the VM runs, the VMM start among them', async () => {
+    driver.bootDelayMs = 60;
+    const id = randomUUID();
+    await client.put(id, vmCommand(1, 'running', images));
+    const running = await waitForState(agent, id, 'running');
+    const steps = running.boot_steps ?? [];
+    expect(steps.map((s) => s.name)).toEqual([
+      'choose-vmm',
+      'prepare-dir',
+      'resolve-images',
+      'prepare-disk',
+      'prepare-volumes',
+      'guest-config',
+      'container-drive',
+      'prepare-network',
+      'boot-vmm',
+      'readdress-guest',
+      'persist-run-record',
+    ]);
+    expect(steps.find((s) => s.name === 'boot-vmm')!.ms).toBeGreaterThanOrEqual(55);
+    for (const s of steps) expect(s.ms).toBeGreaterThanOrEqual(0);
+    await client.put(id, vmCommand(2, 'stopped', images));
+    const stopped = await waitForState(agent, id, 'stopped');
+    expect(stopped.boot_steps).toBeUndefined();
+  });
+
   it('serializes concurrent commands and converges to the newest', async () => {
     driver.bootDelayMs = 50;
     const id = randomUUID();

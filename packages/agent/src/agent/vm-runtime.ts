@@ -29,6 +29,7 @@ import { readFirecrackerMetrics } from '../drivers/firecracker/metrics';
 import type {
   RunRecord,
   ShutdownOptions,
+  StepTiming,
   VmExit,
   VmHandle,
   VmmDriver,
@@ -175,6 +176,8 @@ export class VmRuntime {
   );
   /** When the guest of the running VMM came up, and what said so; null while it boots. */
   private guestReady: { at: string; signal: GuestReadySignal } | null = null;
+  /** How long each step of the running VMM's boot took (null: adopted, not booted by this agent). */
+  private bootSteps: StepTiming[] | null = null;
   private stopReadyWatch: (() => void) | null = null;
   /** The console writer's terminal size, set on the guest's console tty. */
   private consoleSize: TerminalSize | null = null;
@@ -215,6 +218,7 @@ export class VmRuntime {
       ...(this.container ? { container: this.container.report() } : {}),
       guest_ready: this.handle ? this.guestReady : null,
       ...(this.restartPending ? { restarting: true } : {}),
+      ...(this.handle && this.bootSteps ? { boot_steps: this.bootSteps } : {}),
     };
   }
 
@@ -783,7 +787,7 @@ export class VmRuntime {
     this.consoleRoom.starting();
     try {
       const restore = await this.restoreSource(cmd);
-      const { handle, notes, guest } = await bootVm({
+      const { handle, notes, guest, steps } = await bootVm({
         id: this.id,
         vmDir: this.vmDir,
         command: cmd,
@@ -795,6 +799,7 @@ export class VmRuntime {
         signal: abort.signal,
         ...(restore ? { restore } : {}),
       });
+      this.bootSteps = steps.map((s) => ({ name: s.name, ms: Math.round(s.ms * 10) / 10 }));
       if (restore)
         await writeJsonAtomic(path.join(this.vmDir, RESTORED_FILE), { generation: cmd.generation });
       // A restored guest had its agent running: the VM runs once it answers (a clone's, with its own token).
@@ -832,6 +837,7 @@ export class VmRuntime {
     adopted = false,
   ): Promise<void> {
     this.guest.reset();
+    if (adopted) this.bootSteps = null;
     this.guestAnswered = false;
     this.guestSilent = false;
     this.guestReady = null;

@@ -1,11 +1,12 @@
-import { BootStepError } from './types';
+import { BootStepError, type StepTiming } from './types';
 
 /**
  * A boot is an ordered list of named steps, each with an optional undo. When a step fails,
  * the steps that completed are undone in reverse order and the error names the failed step.
+ * Answers how long each step took (monotonic clock), in order: where a boot's time goes.
  *
  * @example
- * await runPipeline([
+ * const timings = await runPipeline([
  *   { name: 'prepare-disk', run: () => makeDisk(), undo: () => rmDisk() },
  *   { name: 'start-vmm', run: () => spawnVmm(), undo: () => killVmm() },
  * ]);
@@ -16,12 +17,15 @@ export interface PipelineStep {
   undo?: () => Promise<void> | void;
 }
 
-export async function runPipeline(steps: PipelineStep[], signal?: AbortSignal): Promise<void> {
+export async function runPipeline(steps: PipelineStep[], signal?: AbortSignal): Promise<StepTiming[]> {
   const done: PipelineStep[] = [];
+  const timings: StepTiming[] = [];
   for (const step of steps) {
     try {
       signal?.throwIfAborted();
+      const start = performance.now();
       await step.run();
+      timings.push({ name: step.name, ms: performance.now() - start });
       done.push(step);
     } catch (err) {
       for (const prev of done.reverse()) {
@@ -39,4 +43,5 @@ export async function runPipeline(steps: PipelineStep[], signal?: AbortSignal): 
       throw new BootStepError(step.name, err);
     }
   }
+  return timings;
 }

@@ -87,6 +87,14 @@ export interface VmHandle {
    * Returns the unsubscribe function. Absent: the VMM never pauses by itself.
    */
   onVmmPause?(listener: (event: VmmPauseEvent) => void): () => void;
+  /** How long each of the driver's own boot steps took (empty for an adopted VMM). */
+  readonly bootSteps?: readonly StepTiming[];
+}
+
+/** One named step of a boot and how long it took. */
+export interface StepTiming {
+  name: string;
+  ms: number;
 }
 
 /** The VMM paused the guest by itself (`reason` in words for the user), or it runs again. */

@@ -449,6 +449,14 @@ const steps10: Record<string, Step> = {
 };
 Object.assign(steps, steps10);
 
+const steps11: Record<string, Step> = {
+  async '0011_operation_steps'(db) {
+    // Where a finished operation's time went (a start's boot steps, as its host timed them): JSON.
+    await db.schema.alterTable('operations').addColumn('steps', 'text').execute();
+  },
+};
+Object.assign(steps, steps11);
+
 class StaticProvider implements MigrationProvider {
   constructor(private readonly dialect: DialectName) {}
   async getMigrations(): Promise<Record<string, Migration>> {

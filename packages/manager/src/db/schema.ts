@@ -267,6 +267,8 @@ export interface OperationsTable {
   created_at: Time;
   updated_at: Time;
   finished_at: Time | null;
+  /** JSON list of {name, ms}: where the finished work's time went; null when not told. */
+  steps: Json | null;
 }
 
 export interface AuditEventsTable {

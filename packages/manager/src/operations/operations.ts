@@ -3,7 +3,13 @@
  * or on the event stream. Every change is published as `operation.created|updated`.
  */
 import { randomUUID } from 'node:crypto';
-import { ConflictError, NotFoundError, type Operation, type OperationStatus } from '@nqvm/api';
+import {
+  ConflictError,
+  NotFoundError,
+  type Operation,
+  type OperationStatus,
+  type OperationStep,
+} from '@nqvm/api';
 import { nowIso } from '../clock';
 import type { Datastore } from '../db/datastore';
 import { paginate } from '../db/pagination';
@@ -23,6 +29,7 @@ export function toOperation(r: OperationRow): Operation {
     created_by: r.created_by,
     created_at: r.created_at,
     updated_at: r.updated_at,
+    steps: r.steps ? (JSON.parse(r.steps) as OperationStep[]) : [],
   };
 }
 
@@ -66,6 +73,7 @@ export class Operations {
       created_at: at,
       updated_at: at,
       finished_at: null,
+      steps: null,
     };
     await this.store.db.insertInto('operations').values(row).execute();
     const op = toOperation(row);
@@ -128,6 +136,7 @@ export class Operations {
       percent?: number;
       message?: string;
       error?: { code: string; message: string } | null;
+      steps?: OperationStep[];
     },
   ): Promise<Operation | null> {
     const at = nowIso();
@@ -143,6 +152,7 @@ export class Operations {
         ...(patch.error !== undefined
           ? { error_code: patch.error?.code ?? null, error_message: patch.error?.message ?? null }
           : {}),
+        ...(patch.steps ? { steps: JSON.stringify(patch.steps) } : {}),
         ...(terminal ? { finished_at: at } : {}),
         updated_at: at,
       })
@@ -160,8 +170,9 @@ export class Operations {
     return op;
   }
 
-  async succeed(id: string, message = 'done'): Promise<Operation | null> {
-    return this.update(id, { status: 'succeeded', percent: 100, message });
+  /** `steps`: where its time went, when the one who did the work timed it. */
+  async succeed(id: string, message = 'done', steps?: OperationStep[]): Promise<Operation | null> {
+    return this.update(id, { status: 'succeeded', percent: 100, message, ...(steps ? { steps } : {}) });
   }
 
   async fail(id: string, code: string, message: string): Promise<Operation | null> {

@@ -4,7 +4,14 @@
  * into VM states, and finishes the operations those reports satisfy. It is level-triggered:
  * a lost command or report is repaired by the next pass.
  */
-import type { AgentGuestConfig, AgentHeartbeat, AgentVmCommand, AgentVmReport, VmState } from '@nqvm/api';
+import type {
+  AgentGuestConfig,
+  AgentHeartbeat,
+  AgentVmCommand,
+  AgentVmReport,
+  OperationStep,
+  VmState,
+} from '@nqvm/api';
 import { NqvmError } from '@nqvm/api';
 import type { z } from 'zod';
 import { isoAfter, nowIso } from '../clock';
@@ -37,6 +44,15 @@ const OP_TARGET: Record<string, VmState> = {
 };
 
 const SETTLED: ReadonlySet<string> = new Set(['running', 'paused', 'stopped', 'failed']);
+
+/** Operations whose work is a boot: they finish with the boot's steps as the host timed them. */
+const BOOTS: ReadonlySet<string> = new Set([
+  'vm.create',
+  'vm.start',
+  'vm.reboot',
+  'vm.restore',
+  'snapshot.instantiate',
+]);
 
 /** Told about each report of a VM the manager keeps (a container reads its process's state); must not throw. */
 export type ReportHook = (vm: VmRow, report: AgentVmReport) => Promise<void>;
@@ -351,7 +367,7 @@ export class Reconciler {
           guest_ready_signal: ready?.signal ?? null,
         },
       );
-    if (current) await this.settleOperations(vm.id, state, error, r.generation);
+    if (current) await this.settleOperations(vm.id, state, error, r.generation, r.boot_steps);
   }
 
   private async settleOperations(
@@ -359,6 +375,7 @@ export class Reconciler {
     state: VmState,
     error: string | null,
     generation: number,
+    bootSteps?: OperationStep[],
   ): Promise<void> {
     for (const op of await this.ops.active(vmId)) {
       const opGen = (JSON.parse(op.params) as { generation?: number }).generation ?? 0;
@@ -371,6 +388,7 @@ export class Reconciler {
         await this.ops.succeed(
           op.id,
           release ? 'VM is stopped and released from its host' : `VM is ${state}`,
+          BOOTS.has(op.kind) ? bootSteps : undefined,
         );
       } else if (state === 'failed') {
         await this.ops.fail(op.id, 'VM_FAILED', error ?? 'the VM failed');

@@ -871,7 +871,7 @@ export class FirecrackerDriver implements VmmDriver {
     };
     this.runtimes.set(record.vmId, rt);
     this.cleanups.set(record.vmId, rt.exited);
-    return { record, exited: rt.exited, stats, version: caps.version };
+    return { record, exited: rt.exited, stats, version: caps.version, bootSteps: stats.steps };
   }
 
   private async onExit(rt: VmRuntime, pe: { code: number | null; signal: string | null }): Promise<VmExit> {

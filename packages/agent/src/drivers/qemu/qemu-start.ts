@@ -41,8 +41,10 @@ export interface QemuStartOptions {
  */
 export async function startQemuVm(opts: QemuStartOptions, signal?: AbortSignal): Promise<QemuVm> {
   const start = new QemuStart(opts);
-  await runPipeline(start.steps(), signal);
-  return start.handle();
+  const steps = await runPipeline(start.steps(), signal);
+  const vm = start.handle();
+  vm.bootSteps = steps;
+  return vm;
 }
 
 class QemuStart {

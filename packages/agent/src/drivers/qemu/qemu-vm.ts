@@ -4,7 +4,7 @@ import { dirname } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { ConsoleHub } from '../../console/console-hub';
 import { isSameProcessRunning } from '../../host/proc';
-import type { RunRecord, VmExit, VmHandle, VmmPauseEvent } from '../types';
+import type { RunRecord, StepTiming, VmExit, VmHandle, VmmPauseEvent } from '../types';
 import { driveId, qemuVmPaths } from './qemu-args';
 import type { QmpClient, QmpEvent } from './qmp';
 
@@ -56,6 +56,8 @@ export class QemuVm implements VmHandle {
   private resumingForSpace = false;
   private spaceTimer: NodeJS.Timeout | null = null;
   private readonly pauseListeners = new Set<(event: VmmPauseEvent) => void>();
+  /** Set by the start that spawned this QEMU: its steps' durations. */
+  bootSteps: readonly StepTiming[] = [];
 
   constructor(
     readonly record: RunRecord,
