@@ -11,11 +11,12 @@ import { performance } from 'node:perf_hooks';
 import { sql } from 'kysely';
 import type { NewVm } from '../packages/manager/src/db/schema';
 import { startManager, type TestManager } from '../packages/manager/test/harness';
+import { size } from './bench-kit';
 
-const VMS = Number(process.env.BENCH_VMS ?? 10_000);
-const REQUESTS = Number(process.env.BENCH_REQUESTS ?? 300);
-const POST_SECONDS = Number(process.env.BENCH_POST_SECONDS ?? 3);
-const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 8);
+const VMS = size('BENCH_VMS', 10_000, 300);
+const REQUESTS = size('BENCH_REQUESTS', 300, 20);
+const POST_SECONDS = size('BENCH_POST_SECONDS', 3, 1);
+const CONCURRENCY = size('BENCH_CONCURRENCY', 8, 4);
 const PAGE = 100;
 /**
  * BENCH_UNPLACED=1 seeds the running third of the VMs without a host (waiting for placement),
@@ -212,8 +213,13 @@ async function run(kind: 'sqlite' | 'postgres'): Promise<Result> {
 async function main(): Promise<void> {
   const results: Result[] = [];
   for (const kind of ['sqlite', 'postgres'] as const) {
-    process.stderr.write(`${kind}: seeding ${VMS} VMs and measuring...\n`);
-    results.push(await run(kind));
+    console.log(`${kind}: seeding ${VMS} VMs and measuring...`);
+    const r = await run(kind);
+    results.push(r);
+    console.log(
+      `${kind}: GET first page p50/p99 ${summary(r.first)} ms, deep ${summary(r.deep)} ms, filtered ${summary(r.filtered)} ms; ` +
+        `POST ${r.postRps.toFixed(0)} req/s (p50/p99 ${summary(r.postLatency)} ms, ${r.postErrors} errors)`,
+    );
   }
   const rows: Array<[string, ...string[]]> = [
     [`seed ${VMS} VMs (direct insert, s)`, ...results.map((r) => (r.seedMs / 1000).toFixed(2))],

@@ -20,10 +20,11 @@ import { signManagerRequest } from '@nqvm/api';
 import { registerPathImage } from '@nqvm/manager/images/images';
 import { BOOT_MARKER, ensureTestGuest } from '@nqvm/testkit';
 import { client, startManager } from '../packages/manager/test/harness';
+import { size } from './bench-kit';
 
 const NQVM = path.resolve(import.meta.dirname, '..', 'packages', 'cli', 'bin', 'nqvm.mjs');
-const SAMPLES = Number(process.env.BENCH_SAMPLES ?? 200);
-const WARMUP = 20;
+const SAMPLES = size('BENCH_SAMPLES', 200, 10);
+const WARMUP = size('BENCH_WARMUP', 20, 2);
 const GOAL_ADDED_P50_MS = 5;
 const BOOT_TIMEOUT_MS = 150_000;
 

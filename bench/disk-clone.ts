@@ -37,12 +37,13 @@ import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { createRootDisk } from '@nqvm/agent/agent/vm-disk';
+import { size, sizes } from './bench-kit';
 
 const run = promisify(execFile);
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
-const SIZES_GIB = (process.env.BENCH_SIZES_GIB ?? '1,4,16').split(',').map(Number);
-const RUNS = Number(process.env.BENCH_RUNS ?? 3);
+const SIZES_GIB = sizes('BENCH_SIZES_GIB', '1,4,16', '1');
+const RUNS = size('BENCH_RUNS', 3, 1);
 const BASE_DIR = process.env.BENCH_DIR ?? '/var/tmp';
 const FULL_EVERYWHERE = process.env.BENCH_FULL_EVERYWHERE === '1';
 const GOAL_FLAT_MS = 50;

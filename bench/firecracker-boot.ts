@@ -4,6 +4,7 @@
  * API socket answering) and configuration (socket to InstanceStart).
  *
  *   npx tsx bench/firecracker-boot.ts [runs=50] [versions=1.1.0,1.13.1,1.16.1] [--jailer]
+ *   (runs: also BENCH_RUNS; BENCH_SMOKE=1 makes it 2)
  *
  * The simulator is node + tsx, so "spawn to socket" measures node's start (~0.3-0.5 s), not
  * Firecracker's (~12 ms documented); the configuration part is the driver's own cost.
@@ -21,11 +22,12 @@ import {
   writeSimulatorBinary,
   writeTinyElfKernel,
 } from '@nqvm/testkit/firecracker-sim/index';
+import { size } from './bench-kit';
 
 const args = process.argv.slice(2);
 const jailer = args.includes('--jailer');
 const positional = args.filter((a) => !a.startsWith('--'));
-const runs = Number(positional[0] ?? 50);
+const runs = positional[0] ? Number(positional[0]) : size('BENCH_RUNS', 50, 2);
 const versions = (positional[1]?.split(',') ?? [...FIRECRACKER_SIM_VERSIONS]).filter(isSimVersion);
 
 function percentile(values: number[], p: number): number {

@@ -22,9 +22,10 @@ import {
   startOciRegistry,
   tarLayer,
 } from '../packages/testkit/src/oci-registry';
+import { size } from './bench-kit';
 
-const TOTAL_MIB = Number(process.env.BENCH_MIB ?? 200);
-const RUNS = Number(process.env.BENCH_RUNS ?? 3);
+const TOTAL_MIB = size('BENCH_MIB', 200, 16);
+const RUNS = size('BENCH_RUNS', 3, 1);
 const DIR = process.env.BENCH_DIR ?? tmpdir();
 const MiB = 1024 * 1024;
 

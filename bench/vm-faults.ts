@@ -25,8 +25,9 @@ import {
   waitForState,
 } from '../packages/agent/src/agent/testing';
 import { loadAgentConfig } from '../packages/agent/src/config';
+import { size } from './bench-kit';
 
-const N = Number(process.env.BENCH_N ?? 5);
+const N = size('BENCH_N', 5, 1);
 const median = (v: number[]) => [...v].sort((a, b) => a - b)[Math.floor(v.length / 2)]!;
 const now = () => performance.now();
 
@@ -83,6 +84,9 @@ try {
     await client.put(id, vmCommand(5, 'stopped', images, { stop: { force: false, timeout_s: 60 } }));
     await waitForState(agent, id, 'stopped', 90_000);
     stopUp.push(now() - t0);
+    console.log(
+      `round ${i + 1}/${N}: crash noticed ${crash[i]!.toFixed(0)} ms, stop while booting ${stopBooting[i]!.toFixed(0)} ms, stop booted ${stopUp[i]!.toFixed(0)} ms`,
+    );
     if (reportOf(agent, id)) await client.del(id);
     await waitForState(agent, id, 'deleted', 30_000);
     if (qemuPidsOf(id).length) throw new Error(`VM ${id} left running`);
