@@ -4,6 +4,7 @@ export * from './containers';
 export * from './env';
 export * from './errors';
 export * from './exec';
+export * from './http-errors';
 export * from './images';
 export * from './interface-names';
 export * from './networks';

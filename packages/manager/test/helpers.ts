@@ -5,7 +5,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { ErrorCodes } from '@nqvm/api';
+import { httpStatusOf, isErrorCode } from '@nqvm/api';
 import { sql } from 'kysely';
 import { expect } from 'vitest';
 import { loadManagerConfig } from '../src/config';
@@ -47,8 +47,8 @@ export function uniformErrorProblem(r: { status: number; text: string; headers: 
   ) {
     return 'details is not an object';
   }
-  const known = (ErrorCodes as Record<string, number>)[e.code];
-  if (known === undefined) return `code ${e.code} is not in ErrorCodes`;
+  if (!isErrorCode(e.code)) return `code ${e.code} is not in the error catalogue`;
+  const known = httpStatusOf(e.code);
   if (known !== r.status) return `code ${e.code} means ${known} but the status is ${r.status}`;
   return null;
 }

@@ -127,4 +127,58 @@ describe.concurrent.each(DATASTORES)('HTTP routing on %s', (kind) => {
       }
     });
   });
+
+  describe.sequential("Fastify's own refusals", () => {
+    it("carry the code of what they are, at that code's status (not CONFLICT for every 4xx)", async () => {
+      // Swagger UI's files, served by @fastify/static whatever web build the manager found.
+      const asset = '/docs/static/index.css';
+      expect((await raw(t.url, 'GET', asset)).status).toBe(200);
+      // @fastify/static's (send's) own refusals: a range past the end, a failed If-Match.
+      expectError(
+        await raw(t.url, 'GET', asset, { headers: { range: 'bytes=5000-6000' } }),
+        416,
+        'RANGE_NOT_SATISFIABLE',
+      );
+      expectError(
+        await raw(t.url, 'GET', asset, { headers: { 'if-match': '"not-this-one"' } }),
+        412,
+        'PRECONDITION_FAILED',
+      );
+      const auth = { authorization: `Bearer ${t.adminToken}` };
+      expectError(
+        await raw(t.url, 'GET', '/api/v1/no-such-thing', { headers: auth }),
+        404,
+        'ROUTE_NOT_FOUND',
+      );
+      const big = JSON.stringify({ name: 'x'.repeat(2 * 1024 * 1024) });
+      const json = { ...auth, 'content-type': 'application/json' };
+      expectError(
+        await raw(t.url, 'POST', '/api/v1/vms', { headers: json, body: big }),
+        413,
+        'BODY_TOO_LARGE',
+      );
+      const plain = { ...auth, 'content-type': 'text/plain' };
+      expectError(
+        await raw(t.url, 'POST', '/api/v1/vms', { headers: plain, body: '{}' }),
+        415,
+        'UNSUPPORTED_MEDIA_TYPE',
+      );
+      const garbled = { ...auth, 'content-type': 'not a media type' };
+      expectError(
+        await raw(t.url, 'POST', '/api/v1/vms', { headers: garbled, body: '{}' }),
+        415,
+        'UNSUPPORTED_MEDIA_TYPE',
+      );
+      expectError(
+        await raw(t.url, 'POST', '/api/v1/vms', { headers: json, body: '{"name":' }),
+        400,
+        'INVALID_JSON',
+      );
+      expectError(
+        await raw(t.url, 'GET', '/api/v1/vms/%E0%A4%A', { headers: auth }),
+        400,
+        'VALIDATION_FAILED',
+      );
+    });
+  });
 });

@@ -21,28 +21,28 @@ import {
   AuthenticationError,
   ConflictError,
   checkSignatureHeaders,
+  clientErrorHandler,
+  type ErrorReply,
+  frameworkErrorReply,
   NONCE_HEADER,
   NotFoundError,
   NqvmError,
   ReplayGuard,
+  routeNotFoundReply,
   SIGNATURE_HEADER,
   TIMESTAMP_HEADER,
+  toErrorReply,
   VmMetrics,
   verifyManagerSignature,
 } from '@nqvm/api';
 import Fastify, {
   type FastifyBaseLogger,
-  type FastifyError,
   type FastifyInstance,
+  type FastifyReply,
   type FastifyRequest,
   LogController,
 } from 'fastify';
-import {
-  hasZodFastifySchemaValidationErrors,
-  serializerCompiler,
-  validatorCompiler,
-  type ZodTypeProvider,
-} from 'fastify-type-provider-zod';
+import { serializerCompiler, validatorCompiler, type ZodTypeProvider } from 'fastify-type-provider-zod';
 import { z } from 'zod';
 import { formatLogLine } from '../containers/container-run';
 import type { VolumeStore } from '../volumes/volume-store';
@@ -90,40 +90,12 @@ function signedAt(req: FastifyRequest): number {
   return Number(req.headers[TIMESTAMP_HEADER]);
 }
 
-function isPublic(req: FastifyRequest): boolean {
-  return req.routeOptions.config?.public === true;
+function sendError(reply: FastifyReply, r: ErrorReply): FastifyReply {
+  return reply.status(r.status).type('application/json; charset=utf-8').send(r.body);
 }
 
-function errorReply(err: FastifyError | Error, req: FastifyRequest): { status: number; body: unknown } {
-  if (err instanceof NqvmError) return { status: err.status, body: err.toBody() };
-  if (hasZodFastifySchemaValidationErrors(err)) {
-    const fields = err.validation.map((v) => ({
-      path: [err.validationContext, ...String(v.instancePath).split('/').filter(Boolean)].join('.'),
-      message: v.message ?? 'invalid',
-    }));
-    return {
-      status: 400,
-      body: {
-        error: {
-          code: 'VALIDATION_FAILED',
-          message: `invalid ${[...new Set(fields.map((f) => f.path))].join(', ')}`,
-          details: { fields },
-        },
-      },
-    };
-  }
-  const fe = err as FastifyError;
-  if (fe.code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
-    return { status: 413, body: { error: { code: 'BODY_TOO_LARGE', message: 'request body is too large' } } };
-  }
-  if (fe.statusCode && fe.statusCode >= 400 && fe.statusCode < 500) {
-    return { status: fe.statusCode, body: { error: { code: 'VALIDATION_FAILED', message: fe.message } } };
-  }
-  req.log.error({ err }, 'unhandled error');
-  return {
-    status: 500,
-    body: { error: { code: 'INTERNAL', message: 'internal error; the agent log has details' } },
-  };
+function isPublic(req: FastifyRequest): boolean {
+  return req.routeOptions.config?.public === true;
 }
 
 /**
@@ -139,6 +111,8 @@ export async function buildAgentApi(deps: AgentApiDeps): Promise<FastifyInstance
     // Per-request lines would log every manager poll; failures are logged where they happen.
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: AGENT_BODY_LIMIT,
+    clientErrorHandler,
+    frameworkErrors: (err, _req, reply) => sendError(reply, frameworkErrorReply(err)),
   }).withTypeProvider<ZodTypeProvider>();
   app.setValidatorCompiler(validatorCompiler);
   app.setSerializerCompiler(serializerCompiler);
@@ -187,14 +161,11 @@ export async function buildAgentApi(deps: AgentApiDeps): Promise<FastifyInstance
   });
 
   app.setErrorHandler((err, req, reply) => {
-    const { status, body } = errorReply(err as FastifyError, req);
-    return reply.status(status).type('application/json; charset=utf-8').send(body);
+    const r = toErrorReply(err, 'agent');
+    if (r.unexpected) req.log.error({ err }, 'unhandled error');
+    return sendError(reply, r);
   });
-  app.setNotFoundHandler((req, reply) =>
-    reply.status(404).send({
-      error: { code: 'ROUTE_NOT_FOUND', message: `no route ${req.method} ${req.url.split('?')[0]}` },
-    }),
-  );
+  app.setNotFoundHandler((req, reply) => sendError(reply, routeNotFoundReply(req.method, req.url)));
 
   app.get('/v1/healthz', { config: { public: true } }, async () => ({ status: 'ok' }));
 

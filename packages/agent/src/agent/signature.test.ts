@@ -1,6 +1,13 @@
 import { randomUUID } from 'node:crypto';
 import { rmSync } from 'node:fs';
-import { NONCE_HEADER, SIGNATURE_HEADER, signManagerRequest, TIMESTAMP_HEADER } from '@nqvm/api';
+import {
+  type ErrorCode,
+  httpStatusOf,
+  NONCE_HEADER,
+  SIGNATURE_HEADER,
+  signManagerRequest,
+  TIMESTAMP_HEADER,
+} from '@nqvm/api';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Agent } from './agent';
 import { FakeDriver } from './fake-driver';
@@ -141,6 +148,41 @@ describe('manager signatures on the agent API', () => {
     await expect401(await fetch(`${agent.url}/v1/nothing-here`));
     const res = await client.call('GET', '/v1/nothing-here');
     expect(res.status).toBe(404);
+  });
+
+  it("answers Fastify's own refusals with the catalogue's codes, at their statuses", async () => {
+    const answers: Array<[number, string | undefined]> = [];
+    const note = async (res: Response) => {
+      const body = (await res.json()) as { error?: { code?: string } };
+      answers.push([res.status, body.error?.code]);
+    };
+    const id = randomUUID();
+    const signed = (method: string, path: string, body = '') =>
+      signManagerRequest(keys.privateKey, method, path, body);
+    await note(await fetch(`${agent.url}/v1/nothing-here`, { headers: signed('GET', '/v1/nothing-here') }));
+    // The body limit holds before the signature over the body is checked.
+    await note(
+      await fetch(`${agent.url}/v1/vms/${id}`, {
+        method: 'PUT',
+        headers: { ...signed('PUT', `/v1/vms/${id}`, '{}'), 'content-type': 'application/json' },
+        body: 'x'.repeat(2 * 1024 * 1024),
+      }),
+    );
+    await note(
+      await fetch(`${agent.url}/v1/vms/${id}`, {
+        method: 'PUT',
+        headers: { ...signed('PUT', `/v1/vms/${id}`, '{}'), 'content-type': 'not a media type' },
+        body: '{}',
+      }),
+    );
+    await note(await fetch(`${agent.url}/v1/vms/%E0%A4%A`));
+    expect(answers).toEqual([
+      [404, 'ROUTE_NOT_FOUND'],
+      [413, 'BODY_TOO_LARGE'],
+      [415, 'UNSUPPORTED_MEDIA_TYPE'],
+      [400, 'VALIDATION_FAILED'],
+    ]);
+    for (const [status, code] of answers) expect(httpStatusOf(code as ErrorCode)).toBe(status);
   });
 
   it('validates signed bodies after the signature', async () => {

@@ -17,7 +17,8 @@ import {
   AgentVmStats,
   ConflictError,
   type ErrorCode,
-  ErrorCodes,
+  httpStatusOf,
+  isErrorCode,
   NqvmError,
   ServiceUnavailableError,
   signManagerRequest,
@@ -336,6 +337,16 @@ export interface AgentWsConnection {
 }
 
 /**
+ * The code of an agent's refusal as the API answers it: the agent's own when the catalogue has it
+ * with that status; otherwise (an agent of another version) VALIDATION_FAILED for a 400 and
+ * CONFLICT, the host refusing the work, for any other status.
+ */
+function relayedCode(code: unknown, status: number): ErrorCode {
+  if (isErrorCode(code) && httpStatusOf(code) === status) return code;
+  return status === 400 ? 'VALIDATION_FAILED' : 'CONFLICT';
+}
+
+/**
  * An agent's 4xx refusal as the same domain error, so its code and reason reach the API client.
  * Codes the manager does not know become CONFLICT (409) or VALIDATION_FAILED (400).
  */
@@ -346,11 +357,8 @@ async function agentRefusal(res: Response, what: string): Promise<NqvmError> {
   } catch {
     // keep the status
   }
-  const code = body.error?.code ?? '';
-  const known = code in ErrorCodes && ErrorCodes[code as ErrorCode] === res.status;
-  const fallback: ErrorCode = res.status === 400 ? 'VALIDATION_FAILED' : 'CONFLICT';
   return new NqvmError(
-    known ? (code as ErrorCode) : fallback,
+    relayedCode(body.error?.code, res.status),
     `${what} refused by the host: ${body.error?.message || res.status}`,
     body.error?.details,
   );
@@ -367,11 +375,9 @@ function execRefusal(address: string, status: number, body: Buffer): NqvmError {
   const message = b.error?.message || String(status);
   if (status === 404)
     return new ConflictError('VM_INVALID_STATE', `the host does not hold this VM (yet): ${message}`);
-  const code = b.error?.code ?? '';
   if (status >= 400 && status < 500) {
-    const known = code in ErrorCodes && ErrorCodes[code as ErrorCode] === status;
     return new NqvmError(
-      known ? (code as ErrorCode) : status === 400 ? 'VALIDATION_FAILED' : 'CONFLICT',
+      relayedCode(b.error?.code, status),
       `exec refused by the host: ${message}`,
       b.error?.details,
     );

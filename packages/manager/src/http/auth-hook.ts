@@ -3,7 +3,7 @@ import type {} from '@fastify/cookie';
  * Authentication and authorisation for every request, before its body is read: a route's
  * `config.access` says who may call it; a route without one never registers.
  */
-import { AuthenticationError, NotAllowedError, NqvmError } from '@nqvm/api';
+import { AuthenticationError, domainErrorReply, NotAllowedError, NqvmError } from '@nqvm/api';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { Principal } from '../auth/principal';
 import { type RouteAccess, roleAtLeast } from '../auth/roles';
@@ -116,7 +116,7 @@ export function authHook(s: Services) {
       if (csrfHash && !SAFE_METHODS.has(req.method)) checkCsrf(req, csrfHash);
     } catch (err) {
       if (!(err instanceof NqvmError)) throw err;
-      return sendError(reply, err.status, err.toBody());
+      return sendError(reply, domainErrorReply(err));
     }
   };
 }

@@ -5,7 +5,7 @@
 import cookie from '@fastify/cookie';
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
-import { InputError } from '@nqvm/api';
+import { frameworkErrorReply, InputError, routeNotFoundReply } from '@nqvm/api';
 import Fastify, { type FastifyBaseLogger } from 'fastify';
 import {
   jsonSchemaTransform,
@@ -33,7 +33,7 @@ import { volumeRoutes } from '../routes/volumes';
 import type { Services } from '../services';
 import type { App } from './app-type';
 import { authHook } from './auth-hook';
-import { clientErrorHandler, sendError, toErrorReply } from './errors';
+import { clientErrorHandler, errorReplyOf, sendError } from './errors';
 import { resolveWebDist, webRoutes } from './web';
 
 export const BODY_LIMIT = 1024 * 1024;
@@ -100,10 +100,7 @@ export async function buildApp(
     rewriteUrl: (req) => aliasApiPath(req.url ?? '/'),
     clientErrorHandler,
     // Errors the router raises before any route runs (bad %-escapes, over-long path segments).
-    frameworkErrors: (err, _req, reply) =>
-      sendError(reply, 400, {
-        error: { code: 'VALIDATION_FAILED', message: `the request URL is not valid: ${err.message}` },
-      }),
+    frameworkErrors: (err, _req, reply) => sendError(reply, frameworkErrorReply(err)),
   }).withTypeProvider<ZodTypeProvider>() as unknown as App;
 
   app.setValidatorCompiler(validatorCompiler);
@@ -132,10 +129,7 @@ export async function buildApp(
   });
 
   // Set before any plugin registers: plugins (Swagger UI's routes) keep the handler of their parent at that time.
-  app.setErrorHandler((err, req, reply) => {
-    const { status, body } = toErrorReply(err as Error, req);
-    return sendError(reply, status, body);
-  });
+  app.setErrorHandler((err, req, reply) => sendError(reply, errorReplyOf(err as Error, req)));
   await app.register(cookie);
   await app.register(swagger, {
     openapi: {
@@ -196,11 +190,7 @@ export async function buildApp(
     }
   });
 
-  app.setNotFoundHandler((req, reply) =>
-    sendError(reply, 404, {
-      error: { code: 'ROUTE_NOT_FOUND', message: `no route ${req.method} ${req.url.split('?')[0]}` },
-    }),
-  );
+  app.setNotFoundHandler((req, reply) => sendError(reply, routeNotFoundReply(req.method, req.url)));
 
   healthRoutes(app, s);
   app.get('/api/v1/openapi.json', { config: { access: 'public' }, schema: { hide: true } }, async () =>

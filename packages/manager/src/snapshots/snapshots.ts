@@ -606,7 +606,8 @@ export class Snapshots {
       try {
         await this.agents.deleteSnapshot(host.address, row.id);
       } catch (err) {
-        if (!(err instanceof NqvmError) || err.status !== 409) {
+        // The host refused (a VM or a Diff still needs the files) or could not be asked: only the latter is retried.
+        if (!(err instanceof NqvmError) || err.code === 'HOST_UNAVAILABLE') {
           this.log.warn({ err, snapshotId: row.id }, 'snapshot delete on its host failed; will retry');
           await release();
           return;

@@ -386,7 +386,6 @@ describe('resolveOciImage', () => {
   it('gives registry failures codes of their own', async () => {
     await expect(resolveOciImage(`${anon.host}/test/absent:v1`)).rejects.toMatchObject({
       code: 'REGISTRY_IMAGE_NOT_FOUND',
-      status: 422,
     });
     await expect(resolveOciImage(`${basic.host}/test/app:v1`)).rejects.toMatchObject({
       code: 'REGISTRY_AUTH_FAILED',
@@ -399,7 +398,6 @@ describe('resolveOciImage', () => {
     );
     await expect(resolveOciImage(`127.0.0.1:${await freePort()}/test/app:v1`)).rejects.toMatchObject({
       code: 'REGISTRY_UNREACHABLE',
-      status: 502,
     });
     await expect(resolveOciImage('Not A Reference')).rejects.toMatchObject({ code: 'VALIDATION_FAILED' });
     const arm = await sampleImage({ platform: { os: 'linux', architecture: 'arm64' } });
