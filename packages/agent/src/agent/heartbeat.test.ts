@@ -1,6 +1,6 @@
 /**
  * Heartbeat timing and content against a scripted manager: VM changes are sent at once
- * (debounced), `deleted` reports until delivered, and a 401 stops the agent for good.
+ * (a burst in few beats), `deleted` reports until delivered, and a 401 stops the agent for good.
  */
 import { randomUUID } from 'node:crypto';
 import { rmSync } from 'node:fs';
@@ -9,10 +9,12 @@ import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { AgentVmReport } from '@nqvm/api';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { loadAgentConfig } from '../config';
 import { type Agent, createAgent } from './agent';
 import { FakeDriver } from './fake-driver';
+import { Heartbeater } from './heartbeat';
+import type { HeartbeatBody, ManagerClient } from './manager-client';
 import {
   fakeImages,
   managerKeys,
@@ -152,5 +154,54 @@ describe('heartbeats', () => {
     expect(manager.beats.length).toBe(count);
     // The VM was left running.
     expect(driver.isAlive(id)).toBe(true);
+  });
+});
+
+describe('Heartbeater pacing', () => {
+  /** A heartbeater whose manager answers at once, counting the beats. */
+  function counted() {
+    const sent: number[] = [];
+    const hb = new Heartbeater({
+      client: () =>
+        ({
+          heartbeat: async () => {
+            sent.push(Date.now());
+            return { heartbeat_interval_s: 30 };
+          },
+        }) as unknown as ManagerClient,
+      credential: () => 'credential',
+      collect: async () => ({ capacity: {}, vms: [] }) as unknown as HeartbeatBody,
+      intervalS: 30,
+      debounceMs: 50,
+      log: silentLogger,
+      onDelivered: () => {},
+      onRevoked: () => {},
+    });
+    return { hb, sent };
+  }
+
+  it('sends a change after a quiet spell at once, and a burst as its first change and one beat more', async () => {
+    vi.useFakeTimers({ now: 1_000_000 });
+    try {
+      const { hb, sent } = counted();
+      hb.start();
+      await vi.advanceTimersByTimeAsync(0);
+      expect(sent).toHaveLength(1);
+      // Quiet for a second: the next change goes out without waiting for the debounce delay.
+      await vi.advanceTimersByTimeAsync(1_000);
+      hb.poke();
+      await vi.advanceTimersByTimeAsync(0);
+      expect(sent).toHaveLength(2);
+      // A burst right after: one more beat, 50 ms after the last one.
+      for (let i = 0; i < 10; i++) hb.poke();
+      await vi.advanceTimersByTimeAsync(49);
+      expect(sent).toHaveLength(2);
+      await vi.advanceTimersByTimeAsync(1);
+      expect(sent).toHaveLength(3);
+      expect(sent[2]! - sent[1]!).toBe(50);
+      hb.stop();
+    } finally {
+      vi.useRealTimers();
+    }
   });
 });

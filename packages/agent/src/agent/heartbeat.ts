@@ -1,6 +1,7 @@
 /**
  * Heartbeats to the manager: one every interval (the manager may change it in its answer), and
- * one soon after any VM change (debounced), so a crash is known within a couple of seconds.
+ * one right after any VM change (at most one per `debounceMs`: a burst is sent as its first
+ * change and one more beat), so a start or a crash is known at once.
  * A 401 means the host credential was revoked: the heartbeater stops and says so; it never
  * keeps failing silently.
  */
@@ -13,7 +14,7 @@ export interface HeartbeaterOptions {
   credential: () => string;
   collect: () => Promise<HeartbeatBody>;
   intervalS: number;
-  /** Delay between a VM change and its heartbeat, so a burst of changes is sent once. */
+  /** The least time between two beats sent for VM changes, so a burst of changes is sent in few. */
   debounceMs: number;
   log: AgentLogger;
   /** A heartbeat with these VM reports reached the manager. */
@@ -30,6 +31,8 @@ export class Heartbeater {
   private stopped = false;
   private failing = false;
   private intervalMs: number;
+  /** When the last beat was sent (Date.now()). */
+  private lastBeatAt = Number.NEGATIVE_INFINITY;
 
   constructor(private readonly opts: HeartbeaterOptions) {
     this.intervalMs = opts.intervalS * 1000;
@@ -49,9 +52,10 @@ export class Heartbeater {
     this.timer = null;
   }
 
-  /** A VM changed: beat within the debounce delay. */
+  /** A VM changed: beat now, or once `debounceMs` has passed since the last beat. */
   poke(): void {
-    if (Date.now() + this.opts.debounceMs < this.dueAt) this.schedule(this.opts.debounceMs);
+    const at = Math.max(Date.now(), this.lastBeatAt + this.opts.debounceMs);
+    if (at < this.dueAt) this.schedule(at - Date.now());
   }
 
   /** Sends one heartbeat now (after the one in flight); resolves when it is done. */
@@ -78,6 +82,7 @@ export class Heartbeater {
       this.again = true;
       return this.inflight;
     }
+    this.lastBeatAt = Date.now();
     this.inflight = this.send().finally(() => {
       this.inflight = null;
       if (this.again) {
