@@ -102,6 +102,22 @@ describe('ensureGuestAgent', () => {
     expect((await readdir(cacheDir)).sort()).toHaveLength(2);
   });
 
+  it('asks no compiler again in the same process (every boot asks), until its binary is gone', async () => {
+    const cacheDir = join(dir, 'memo');
+    const calls = join(dir, 'memo-calls');
+    const compiler = join(dir, 'gcc-counted');
+    await writeFile(compiler, `#!/bin/sh\necho "$1" >> ${calls}\nexec gcc "$@"\n`, { mode: 0o755 });
+    const built = await ensureGuestAgent({ cacheDir, compiler });
+    const runs = (await readFile(calls, 'utf8')).split('\n').filter(Boolean).length;
+    expect(runs).toBeGreaterThanOrEqual(3); // identity (2) and the build
+    expect(await ensureGuestAgent({ cacheDir, compiler })).toEqual(built);
+    expect((await readFile(calls, 'utf8')).split('\n').filter(Boolean)).toHaveLength(runs);
+    await rm(cacheDir, { recursive: true, force: true });
+    const rebuilt = await ensureGuestAgent({ cacheDir, compiler });
+    expect(existsSync(rebuilt.path)).toBe(true);
+    expect((await readFile(calls, 'utf8')).split('\n').filter(Boolean).length).toBeGreaterThan(runs);
+  });
+
   it('says what to install when gcc or the static libc is missing', async () => {
     await expect(
       ensureGuestAgent({ cacheDir: join(dir, 'x'), compiler: join(dir, 'no-gcc') }),

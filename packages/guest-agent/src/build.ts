@@ -129,6 +129,13 @@ async function sha256File(path: string): Promise<string> {
 const inFlight = new Map<string, Promise<GuestAgentBinary>>();
 
 /**
+ * What this process found, by cache and compiler: every VM boot asks, and the key costs two
+ * compiler runs and a read of every source (tens of ms). The sources are this package's and do
+ * not change under a running process; a compiler upgraded meanwhile counts from the next start.
+ */
+const found = new Map<string, GuestAgentBinary>();
+
+/**
  * Returns the compiled agent, building it first if the cache has none for this source and
  * compiler. Safe when several processes ask at once: each builds into its own folder and
  * renames it into place; a loser of that race uses the winner's identical file.
@@ -139,7 +146,19 @@ const inFlight = new Map<string, Promise<GuestAgentBinary>>();
 export async function ensureGuestAgent(opts: EnsureGuestAgentOptions = {}): Promise<GuestAgentBinary> {
   const root = resolve(opts.cacheDir ?? defaultCacheRoot());
   const compiler = opts.compiler ?? 'gcc';
-  const progress = opts.onProgress ?? (() => {});
+  const memoKey = `${root}\0${compiler}`;
+  const known = found.get(memoKey);
+  if (known && existsSync(known.path)) return known;
+  const binary = await findOrBuild(root, compiler, opts.onProgress ?? (() => {}));
+  found.set(memoKey, binary);
+  return binary;
+}
+
+async function findOrBuild(
+  root: string,
+  compiler: string,
+  progress: (message: string) => void,
+): Promise<GuestAgentBinary> {
   const sourceDir = guestAgentSourceDir();
   const sources = GUEST_AGENT_SOURCES.map((f) => join(sourceDir, f));
 
