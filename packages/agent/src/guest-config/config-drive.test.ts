@@ -49,4 +49,22 @@ describe('writeConfigDrive', () => {
     expect(await mtype(img, 'user-data')).toBe(big);
     expect((await run('fsck.vfat', ['-n', img])).stdout).not.toMatch(/error/i);
   });
+
+  it('keeps a drive made from the same files, and makes it again when they change or it is gone', async () => {
+    const img = path.join(dir, 'kept.img');
+    const data = { metaData: 'instance-id: i-3\n', userData: '#cloud-config\n', networkConfig: null };
+    await writeConfigDrive(img, data);
+    const first = await stat(img);
+    await writeConfigDrive(img, data);
+    const second = await stat(img);
+    expect([second.ino, second.mtimeMs]).toEqual([first.ino, first.mtimeMs]);
+
+    await writeConfigDrive(img, { ...data, metaData: 'instance-id: i-4\n' });
+    expect((await stat(img)).ino).not.toBe(first.ino);
+    expect(await mtype(img, 'meta-data')).toBe('instance-id: i-4\n');
+
+    await rm(img);
+    await writeConfigDrive(img, { ...data, metaData: 'instance-id: i-4\n' });
+    expect(await mtype(img, 'meta-data')).toBe('instance-id: i-4\n');
+  });
 });

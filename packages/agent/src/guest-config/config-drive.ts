@@ -4,7 +4,9 @@
  * no root). vfat rather than iso9660: every kernel that runs cloud-init reads it, and the
  * tools are in dosfstools and mtools. cloud-init matches the label without regard to case.
  */
-import { chmod, mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { chmod, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { CloudInitData } from './cloud-config';
@@ -36,15 +38,31 @@ export async function writeConfigDrive(
   await writeVfatImage(file, CONFIG_DRIVE_LABEL, [...driveFiles(data), ...extra]);
 }
 
+/** Beside an image: the digest of what it was made from, so an unchanged drive is kept. */
+const digestFile = (file: string) => `${file}.sha256`;
+
+function digestOf(label: string, files: ReadonlyArray<[name: string, content: string | Uint8Array]>): string {
+  const hash = createHash('sha256').update(label).update('\0');
+  for (const [name, content] of files) hash.update(name).update('\0').update(content).update('\0');
+  return hash.digest('hex');
+}
+
 /**
  * Writes a small vfat image labelled `label` holding `files` to `file` (replacing it): built
- * under a temporary name, then renamed, so a VM never sees half a drive.
+ * under a temporary name, then renamed, so a VM never sees half a drive. An image made from the
+ * same label and files is kept as it is (VMs attach it read-only): every start of a VM asks for
+ * its drive again, and making one costs two process starts.
  */
 export async function writeVfatImage(
   file: string,
   label: string,
   files: ReadonlyArray<[name: string, content: string | Uint8Array]>,
 ): Promise<void> {
+  const digest = digestOf(label, files);
+  const made = await readFile(digestFile(file), 'utf8').catch(() => null);
+  if (made === digest && existsSync(file)) return;
+  // Gone before the image changes: a digest never vouches for an image it was not made with.
+  await rm(digestFile(file), { force: true });
   const bytes = files.reduce((n, [, content]) => n + Buffer.byteLength(content), 0);
   // Twice the data plus room for the FAT and the directory, in whole MiB.
   const kib = Math.max(MIN_KIB, Math.ceil((bytes * 2 + 256 * 1024) / (1024 * 1024)) * 1024);
@@ -60,6 +78,7 @@ export async function writeVfatImage(
     // It holds the guest user's password hash and the guest agent's token: the VMM reads it, no one else.
     await chmod(image, 0o600);
     await rename(image, file);
+    await writeFile(digestFile(file), digest, { mode: 0o600 });
   } catch (err) {
     await rm(image, { force: true });
     throw err;
