@@ -55,6 +55,7 @@ const AgentEnv = z.object({
   NQVM_FC_TRACK_DIRTY_PAGES: envBool.default(false),
   NQVM_HEARTBEAT_INTERVAL_S: envPositiveInt.default(5),
   NQVM_AGENT_IMAGE_CACHE_MAX_MIB: envPositiveInt.default(20_480),
+  NQVM_AGENT_METRICS_TOKEN: z.string().min(16, 'at least 16 characters').optional(),
   NQVM_LOG_LEVEL: envLogLevel,
 });
 
@@ -88,6 +89,8 @@ export interface AgentConfig {
   heartbeatIntervalS: number;
   /** Bound of the images fetched from the manager (`<stateDir>/images`); unused ones go first. */
   imageCacheMaxMib: number;
+  /** A bearer token Prometheus may scrape `/metrics` with; null: only the manager's signed requests. */
+  metricsToken: string | null;
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 }
 
@@ -126,6 +129,7 @@ export function loadAgentConfig(env: NodeJS.ProcessEnv = process.env): AgentConf
     fcTrackDirtyPages: e.NQVM_FC_TRACK_DIRTY_PAGES,
     heartbeatIntervalS: e.NQVM_HEARTBEAT_INTERVAL_S,
     imageCacheMaxMib: e.NQVM_AGENT_IMAGE_CACHE_MAX_MIB,
+    metricsToken: e.NQVM_AGENT_METRICS_TOKEN ?? null,
     logLevel: e.NQVM_LOG_LEVEL,
   };
 }
@@ -160,6 +164,11 @@ export const agentConfigDoc: Array<[string, string, string]> = [
     'NQVM_AGENT_IMAGE_CACHE_MAX_MIB',
     '20480',
     'size limit of the images fetched from the manager; least recently used images no VM uses are evicted',
+  ],
+  [
+    'NQVM_AGENT_METRICS_TOKEN',
+    '(unset)',
+    'bearer token (16+ characters) that may scrape `/metrics`; without it only the manager (signed) can',
   ],
   ['NQVM_LOG_LEVEL', 'info', 'fatal, error, warn, info, debug, trace or silent'],
 ];

@@ -15,6 +15,7 @@ import { pino } from 'pino';
 import type { AgentConfig } from '../config';
 import type { VmmDriver } from '../drivers/types';
 import { type BlobSource, ImageCache } from '../images/image-cache';
+import { AgentMetrics } from '../metrics/agent-metrics';
 import { HostNetwork, hostRunner } from '../network';
 import { listLinks } from '../network/iproute';
 import { SnapshotStore } from '../snapshots/snapshot-store';
@@ -149,6 +150,14 @@ export async function createAgent(config: AgentConfig, options: AgentOptions = {
     managerKey: () => managerKey,
     logger: log,
     listensOn: (proto, port) => network.listensOn(proto, port),
+    metrics: new AgentMetrics({
+      running: () => registry.runningVmms(),
+      states: () => registry.stateCounts(),
+      taps: () => network.tapsByVm(),
+      capacity: async () => measureCapacity(config.stateDir, config.caps, await drivers.all(), []),
+      stateDir: config.stateDir,
+    }),
+    metricsToken: config.metricsToken,
   });
   try {
     await app.listen({ host: config.bind.host, port: config.bind.port });

@@ -3,7 +3,7 @@
  * manager's Ed25519 signature over method, path, timestamp and body; work is accepted with 202
  * and reported through heartbeats (and `GET /v1/vms`).
  */
-import type { KeyObject } from 'node:crypto';
+import { createHash, type KeyObject, timingSafeEqual } from 'node:crypto';
 import { PassThrough } from 'node:stream';
 import {
   AgentExec,
@@ -76,13 +76,30 @@ export interface AgentApiDeps {
   logger: FastifyBaseLogger;
   /** Whether a program on the host listens on a port (a forward of it would shadow it). */
   listensOn?: (proto: 'tcp' | 'udp', port: number) => Promise<boolean>;
+  /** Serves `GET /metrics` (Prometheus text); absent: no such route. */
+  metrics?: { scrape(): Promise<string>; readonly contentType: string };
+  /** A bearer token that may scrape `/metrics` instead of a manager signature; null: none. */
+  metricsToken?: string | null;
 }
 
 declare module 'fastify' {
   interface FastifyContextConfig {
     /** The route needs no manager signature. */
     public?: boolean;
+    /** The route also takes the metrics token instead of a manager signature. */
+    metrics?: boolean;
   }
+  interface FastifyRequest {
+    /** The request carried the metrics token (then no signature is checked). */
+    metricsBearer?: boolean;
+  }
+}
+
+/** Compares a presented secret with the configured one in constant time (by their digests). */
+function sameSecret(presented: string, expected: string): boolean {
+  const a = createHash('sha256').update(presented).digest();
+  const b = createHash('sha256').update(expected).digest();
+  return timingSafeEqual(a, b);
 }
 
 /** The manager's signature time of a request (verified by then). */
@@ -126,6 +143,13 @@ export async function buildAgentApi(deps: AgentApiDeps): Promise<FastifyInstance
   const replays = new ReplayGuard();
   app.addHook('onRequest', async (req) => {
     if (isPublic(req)) return;
+    if (req.routeOptions.config?.metrics && deps.metricsToken) {
+      const m = /^Bearer\s+(\S+)$/i.exec(req.headers.authorization ?? '');
+      if (m && sameSecret(m[1]!, deps.metricsToken)) {
+        req.metricsBearer = true;
+        return;
+      }
+    }
     checkSignatureHeaders({
       timestamp: req.headers[TIMESTAMP_HEADER] as string | undefined,
       nonce: req.headers[NONCE_HEADER] as string | undefined,
@@ -133,7 +157,7 @@ export async function buildAgentApi(deps: AgentApiDeps): Promise<FastifyInstance
     });
   });
   app.addHook('preValidation', async (req) => {
-    if (isPublic(req)) return;
+    if (isPublic(req) || req.metricsBearer) return;
     const key = deps.managerKey();
     if (!key) throw new AuthenticationError('this agent has not registered with a manager yet');
     const raw = Buffer.isBuffer(req.body) ? req.body : Buffer.alloc(0);
@@ -168,6 +192,17 @@ export async function buildAgentApi(deps: AgentApiDeps): Promise<FastifyInstance
   app.setNotFoundHandler((req, reply) => sendError(reply, routeNotFoundReply(req.method, req.url)));
 
   app.get('/v1/healthz', { config: { public: true } }, async () => ({ status: 'ok' }));
+
+  // Prometheus text: signed by the manager (it relays it), or with the metrics token.
+  const metrics = deps.metrics;
+  if (metrics) {
+    app.get('/metrics', { config: { metrics: true } }, async (_req, reply) =>
+      reply
+        .type(metrics.contentType)
+        .header('cache-control', 'no-store')
+        .send(await metrics.scrape()),
+    );
+  }
 
   app.get(
     '/v1/host/ports/:proto/:port',

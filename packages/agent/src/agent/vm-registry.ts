@@ -18,7 +18,7 @@ import {
 import type { ConsoleRoom } from '../console/console-room';
 import { type AgentLogger, errorMessage } from './logger';
 import { listVmIds } from './state-files';
-import { publicSnapshot, truncateError, VmRuntime, type VmRuntimeDeps } from './vm-runtime';
+import { publicSnapshot, type RunningVmm, truncateError, VmRuntime, type VmRuntimeDeps } from './vm-runtime';
 
 /**
  * A deleted VM, remembered so that a command signed before the delete (delayed in transit, or
@@ -138,6 +138,26 @@ export class VmRegistry {
   /** The console WebSocket sessions of a VM; null for an unknown VM. */
   consoleRoom(id: string): ConsoleRoom | null {
     return this.vms.get(id)?.consoleRoom ?? null;
+  }
+
+  /** The VMs whose VMM runs (or is paused), for metrics. */
+  runningVmms(): RunningVmm[] {
+    const out: RunningVmm[] = [];
+    for (const vm of this.vms.values()) {
+      const r = vm.runningVmm();
+      if (r) out.push(r);
+    }
+    return out;
+  }
+
+  /** How many VMs are in each reported state. */
+  stateCounts(): Map<string, number> {
+    const out = new Map<string, number>();
+    for (const vm of this.vms.values()) {
+      const state = vm.report().state;
+      out.set(state, (out.get(state) ?? 0) + 1);
+    }
+    return out;
   }
 
   /** The VMM's metrics; null for an unknown VM. */

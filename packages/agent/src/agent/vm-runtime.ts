@@ -83,6 +83,17 @@ export interface VmRuntimeDeps {
   onChange: () => void;
 }
 
+/** A VM whose VMM runs, as metrics see it. */
+export interface RunningVmm {
+  vmId: string;
+  vmm: VmmKind;
+  state: AgentVmState;
+  handle: VmHandle;
+  driver: VmmDriver | undefined;
+  vcpu: number;
+  memMib: number;
+}
+
 /** The protocol's bound on a report's error (AgentVmReport.error). */
 const MAX_ERROR_CHARS = 2_000;
 
@@ -295,6 +306,21 @@ export class VmRuntime {
     const changed = JSON.stringify(found) !== JSON.stringify(this.found);
     this.found = found;
     return changed;
+  }
+
+  /** The running VMM for metrics: its handle, driver and the VM's size; null while it is down. */
+  runningVmm(): RunningVmm | null {
+    const handle = this.handle;
+    if (!handle || !this.vmm) return null;
+    return {
+      vmId: this.id,
+      vmm: this.vmm,
+      state: this.state,
+      handle,
+      driver: this.deps.drivers.get(this.vmm),
+      vcpu: this.command?.spec.vcpu ?? 0,
+      memMib: this.command?.spec.mem_mib ?? 0,
+    };
   }
 
   /** The VMM's own metrics while it runs (Firecracker's metrics file); null otherwise. */

@@ -144,6 +144,18 @@ export interface VmmDriver {
   restore(spec: VmSpec, snap: SnapshotFiles): Promise<VmHandle>;
   /** Re-attach to a VMM that outlived the agent; null if it is gone or the pid was reused. */
   adopt(record: RunRecord): Promise<VmHandle | null>;
+  /** The drives' I/O counters since the VMM started (absent: this VMM does not count them). */
+  diskUsage?(h: VmHandle): Promise<DiskUsage[]>;
+}
+
+/** Cumulative I/O counters of one drive of a running VM, as its VMM counts them. */
+export interface DiskUsage {
+  /** The drive's id in the VmSpec ("root", "cidata", "vol-<uuid>"). */
+  drive: string;
+  readBytes: number;
+  writeBytes: number;
+  readOps: number;
+  writeOps: number;
 }
 
 /** A failure that names the pipeline step that failed. */

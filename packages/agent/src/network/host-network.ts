@@ -326,6 +326,20 @@ export class HostNetwork {
   }
 
   /**
+   * The TAPs this module made, by VM id. Read from the saved state without waiting for changes
+   * in progress (state files are replaced whole), so a metrics scrape never queues behind a boot.
+   */
+  async tapsByVm(): Promise<Map<string, Array<{ nicIndex: number; tap: string }>>> {
+    const out = new Map<string, Array<{ nicIndex: number; tap: string }>>();
+    for (const t of Object.values((await this.load()).taps)) {
+      const list = out.get(t.spec.vmId) ?? [];
+      list.push({ nicIndex: t.spec.nicIndex, tap: t.tap });
+      out.set(t.spec.vmId, list);
+    }
+    return out;
+  }
+
+  /**
    * The addresses a VM NIC's guest got, found on the host without asking the guest: DHCP
    * answers to its MAC seen on its TAP, the sources of its own traffic, the network's dnsmasq
    * leases, and the bridge's neighbour table.

@@ -9,6 +9,7 @@ import { type CgroupLimits, detectCgroups, VmCgroups } from '../../host/cgroups'
 import { cloneFile } from '../../host/disk-tools';
 import { readProcStartTime } from '../../host/proc';
 import type {
+  DiskUsage,
   DriverInfo,
   RunRecord,
   ShutdownOptions,
@@ -17,6 +18,7 @@ import type {
   VmmDriver,
   VmSpec,
 } from '../types';
+import { parseBlockStats } from './block-stats';
 import { probeKvm } from './kvm-probe';
 import { migrateToFileUri, type QemuAccel, qemuVmPaths } from './qemu-args';
 import { startQemuVm, waitForMigration } from './qemu-start';
@@ -128,6 +130,13 @@ export class QemuDriver implements VmmDriver {
 
   async resume(h: VmHandle): Promise<void> {
     await asQemuVm(h).qmp.execute('cont');
+  }
+
+  /** Bytes and requests each drive read and wrote since QEMU started (QMP `query-blockstats`). */
+  async diskUsage(h: VmHandle): Promise<DiskUsage[]> {
+    return parseBlockStats(
+      await asQemuVm(h).qmp.execute('query-blockstats', undefined, { timeoutMs: 2_000 }),
+    );
   }
 
   /**
