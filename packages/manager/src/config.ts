@@ -46,6 +46,7 @@ const ManagerEnv = z.object({
   NQVM_HEARTBEAT_INTERVAL_S: envPositiveInt.default(5),
   NQVM_VCPU_OVERCOMMIT: z.coerce.number().min(1).max(64).default(4),
   NQVM_SESSION_TTL_HOURS: envPositiveInt.default(12),
+  NQVM_METRICS_TOKEN: z.string().min(16, 'at least 16 characters').optional(),
   NQVM_LOG_LEVEL: envLogLevel,
 });
 
@@ -66,6 +67,8 @@ export interface ManagerConfig {
   heartbeatIntervalS: number;
   vcpuOvercommit: number;
   sessionTtlHours: number;
+  /** A bearer token that may scrape `/metrics` (and nothing else); unset: operators only. */
+  metricsToken?: string;
   logLevel: string;
 }
 
@@ -97,6 +100,7 @@ export function loadManagerConfig(env: NodeJS.ProcessEnv = process.env): Manager
     heartbeatIntervalS: e.NQVM_HEARTBEAT_INTERVAL_S,
     vcpuOvercommit: e.NQVM_VCPU_OVERCOMMIT,
     sessionTtlHours: e.NQVM_SESSION_TTL_HOURS,
+    metricsToken: e.NQVM_METRICS_TOKEN,
     logLevel: e.NQVM_LOG_LEVEL,
   };
 }
@@ -142,5 +146,10 @@ export const managerConfigDoc: Array<[string, string, string]> = [
   ],
   ['NQVM_VCPU_OVERCOMMIT', '4', 'vCPUs placed per host core; memory and disk are never overcommitted'],
   ['NQVM_SESSION_TTL_HOURS', '12', 'lifetime of a web UI session'],
+  [
+    'NQVM_METRICS_TOKEN',
+    '(unset: operators only)',
+    'bearer token (16+ characters) that may scrape `/metrics` and nothing else, for Prometheus',
+  ],
   ['NQVM_LOG_LEVEL', 'info', 'fatal, error, warn, info, debug, trace or silent'],
 ];

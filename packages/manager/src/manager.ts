@@ -22,6 +22,7 @@ import { loadOrCreateManagerKey } from './hosts/manager-key';
 import type { App } from './http/app-type';
 import { type BuildOptions, buildApp, type RegisteredRoute } from './http/server';
 import { ImageService } from './images/image-service';
+import { ManagerMetrics } from './metrics/manager-metrics';
 import { Networks } from './networks/networks';
 import { PortForwards } from './networks/port-forwards';
 import { Operations } from './operations/operations';
@@ -80,6 +81,8 @@ export async function createManager(config: ManagerConfig, opts: ManagerOptions 
   const store = opts.store ?? (await openDatastore(config.databaseUrl));
   const bus = new EventBus(store);
   await bus.start();
+  const metrics = new ManagerMetrics(store);
+  const stopCountingOperations = bus.subscribe((e) => metrics.onEvent(e));
   const ops = new Operations(store, bus);
   let https: BuildOptions['https'];
   let fingerprint: string | null = null;
@@ -131,6 +134,7 @@ export async function createManager(config: ManagerConfig, opts: ManagerOptions 
     scheduler,
     agents,
     reconciler,
+    metrics,
     users: new Users(store, bus, config.sessionTtlHours),
     hosts,
     audit: new AuditLog(store),
@@ -212,6 +216,8 @@ export async function createManager(config: ManagerConfig, opts: ManagerOptions 
       await services.images.stop();
       await presence.close();
       bus.stop();
+      stopCountingOperations();
+      metrics.close();
       await app.close();
       if (!opts.store) await store.close();
     },

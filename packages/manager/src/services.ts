@@ -11,6 +11,7 @@ import type { AgentClient } from './hosts/agent-client';
 import type { Hosts } from './hosts/hosts';
 import type { ManagerKey } from './hosts/manager-key';
 import type { ImageService } from './images/image-service';
+import type { ManagerMetrics } from './metrics/manager-metrics';
 import type { Networks } from './networks/networks';
 import type { PortForwards } from './networks/port-forwards';
 import type { Operations } from './operations/operations';
@@ -42,5 +43,6 @@ export interface Services {
   scheduler: Scheduler;
   agents: AgentClient;
   reconciler: Reconciler;
+  metrics: ManagerMetrics;
   version: string;
 }

@@ -110,7 +110,6 @@ describe.concurrent.each(DATASTORES)('HTTP routing on %s', (kind) => {
         '/v1/nothing-here',
         '/v1',
         '/v2/sandboxes',
-        '/metrics',
         '/metrics/x',
         '/api',
         '/api/v2/vms',
@@ -125,6 +124,18 @@ describe.concurrent.each(DATASTORES)('HTTP routing on %s', (kind) => {
           expect(r.text).not.toContain('<!doctype');
         }
       }
+    });
+
+    it('answers /metrics itself: a JSON 401 anonymously, Prometheus text to an admin, never index.html', async () => {
+      const anonymous = await raw(t.url, 'GET', '/metrics');
+      expectError(anonymous, 401, 'UNAUTHENTICATED');
+      const admin = await raw(t.url, 'GET', '/metrics', {
+        headers: { authorization: `Bearer ${t.adminToken}` },
+      });
+      expect(admin.status).toBe(200);
+      expect(admin.headers.get('content-type')).toMatch(/^text\/plain; version=0\.0\.4/);
+      expect(admin.text).toContain('# TYPE nqvm_api_requests_total counter');
+      expect(admin.text).not.toContain('<!doctype');
     });
   });
 

@@ -13,7 +13,9 @@ export type Principal =
       sessionId?: string;
     }
   | { kind: 'host'; hostId: string; hostName: string }
-  | { kind: 'join'; joinTokenId: string };
+  | { kind: 'join'; joinTokenId: string }
+  /** The bearer of NQVM_METRICS_TOKEN: it may scrape `/metrics` and nothing else. */
+  | { kind: 'metrics' };
 
 export function actorOf(p: Principal): {
   type: 'user' | 'token' | 'host' | 'anonymous';

@@ -10,5 +10,8 @@ export function lowerRole(a: Role, b: Role): Role {
   return rank[a] <= rank[b] ? a : b;
 }
 
-/** Who may call a route. Every route declares one; a route without it fails at start-up. */
-export type RouteAccess = 'public' | 'viewer' | 'operator' | 'admin' | 'host' | 'join';
+/**
+ * Who may call a route. Every route declares one; a route without it fails at start-up.
+ * `metrics`: an operator (or admin), or the metrics token (NQVM_METRICS_TOKEN).
+ */
+export type RouteAccess = 'public' | 'viewer' | 'operator' | 'admin' | 'host' | 'join' | 'metrics';

@@ -19,6 +19,8 @@ export interface BusEvent {
   /** When set, the owner may see it whatever the role (their own API tokens). */
   ownerId: string | null;
   data: unknown;
+  /** When the event was recorded (RFC 3339). */
+  createdAt: string;
 }
 
 export interface PublishInput {
@@ -102,6 +104,7 @@ export class EventBus {
       minRole: input.minRole ?? 'viewer',
       ownerId: input.ownerId ?? null,
       data: input.data,
+      createdAt: created_at,
     };
     if (this.store.dialect === 'postgres') this.localSeqs.add(event.seq);
     this.emitter.emit('event', event);
@@ -160,6 +163,7 @@ function toEvent(r: {
   min_role: string;
   owner_id: string | null;
   data: string;
+  created_at: string;
 }): BusEvent {
   return {
     seq: Number(r.seq),
@@ -169,5 +173,6 @@ function toEvent(r: {
     minRole: r.min_role as Role,
     ownerId: r.owner_id,
     data: JSON.parse(r.data),
+    createdAt: r.created_at,
   };
 }

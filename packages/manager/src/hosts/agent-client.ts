@@ -235,6 +235,15 @@ export class AgentClient {
     return VmMetrics.parse(await res.json());
   }
 
+  /** The agent's Prometheus text (`GET /metrics`), as it answered it. */
+  async scrapeMetrics(address: string): Promise<{ contentType: string; body: string }> {
+    const res = await this.expectOk(await this.request(address, 'GET', '/metrics'), 'metrics scrape');
+    return {
+      contentType: res.headers.get('content-type') ?? 'text/plain; version=0.0.4',
+      body: await res.text(),
+    };
+  }
+
   async consoleTail(address: string, vmId: string, bytes: number): Promise<Buffer> {
     const res = await this.expectOk(
       await this.request(address, 'GET', `/v1/vms/${vmId}/console?tail=${bytes}`),

@@ -1,4 +1,5 @@
 import type {} from '@fastify/cookie';
+import { timingSafeEqual } from 'node:crypto';
 /**
  * Authentication and authorisation for every request, before its body is read: a route's
  * `config.access` says who may call it; a route without one never registers.
@@ -47,6 +48,8 @@ async function identify(
     } else if (secret.startsWith('nqvm_join_')) {
       const id = await s.hosts.resolveJoinToken(secret);
       if (id) return { principal: { kind: 'join', joinTokenId: id } };
+    } else if (s.config.metricsToken && sameSecret(secret, s.config.metricsToken)) {
+      return { principal: { kind: 'metrics' } };
     }
     throw new AuthenticationError('the token is unknown, expired or revoked');
   }
@@ -75,8 +78,21 @@ function checkCsrf(req: FastifyRequest, csrfHash: string): void {
   }
 }
 
+/** Compares a presented secret with the configured one in constant time (by their digests). */
+function sameSecret(presented: string, expected: string): boolean {
+  return timingSafeEqual(Buffer.from(hashSecret(presented), 'hex'), Buffer.from(hashSecret(expected), 'hex'));
+}
+
 export function authorize(access: RouteAccess, p: Principal): void {
   if (access === 'public') return;
+  if (access === 'metrics') {
+    if (p.kind === 'metrics') return;
+    if (p.kind === 'anonymous')
+      throw new AuthenticationError('metrics need an operator token or session, or the metrics token');
+    if (p.kind !== 'user' || !roleAtLeast(p.role, 'operator'))
+      throw new NotAllowedError('metrics need the operator role or the metrics token');
+    return;
+  }
   if (access === 'host' || access === 'join') {
     if (p.kind === access) return;
     if (p.kind === 'anonymous')
@@ -88,6 +104,7 @@ export function authorize(access: RouteAccess, p: Principal): void {
     );
   }
   if (p.kind === 'anonymous') throw new AuthenticationError();
+  if (p.kind === 'metrics') throw new NotAllowedError('the metrics token only scrapes /metrics');
   if (p.kind !== 'user') throw new NotAllowedError('agent credentials cannot call user routes');
   if (!roleAtLeast(p.role, access))
     throw new NotAllowedError(`this needs the ${access} role; you have ${p.role}`);

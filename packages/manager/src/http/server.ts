@@ -23,6 +23,7 @@ import { execWsRoutes } from '../routes/exec-ws';
 import { healthRoutes } from '../routes/health';
 import { hostRoutes } from '../routes/hosts';
 import { imageRoutes } from '../routes/images';
+import { metricsRoutes } from '../routes/metrics';
 import { networkRoutes } from '../routes/networks';
 import { operationRoutes } from '../routes/operations';
 import { snapshotRoutes } from '../routes/snapshots';
@@ -168,6 +169,11 @@ export async function buildApp(
     }
   });
   app.addHook('onResponse', async (req, reply) => {
+    // The route template, never the raw path: ids and typos must not make new series.
+    const route = req.routeOptions.config?.access === undefined ? null : (req.routeOptions.url ?? null);
+    s.metrics.observeRequest(req.method, route, reply.statusCode, reply.elapsedTime / 1000);
+  });
+  app.addHook('onResponse', async (req, reply) => {
     const audit = req.routeOptions.config?.audit;
     if (!MUTATING.has(req.method) || audit === false || req.routeOptions.config?.access === undefined) return;
     const params = req.params as { id?: string } | undefined;
@@ -193,6 +199,7 @@ export async function buildApp(
   app.setNotFoundHandler((req, reply) => sendError(reply, routeNotFoundReply(req.method, req.url)));
 
   healthRoutes(app, s);
+  metricsRoutes(app, s);
   app.get('/api/v1/openapi.json', { config: { access: 'public' }, schema: { hide: true } }, async () =>
     app.swagger(),
   );

@@ -51,10 +51,14 @@ export function eventRoutes(app: App, s: Services): void {
         if (e.seq <= lastSent || !visible(e)) return;
         lastSent = e.seq;
         res.write(`id: ${e.seq}\nevent: ${e.type}\ndata: ${JSON.stringify(e.data)}\n\n`);
+        // Replayed events are old by design: only live ones measure how far the stream lags.
+        if (!replaying) s.metrics.eventDelivered(e);
       };
       const unsubscribe = s.bus.subscribe((e) => (replaying ? queue.push(e) : send(e)));
       const keepalive = setInterval(() => res.write(': keep-alive\n\n'), KEEPALIVE_MS);
+      const closed = s.metrics.streamOpened();
       const end = () => {
+        closed();
         clearInterval(keepalive);
         unsubscribe();
         streams.delete(end);
