@@ -9,8 +9,15 @@ import { FakeDriver } from '@nqvm/agent/agent/fake-driver';
 import { startStandaloneAgent, tempDir } from '@nqvm/agent/agent/testing';
 import { parseExposition, promtoolProblems, sampleValue } from '@nqvm/testkit/prometheus';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { client, DATASTORES, startManager, type TestManager, userWithRole } from './harness';
-import { expectError, raw } from './helpers';
+import {
+  client,
+  DATASTORES,
+  registerDefaultKernel,
+  startManager,
+  type TestManager,
+  userWithRole,
+} from './harness';
+import { expectError, raw, until } from './helpers';
 
 const METRICS_TOKEN = 'prometheus-scrape-token-0123456789';
 
@@ -126,7 +133,13 @@ describe.concurrent.each(DATASTORES)('GET /metrics on %s', (kind) => {
         name: `metrics-host-${kind}`,
         address: agent.url,
         agent_version: '0.1.0',
-        capacity: { vcpu: 2, mem_mib: 1024, disk_mib: 1000, kvm: false, drivers: [] },
+        capacity: {
+          vcpu: 2,
+          mem_mib: 1024,
+          disk_mib: 1000,
+          kvm: false,
+          drivers: [{ kind: 'qemu', available: true, version: '7.2', kvm: false, features: [] }],
+        },
       });
       expect(reg.status, reg.text).toBe(201);
       const r = await raw(t.url, 'GET', `/api/v1/hosts/${reg.body.host_id}/metrics`, {
@@ -140,6 +153,18 @@ describe.concurrent.each(DATASTORES)('GET /metrics on %s', (kind) => {
         401,
         'UNAUTHENTICATED',
       );
+
+      // A VM placed on that host: its usage history comes from the agent that holds it.
+      await registerDefaultKernel(t);
+      const vm = await api.post('/api/v1/vms', { name: `usage-${kind}`, start: true });
+      expect(vm.status, vm.text).toBe(202);
+      const vmId = vm.body.vm.id as string;
+      await until('the agent to hold the VM', async () => agent!.vms().some((v) => v.id === vmId));
+      const usage = await api.get(`/api/v1/vms/${vmId}/usage?resolution=1m`);
+      expect(usage.status, usage.text).toBe(200);
+      expect(usage.body).toMatchObject({ vm_id: vmId, resolution: '1m', step_s: 60 });
+      expect(Array.isArray(usage.body.points)).toBe(true);
+      expectError(await api.get(`/api/v1/vms/${vmId}/usage?resolution=10s`), 400, 'VALIDATION_FAILED');
       // Straight to the agent, the manager's credentials are no use: only its signature is.
       expect(
         (await fetch(`${agent.url}/metrics`, { headers: { authorization: `Bearer ${METRICS_TOKEN}` } }))

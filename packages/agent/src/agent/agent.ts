@@ -16,6 +16,8 @@ import type { AgentConfig } from '../config';
 import type { VmmDriver } from '../drivers/types';
 import { type BlobSource, ImageCache } from '../images/image-cache';
 import { AgentMetrics } from '../metrics/agent-metrics';
+import { UsageHistory } from '../metrics/usage-history';
+import { startUsageSampler } from '../metrics/usage-sampler';
 import { HostNetwork, hostRunner } from '../network';
 import { listLinks } from '../network/iproute';
 import { SnapshotStore } from '../snapshots/snapshot-store';
@@ -140,6 +142,15 @@ export async function createAgent(config: AgentConfig, options: AgentOptions = {
     log,
   );
   await registry.restoreAll();
+  const usage = new UsageHistory();
+  const stopSampling = startUsageSampler(
+    {
+      running: () => registry.runningVmms(),
+      holds: (id) => registry.has(id),
+      taps: () => network.tapsByVm(),
+    },
+    usage,
+  );
 
   let identity: AgentIdentity | null = await loadIdentity(config.stateDir);
   const pinnedKey = options.managerPublicKey ?? identity?.manager_public_key;
@@ -158,10 +169,12 @@ export async function createAgent(config: AgentConfig, options: AgentOptions = {
       stateDir: config.stateDir,
     }),
     metricsToken: config.metricsToken,
+    usage,
   });
   try {
     await app.listen({ host: config.bind.host, port: config.bind.port });
   } catch (err) {
+    stopSampling();
     await app.close();
     throw listenError(
       err,
@@ -183,6 +196,7 @@ export async function createAgent(config: AgentConfig, options: AgentOptions = {
   const shutdown = (reason: AgentStopReason): Promise<void> => {
     closing ??= (async () => {
       heartbeater?.stop();
+      stopSampling();
       await app.close();
       await registry.release(options.closeWaitMs ?? 10_000);
       resolveStopped(reason);

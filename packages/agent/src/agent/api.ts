@@ -35,6 +35,7 @@ import {
   VmMetrics,
   verifyManagerSignature,
 } from '@nqvm/api';
+import { VmUsageHistory, VmUsageQuery } from '@nqvm/api/vm-usage';
 import Fastify, {
   type FastifyBaseLogger,
   type FastifyInstance,
@@ -45,6 +46,7 @@ import Fastify, {
 import { serializerCompiler, validatorCompiler, type ZodTypeProvider } from 'fastify-type-provider-zod';
 import { z } from 'zod';
 import { formatLogLine } from '../containers/container-run';
+import { RESOLUTIONS, type UsageHistory } from '../metrics/usage-history';
 import type { VolumeStore } from '../volumes/volume-store';
 import { consoleWsRoutes, registerConsoleWebSocket } from './console-ws';
 import { execWsRoutes } from './exec-ws';
@@ -80,6 +82,8 @@ export interface AgentApiDeps {
   metrics?: { scrape(): Promise<string>; readonly contentType: string };
   /** A bearer token that may scrape `/metrics` instead of a manager signature; null: none. */
   metricsToken?: string | null;
+  /** Each VM's usage over time (`GET /v1/vms/{id}/usage`); absent: no such route. */
+  usage?: UsageHistory;
 }
 
 declare module 'fastify' {
@@ -249,6 +253,24 @@ export async function buildAgentApi(deps: AgentApiDeps): Promise<FastifyInstance
       return metrics;
     },
   );
+
+  const usage = deps.usage;
+  if (usage) {
+    app.get(
+      '/v1/vms/:id/usage',
+      { schema: { params: VmIdParams, querystring: VmUsageQuery, response: { 200: VmUsageHistory } } },
+      async (req) => {
+        if (!deps.vms.has(req.params.id)) throw new NotFoundError('VM_NOT_FOUND', 'VM', req.params.id);
+        const { resolution } = req.query;
+        return {
+          vm_id: req.params.id,
+          resolution,
+          step_s: RESOLUTIONS[resolution].stepMs / 1000,
+          points: usage.points(req.params.id, resolution, Date.now()) ?? [],
+        };
+      },
+    );
+  }
 
   // Removes a volume's file from this host (204 also when there is none: deletes are retried).
   app.delete('/v1/volumes/:id', { schema: { params: VolumeIdParams } }, async (req, reply) => {

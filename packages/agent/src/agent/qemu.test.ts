@@ -8,6 +8,7 @@ import { existsSync, readFileSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { type AgentGuestConfig, signManagerRequest } from '@nqvm/api';
 import { BOOT_MARKER, ensureTestGuest, qemuPidsOf as qemuPids, type TestGuest } from '@nqvm/testkit';
+import { parseExposition, promtoolProblems, sampleValue } from '@nqvm/testkit/prometheus';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadAgentConfig } from '../config';
 import { ConsoleTestClient } from '../console/testing';
@@ -135,6 +136,42 @@ describe('agent with QEMU and the test guest', () => {
     },
     BOOT_TIMEOUT_MS + 30_000,
   );
+
+  it('scrapes the running guest: CPU seconds rise, its root drive read what it booted from', async () => {
+    const scrape = async () => {
+      const res = await client.call('GET', '/metrics');
+      expect(res.status).toBe(200);
+      const text = res.bytes.toString('utf8');
+      expect(promtoolProblems(text)).toBeNull();
+      return parseExposition(text);
+    };
+    const first = await scrape();
+    const labels = { vm_id: id, vmm: 'qemu' };
+    const cpu0 = sampleValue(first, 'nqvm_vm_cpu_seconds_total', labels)!;
+    expect(cpu0).toBeGreaterThan(0);
+    expect(sampleValue(first, 'nqvm_vm_memory_rss_bytes', labels)).toBeGreaterThan(16 * 1024 * 1024);
+    // The kernel read its root file system from the overlay: QMP query-blockstats counted it.
+    expect(sampleValue(first, 'nqvm_vm_disk_read_bytes_total', { vm_id: id, drive: 'root' })).toBeGreaterThan(
+      0,
+    );
+    expect(sampleValue(first, 'nqvm_vm_disk_reads_total', { vm_id: id, drive: 'root' })).toBeGreaterThan(0);
+    expect(sampleValue(first, 'nqvm_agent_vmm_processes', { vmm: 'qemu' })).toBe(1);
+    await new Promise((r) => setTimeout(r, 1_000));
+    expect(sampleValue(await scrape(), 'nqvm_vm_cpu_seconds_total', labels)!).toBeGreaterThan(cpu0);
+
+    // The agent's own history of it: a point a second, counters that only grow.
+    const seconds = await client.call('GET', `/v1/vms/${id}/usage?resolution=1s`);
+    expect(seconds.status).toBe(200);
+    const points = seconds.json.points as Array<{ t: number; cpu_seconds: number; disk_read_bytes: number }>;
+    expect(points.length).toBeGreaterThanOrEqual(2);
+    expect(points.at(-1)!.cpu_seconds).toBeGreaterThan(points[0]!.cpu_seconds);
+    expect(points.at(-1)!.t - points[0]!.t).toBeGreaterThanOrEqual(1_000);
+    expect(points.at(-1)!.disk_read_bytes).toBeGreaterThan(0);
+    const minutes = await client.call('GET', `/v1/vms/${id}/usage?resolution=1m`);
+    expect(minutes.json).toMatchObject({ vm_id: id, resolution: '1m', step_s: 60 });
+    expect(minutes.json.points.length).toBe(1);
+    expect((await client.call('GET', `/v1/vms/${id}/usage?resolution=5s`)).status).toBe(400);
+  });
 
   it(
     'stops gracefully and boots again on the same disk',

@@ -24,6 +24,7 @@ import {
   signManagerRequest,
   VmMetrics,
 } from '@nqvm/api';
+import { VmUsageHistory, type VmUsageQuery } from '@nqvm/api/vm-usage';
 import { WebSocket } from 'ws';
 import type { ManagerKey } from './manager-key';
 
@@ -233,6 +234,19 @@ export class AgentClient {
   async metrics(address: string, vmId: string): Promise<VmMetrics> {
     const res = await this.expectOk(await this.request(address, 'GET', `/v1/vms/${vmId}/metrics`), 'metrics');
     return VmMetrics.parse(await res.json());
+  }
+
+  /** A VM's usage history as its host keeps it. */
+  async usage(
+    address: string,
+    vmId: string,
+    resolution: VmUsageQuery['resolution'],
+  ): Promise<VmUsageHistory> {
+    const res = await this.expectOk(
+      await this.request(address, 'GET', `/v1/vms/${vmId}/usage?resolution=${resolution}`),
+      'usage',
+    );
+    return VmUsageHistory.parse(await res.json());
   }
 
   /** The agent's Prometheus text (`GET /metrics`), as it answered it. */
