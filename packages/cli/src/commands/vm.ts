@@ -24,6 +24,7 @@ import {
 } from '../client/session';
 import { addConsoleCommand } from './console';
 import { addExecCommand } from './exec';
+import { addMetricsCommand } from './vm-metrics';
 
 export interface VmJson {
   id: string;
@@ -440,5 +441,6 @@ Examples:
 
   addConsoleCommand(vm);
   addExecCommand(vm, KINDS.vm);
+  addMetricsCommand(vm);
   return vm;
 }
