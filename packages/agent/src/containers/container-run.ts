@@ -10,12 +10,11 @@ import { EventEmitter } from 'node:events';
 import { appendFile, readFile, rename, stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { AgentContainerSpec, AgentVmReport } from '@nqvm/api';
+import { CONTAINER_DRIVE_LABEL } from '@nqvm/builtin-guest';
 import type { GuestAgentClient, LogRecord, WorkloadExit } from '@nqvm/guest-agent';
 import { readJsonFile, writeJsonAtomic } from '../agent/state-files';
 import { writeVfatImage } from '../guest-config/config-drive';
 
-/** Label of the settings drive the container init looks for (testkit container-init). */
-export const CONTAINER_DRIVE_LABEL = 'NQVMCTR';
 export const CONTAINER_DRIVE_FILE = 'container.img';
 const STATE_FILE = 'container.json';
 const LOG_FILE = 'container.log';

@@ -3,9 +3,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { createAgent, loadAgentConfig } from '@nqvm/agent';
+import { ensureBuiltinGuest, ensureContainerInit } from '@nqvm/builtin-guest';
 import { createManager, type Manager } from '@nqvm/manager';
 import { setCompanionInitrd } from '@nqvm/manager/images/boot-images';
-import { ensureContainerInit, ensureTestGuest } from '@nqvm/testkit';
 import { Command } from 'commander';
 import { ensureDefaultNetwork } from './default-network';
 import { printFirstAdmin, waitForSignal } from './run';
@@ -18,7 +18,7 @@ const run = promisify(execFile);
  * from Debian packages) as the default images, so a newcomer's first VM needs no download.
  */
 export async function registerBuiltinGuest(manager: Manager, log: (m: string) => void): Promise<void> {
-  const guest = await ensureTestGuest({ onProgress: (m) => log(`  guest: ${m}`) });
+  const guest = await ensureBuiltinGuest({ onProgress: (m) => log(`  guest: ${m}`) });
   const init = await ensureContainerInit();
   const root = path.join(manager.services.config.imageRoot, 'builtin');
   const guestDir = await copyOnce(path.join(root, path.basename(guest.dir)), [

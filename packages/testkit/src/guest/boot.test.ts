@@ -6,8 +6,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ensureTestGuest, type TestGuest } from './ensure-test-guest';
-import { BOOT_MARKER } from './guest-files';
+import { BOOT_MARKER, ensureTestGuest, type TestGuest } from '.';
 import { qemuArgsForTestGuest, TEST_GUEST_QEMU, type TestGuestQemuOptions } from './qemu-args';
 
 const run = promisify(execFile);

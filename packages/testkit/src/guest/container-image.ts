@@ -6,10 +6,14 @@
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import {
+  busyboxApplets,
+  type GuestFile,
+  HOST_BUSYBOX,
+  rootfsTree,
+  writeExt4Image,
+} from '@nqvm/builtin-guest';
 import type { LayerEntry } from '../oci-registry/image';
-import { HOST_BUSYBOX } from './debian-packages';
-import type { GuestFile } from './guest-files';
-import { busyboxApplets, rootfsTree, writeExt4Image } from './guest-images';
 
 export interface ContainerImageOptions {
   /** Extra files, e.g. `{ path: 'srv/index.html', mode: 0o644, text: 'hi' }` (no leading slash). */

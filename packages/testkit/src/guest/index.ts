@@ -1,13 +1,17 @@
+// The test guest is the built-in guest (@nqvm/builtin-guest); the tests know it by these names.
+export {
+  BOOT_MARKER,
+  type BuiltinGuest as TestGuest,
+  BuiltinGuestBuildError as TestGuestBuildError,
+  type ContainerInit,
+  type EnsureBuiltinGuestOptions as EnsureTestGuestOptions,
+  ensureBuiltinGuest as ensureTestGuest,
+  ensureContainerInit,
+  GUEST_AGENT_PATH,
+  GUEST_MODULES,
+} from '@nqvm/builtin-guest';
 export { type CloudInitGuest, ensureCloudInitGuest } from './cloud-init-guest';
 export { busyboxLayer, type ContainerImageOptions, writeBusyboxRootfs } from './container-image';
-export { CONTAINER_DRIVE_LABEL, type ContainerInit, ensureContainerInit } from './container-init';
-export {
-  type EnsureTestGuestOptions,
-  ensureTestGuest,
-  type TestGuest,
-  TestGuestBuildError,
-} from './ensure-test-guest';
-export { BOOT_MARKER, GUEST_AGENT_PATH, GUEST_MODULES } from './guest-files';
 export {
   guestBootArgs,
   hostTscKhz,

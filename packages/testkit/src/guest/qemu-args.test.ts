@@ -1,5 +1,5 @@
+import type { BuiltinGuest as TestGuest } from '@nqvm/builtin-guest';
 import { describe, expect, it } from 'vitest';
-import type { TestGuest } from './ensure-test-guest';
 import { guestBootArgs, hostTscKhz, parseTscKhz, qemuArgsForTestGuest } from './qemu-args';
 
 const guest: TestGuest = {

@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import type { TestGuest } from './ensure-test-guest';
+import type { BuiltinGuest as TestGuest } from '@nqvm/builtin-guest';
 
 /** The QEMU binary that {@link qemuArgsForTestGuest} is written for. */
 export const TEST_GUEST_QEMU = 'qemu-system-x86_64';

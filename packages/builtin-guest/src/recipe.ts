@@ -17,7 +17,7 @@ export interface BusyboxSource extends DebianPackage {
   from: 'host' | 'download';
 }
 
-/** Everything the cached test guest is made from; its hash names the cache folder. */
+/** Everything the cached built-in guest is made from; its hash names the cache folder. */
 export interface GuestRecipe {
   format: number;
   kernel: DebianPackage;

@@ -5,7 +5,7 @@
  * a small vfat drive labelled NQVMCTR (argv, env, cwd, user, token), sets the host name and the
  * network, puts nqvm's tools on a tmpfs at /.nqvm inside the container (the image itself stays
  * as it is), and switches root into tini, which runs the guest agent, which runs the container's
- * process: no Docker daemon, nothing listening on the guest's network. Cached like the test
+ * process: no Docker daemon, nothing listening on the guest's network. Cached like the built-in
  * guest, rebuilt when an input changes.
  */
 import { createHash, randomBytes } from 'node:crypto';
@@ -13,8 +13,8 @@ import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/p
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { ensureGuestAgent } from '@nqvm/guest-agent/build';
+import { type BuiltinGuest, ensureBuiltinGuest } from './builtin-guest';
 import { HOST_BUSYBOX } from './debian-packages';
-import { ensureTestGuest, type TestGuest } from './ensure-test-guest';
 import { GUEST_AGENT_PATH, GUEST_MODULES, type GuestFile, nicSetupShell, UDHCPC_SCRIPT } from './guest-files';
 import { busyboxApplets, initramfsTree } from './guest-images';
 import { encodeInitramfs } from './newc';
@@ -26,7 +26,7 @@ export const CONTAINER_DRIVE_LABEL = 'NQVMCTR';
 
 export interface ContainerInit {
   dir: string;
-  /** The cloud kernel (the test guest's bzImage). */
+  /** The cloud kernel (the built-in guest's bzImage). */
   kernel: string;
   /** gzip'd newc initramfs with /init below. */
   initrd: string;
@@ -141,7 +141,7 @@ async function exists(file: string): Promise<boolean> {
 
 /**
  * Returns the cached container init, building it (a second or so) when an input changed: the
- * test guest's kernel and modules, busybox, tini, the guest agent or the script.
+ * built-in guest's kernel and modules, busybox, tini, the guest agent or the script.
  *
  * @example
  * const init = await ensureContainerInit();
@@ -151,7 +151,7 @@ export async function ensureContainerInit(opts: { cacheDir?: string } = {}): Pro
   const root = resolve(opts.cacheDir ?? defaultCacheRoot());
   if (!(await exists(HOST_TINI)))
     throw new Error(`${HOST_TINI} is missing: install Debian's tini package (apt-get install tini)`);
-  const guest: TestGuest = await ensureTestGuest();
+  const guest: BuiltinGuest = await ensureBuiltinGuest();
   const agent = await ensureGuestAgent();
   const script = containerInitScript(GUEST_MODULES);
   const key = createHash('sha256')

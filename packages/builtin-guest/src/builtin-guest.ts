@@ -21,8 +21,8 @@ import { collectModules } from './kernel-modules';
 import { encodeInitramfs } from './newc';
 import { defaultRecipe, type GuestRecipe, kernelVersionOf, recipeKey } from './recipe';
 
-/** A bootable busybox guest, cached on disk. Treat every file as read-only. */
-export interface TestGuest {
+/** The built-in guest: a bootable busybox guest, cached on disk. Treat every file as read-only. */
+export interface BuiltinGuest {
   /** Cache folder holding the files below. */
   dir: string;
   /** bzImage of Debian's linux-image-*-cloud-amd64. */
@@ -37,8 +37,11 @@ export interface TestGuest {
   modulesDir?: string;
 }
 
-export interface EnsureTestGuestOptions {
-  /** Defaults to `$NQVM_CACHE_DIR/test-guest`, else `~/.cache/nqvm/test-guest`. */
+export interface EnsureBuiltinGuestOptions {
+  /**
+   * Defaults to `$NQVM_CACHE_DIR/test-guest`, else `~/.cache/nqvm/test-guest` (the folder's name
+   * from when only the tests built it, kept so existing caches stay valid).
+   */
   cacheDir?: string;
   onProgress?: (msg: string) => void;
 }
@@ -64,16 +67,16 @@ const LOCK_POLL_MS = 250;
 const LOCK_WAIT_MS = 15 * 60 * 1000;
 
 /** A build step failed; `step` names it, `cause` holds the underlying error. */
-export class TestGuestBuildError extends Error {
+export class BuiltinGuestBuildError extends Error {
   constructor(
     readonly step: string,
     options: { cause: unknown },
   ) {
     super(
-      `test guest build failed at step "${step}": ${(options.cause as Error)?.message ?? options.cause}`,
+      `built-in guest build failed at step "${step}": ${(options.cause as Error)?.message ?? options.cause}`,
       options,
     );
-    this.name = 'TestGuestBuildError';
+    this.name = 'BuiltinGuestBuildError';
   }
 }
 
@@ -87,22 +90,22 @@ async function step<T>(name: string, progress: (msg: string) => void, fn: () => 
   try {
     return await fn();
   } catch (err) {
-    throw new TestGuestBuildError(name, { cause: err });
+    throw new BuiltinGuestBuildError(name, { cause: err });
   }
 }
 
 function needsPackageUpdate(err: unknown): boolean {
   return (
     err instanceof PackageUnavailableError ||
-    (err instanceof TestGuestBuildError && err.cause instanceof PackageUnavailableError)
+    (err instanceof BuiltinGuestBuildError && err.cause instanceof PackageUnavailableError)
   );
 }
 
 /** Reads a published guest; `undefined` if absent or incomplete. */
-async function readGuest(dir: string): Promise<TestGuest | undefined> {
+async function readGuest(dir: string): Promise<BuiltinGuest | undefined> {
   try {
     const manifest = JSON.parse(await readFile(join(dir, FILES.manifest), 'utf8')) as GuestManifest;
-    const guest: TestGuest = {
+    const guest: BuiltinGuest = {
       dir,
       kernel: join(dir, FILES.kernel),
       initrd: join(dir, FILES.initrd),
@@ -152,7 +155,7 @@ async function buildGuest(
   recipe: GuestRecipe,
   agentPath: string,
   progress: (msg: string) => void,
-): Promise<TestGuest> {
+): Promise<BuiltinGuest> {
   const started = Date.now();
   const kernelVersion = kernelVersionOf(recipe.kernel);
   const finalDir = join(root, key);
@@ -236,7 +239,7 @@ async function buildGuest(
     await rm(tmp, { recursive: true, force: true });
   }
   const guest = await readGuest(finalDir);
-  if (!guest) throw new TestGuestBuildError('publish', { cause: new Error(`${finalDir} is incomplete`) });
+  if (!guest) throw new BuiltinGuestBuildError('publish', { cause: new Error(`${finalDir} is incomplete`) });
   progress(`built ${finalDir} in ${((Date.now() - started) / 1000).toFixed(1)} s`);
   return guest;
 }
@@ -247,7 +250,7 @@ async function buildUnderLock(
   recipe: GuestRecipe,
   agentPath: string,
   progress: (msg: string) => void,
-): Promise<TestGuest> {
+): Promise<BuiltinGuest> {
   const finalDir = join(root, key);
   const lockPath = join(root, `${key}.lock`);
   const deadline = Date.now() + LOCK_WAIT_MS;
@@ -274,9 +277,13 @@ async function buildUnderLock(
   }
 }
 
-const inFlight = new Map<string, Promise<TestGuest>>();
+const inFlight = new Map<string, Promise<BuiltinGuest>>();
 
-async function ensureFor(root: string, progress: (msg: string) => void, fresh: boolean): Promise<TestGuest> {
+async function ensureFor(
+  root: string,
+  progress: (msg: string) => void,
+  fresh: boolean,
+): Promise<BuiltinGuest> {
   const packages = await resolvePackagesCached(root, fresh);
   const agent = await ensureGuestAgent({ onProgress: progress });
   const recipe = defaultRecipe(packages.kernel, packages.busybox, { sha256: agent.sha256 });
@@ -295,15 +302,15 @@ async function ensureFor(root: string, progress: (msg: string) => void, fresh: b
 }
 
 /**
- * Returns the cached test guest, building it first if its recipe (scripts, module list,
- * package versions) changed. Safe to call from many processes at once: one builds under a lock
+ * Returns the cached built-in guest (what `nqvm up` registers and the tests boot), building it
+ * first if its recipe (scripts, module list, package versions) changed. Safe to call from many processes at once: one builds under a lock
  * file, the others wait, and a build is published by an atomic rename.
  *
  * @example
- * const guest = await ensureTestGuest({ onProgress: console.log });
- * spawn('qemu-system-x86_64', qemuArgsForTestGuest(guest, { serialSocket, qmpSocket }));
+ * const guest = await ensureBuiltinGuest({ onProgress: console.log });
+ * // kernel guest.kernel, initrd guest.initrd, root disk: a copy of guest.rootfs
  */
-export async function ensureTestGuest(opts: EnsureTestGuestOptions = {}): Promise<TestGuest> {
+export async function ensureBuiltinGuest(opts: EnsureBuiltinGuestOptions = {}): Promise<BuiltinGuest> {
   const root = resolve(opts.cacheDir ?? defaultCacheRoot());
   const progress = opts.onProgress ?? (() => {});
   await mkdir(root, { recursive: true });

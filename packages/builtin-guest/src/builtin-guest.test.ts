@@ -7,12 +7,12 @@ import { promisify } from 'node:util';
 import { gunzipSync } from 'node:zlib';
 import { ensureGuestAgent } from '@nqvm/guest-agent/build';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type BuiltinGuest, ensureBuiltinGuest } from './builtin-guest';
 import { resolvePackages } from './debian-packages';
-import { ensureTestGuest, type TestGuest } from './ensure-test-guest';
 import { defaultRecipe, recipeKey } from './recipe';
 
 const run = promisify(execFile);
-const repoRoot = fileURLToPath(new URL('../../../../', import.meta.url));
+const repoRoot = fileURLToPath(new URL('../../../', import.meta.url));
 
 /** The PID of a process that has exited: what a crashed builder leaves in its lock. */
 async function deadProcessId(): Promise<number> {
@@ -21,16 +21,16 @@ async function deadProcessId(): Promise<number> {
   return child.pid!;
 }
 
-let guest: TestGuest;
+let guest: BuiltinGuest;
 const scratch: string[] = [];
 
 beforeAll(async () => {
   const started = Date.now();
   const progress: string[] = [];
-  guest = await ensureTestGuest({ onProgress: (m) => progress.push(m) });
+  guest = await ensureBuiltinGuest({ onProgress: (m) => progress.push(m) });
   const built = progress.some((m) => m.startsWith('built '));
   console.log(
-    `ensureTestGuest: ${Date.now() - started} ms (${built ? 'built' : 'cache hit'}) -> ${guest.dir}`,
+    `ensureBuiltinGuest: ${Date.now() - started} ms (${built ? 'built' : 'cache hit'}) -> ${guest.dir}`,
   );
 }, 300_000);
 
@@ -38,7 +38,7 @@ afterAll(async () => {
   await Promise.all(scratch.map((d) => rm(d, { recursive: true, force: true })));
 });
 
-describe('ensureTestGuest', () => {
+describe('ensureBuiltinGuest', () => {
   it('produces a kernel, an initramfs and a sparse ext4 root disk', async () => {
     expect(guest.kernelVersion).toMatch(/^\d+\.\d+\.\d+-\d+-cloud-amd64$/);
     const [kernel, initrd, rootfs] = await Promise.all([
@@ -91,9 +91,9 @@ describe('ensureTestGuest', () => {
   it('answers a second call from the cache, fast', async () => {
     const progress: string[] = [];
     const started = performance.now();
-    const again = await ensureTestGuest({ onProgress: (m) => progress.push(m) });
+    const again = await ensureBuiltinGuest({ onProgress: (m) => progress.push(m) });
     const ms = performance.now() - started;
-    console.log(`ensureTestGuest cache hit: ${ms.toFixed(1)} ms`);
+    console.log(`ensureBuiltinGuest cache hit: ${ms.toFixed(1)} ms`);
     expect(again).toEqual(guest);
     expect(progress).toEqual([]);
     expect(ms).toBeLessThan(1000);
@@ -109,18 +109,18 @@ describe('ensureTestGuest', () => {
     await writeFile(join(cacheDir, `${key}.lock`), `${deadPid}\n`);
     await mkdir(join(cacheDir, `.build-${key}-${deadPid}-x1y2z3`, 'out'), { recursive: true });
     const script = join(cacheDir, 'ask.mts');
-    const moduleUrl = new URL('./ensure-test-guest.ts', import.meta.url).href;
+    const moduleUrl = new URL('./builtin-guest.ts', import.meta.url).href;
     await writeFile(
       script,
-      `import { ensureTestGuest } from ${JSON.stringify(moduleUrl)};
+      `import { ensureBuiltinGuest } from ${JSON.stringify(moduleUrl)};
 const progress = [];
-const guest = await ensureTestGuest({ cacheDir: process.argv[2], onProgress: (m) => progress.push(m) });
+const guest = await ensureBuiltinGuest({ cacheDir: process.argv[2], onProgress: (m) => progress.push(m) });
 process.stdout.write(JSON.stringify({ guest, built: progress.some((m) => m.startsWith('built ')) }));
 `,
     );
     const ask = () =>
       run(process.execPath, ['--import', 'tsx', script, cacheDir], { cwd: repoRoot }).then(
-        (r) => JSON.parse(r.stdout) as { guest: TestGuest; built: boolean },
+        (r) => JSON.parse(r.stdout) as { guest: BuiltinGuest; built: boolean },
       );
     const answers = await Promise.all([ask(), ask()]);
     expect(new Set(answers.map((a) => a.guest.dir)).size).toBe(1);

@@ -1,5 +1,5 @@
 /**
- * The guest side of the test guest: every script and config file it carries, as text. All of
+ * The guest side of the built-in guest: every script and config file it carries, as text. All of
  * it is an input of the cache key, so editing anything here rebuilds the cached images.
  */
 
