@@ -12,7 +12,7 @@ import {
   signingInput,
   TIMESTAMP_HEADER,
 } from './agent-protocol';
-import { AuthenticationError } from './errors';
+import { NqvmError } from './errors';
 
 export function sha256Hex(body: Uint8Array): string {
   return createHash('sha256').update(body).digest('hex');
@@ -35,15 +35,18 @@ export function checkSignatureHeaders(
 ): { timestamp: string; nonce: string; signature: string } {
   const { timestamp, nonce, signature } = req;
   if (!timestamp || !nonce || !signature) {
-    throw new AuthenticationError(
+    throw new NqvmError(
+      'UNAUTHENTICATED',
       `unsigned request: ${TIMESTAMP_HEADER}, ${NONCE_HEADER} and ${SIGNATURE_HEADER} are required`,
     );
   }
   if (!/^\d{1,16}$/.test(timestamp))
-    throw new AuthenticationError(`${TIMESTAMP_HEADER} must be ms since the epoch`);
-  if (!/^[0-9a-f]{32}$/.test(nonce)) throw new AuthenticationError(`${NONCE_HEADER} must be 32 hex digits`);
+    throw new NqvmError('UNAUTHENTICATED', `${TIMESTAMP_HEADER} must be ms since the epoch`);
+  if (!/^[0-9a-f]{32}$/.test(nonce))
+    throw new NqvmError('UNAUTHENTICATED', `${NONCE_HEADER} must be 32 hex digits`);
   if (Math.abs(now - Number(timestamp)) > SIGNATURE_MAX_SKEW_MS) {
-    throw new AuthenticationError(
+    throw new NqvmError(
+      'UNAUTHENTICATED',
       `request timestamp is more than ${SIGNATURE_MAX_SKEW_MS / 1000} s away from the agent's clock`,
     );
   }
@@ -75,7 +78,7 @@ export class ReplayGuard {
 }
 
 /**
- * Throws an AuthenticationError unless `req` carries a fresh signature by `publicKey` whose
+ * Throws an UNAUTHENTICATED error unless `req` carries a fresh signature by `publicKey` whose
  * nonce `guard` has not seen before.
  */
 export function verifyManagerSignature(
@@ -97,9 +100,9 @@ export function verifyManagerSignature(
   } catch {
     ok = false;
   }
-  if (!ok) throw new AuthenticationError('bad request signature');
+  if (!ok) throw new NqvmError('UNAUTHENTICATED', 'bad request signature');
   if (!guard.accept(nonce, Number(timestamp), now))
-    throw new AuthenticationError('replayed request: this signature was already used');
+    throw new NqvmError('UNAUTHENTICATED', 'replayed request: this signature was already used');
 }
 
 /**

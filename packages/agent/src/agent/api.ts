@@ -18,14 +18,11 @@ import {
   AgentVmList,
   AgentVmReport,
   AgentVmStats,
-  AuthenticationError,
-  ConflictError,
   checkSignatureHeaders,
   clientErrorHandler,
   type ErrorReply,
   frameworkErrorReply,
   NONCE_HEADER,
-  NotFoundError,
   NqvmError,
   ReplayGuard,
   routeNotFoundReply,
@@ -163,7 +160,7 @@ export async function buildAgentApi(deps: AgentApiDeps): Promise<FastifyInstance
   app.addHook('preValidation', async (req) => {
     if (isPublic(req) || req.metricsBearer) return;
     const key = deps.managerKey();
-    if (!key) throw new AuthenticationError('this agent has not registered with a manager yet');
+    if (!key) throw new NqvmError('UNAUTHENTICATED', 'this agent has not registered with a manager yet');
     const raw = Buffer.isBuffer(req.body) ? req.body : Buffer.alloc(0);
     verifyManagerSignature(
       {
@@ -239,7 +236,7 @@ export async function buildAgentApi(deps: AgentApiDeps): Promise<FastifyInstance
     { schema: { params: VmIdParams, querystring: ConsoleQuery } },
     async (req, reply) => {
       const tail = await deps.vms.consoleTail(req.params.id, req.query.tail);
-      if (!tail) throw new NotFoundError('VM_NOT_FOUND', 'VM', req.params.id);
+      if (!tail) throw new NqvmError('VM_NOT_FOUND', { id: req.params.id });
       return reply.type('application/octet-stream').send(tail);
     },
   );
@@ -249,7 +246,7 @@ export async function buildAgentApi(deps: AgentApiDeps): Promise<FastifyInstance
     { schema: { params: VmIdParams, response: { 200: VmMetrics } } },
     async (req) => {
       const metrics = await deps.vms.metrics(req.params.id);
-      if (!metrics) throw new NotFoundError('VM_NOT_FOUND', 'VM', req.params.id);
+      if (!metrics) throw new NqvmError('VM_NOT_FOUND', { id: req.params.id });
       return metrics;
     },
   );
@@ -260,7 +257,7 @@ export async function buildAgentApi(deps: AgentApiDeps): Promise<FastifyInstance
       '/v1/vms/:id/usage',
       { schema: { params: VmIdParams, querystring: VmUsageQuery, response: { 200: VmUsageHistory } } },
       async (req) => {
-        if (!deps.vms.has(req.params.id)) throw new NotFoundError('VM_NOT_FOUND', 'VM', req.params.id);
+        if (!deps.vms.has(req.params.id)) throw new NqvmError('VM_NOT_FOUND', { id: req.params.id });
         const { resolution } = req.query;
         return {
           vm_id: req.params.id,
@@ -277,7 +274,7 @@ export async function buildAgentApi(deps: AgentApiDeps): Promise<FastifyInstance
     const user = deps.vms.volumeUser(req.params.id);
     if (user) {
       const message = `volume ${req.params.id} is attached to VM ${user}, which runs`;
-      throw new ConflictError('VOLUME_IN_USE', message, { vm_id: user });
+      throw new NqvmError('VOLUME_IN_USE', message, { vm_id: user });
     }
     await deps.volumes.remove(req.params.id);
     return reply.status(204).send();
@@ -289,13 +286,13 @@ export async function buildAgentApi(deps: AgentApiDeps): Promise<FastifyInstance
     { schema: { params: VmIdParams, querystring: AgentLogsQuery } },
     async (req, reply) => {
       const vm = deps.vms.runtime(req.params.id);
-      if (!vm) throw new NotFoundError('VM_NOT_FOUND', 'VM', req.params.id);
+      if (!vm) throw new NqvmError('VM_NOT_FOUND', { id: req.params.id });
       const q = req.query;
       const timestamps = q.timestamps === '1' || q.timestamps === 'true';
       const wanted = (l: { stream: string }) => q.stream === 'all' || l.stream === q.stream;
       const lines = await vm.containerLines(q.tail);
       if (lines === null)
-        throw new ConflictError('VM_INVALID_STATE', 'this VM runs no container: it has no logs');
+        throw new NqvmError('VM_INVALID_STATE', 'this VM runs no container: it has no logs');
       const out = new PassThrough();
       reply.type('text/plain; charset=utf-8').header('cache-control', 'no-store');
       for (const l of lines) if (wanted(l)) out.write(formatLogLine(l, timestamps));
@@ -321,7 +318,7 @@ export async function buildAgentApi(deps: AgentApiDeps): Promise<FastifyInstance
     { schema: { params: VmIdParams, response: { 200: AgentVmStats } } },
     async (req) => {
       const vm = deps.vms.runtime(req.params.id);
-      if (!vm) throw new NotFoundError('VM_NOT_FOUND', 'VM', req.params.id);
+      if (!vm) throw new NqvmError('VM_NOT_FOUND', { id: req.params.id });
       return vm.stats();
     },
   );

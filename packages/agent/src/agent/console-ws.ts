@@ -12,7 +12,6 @@ import {
   type ConsoleServerMessage,
   closeConsoleSocket,
   endSessionsOnShutdown,
-  NotFoundError,
   NqvmError,
   parseConsoleClientMessage,
   startConsoleKeepAlive,
@@ -118,7 +117,7 @@ export function consoleWsRoutes(
     url: '/v1/vms/:id/console/ws',
     schema: { params: VmIdParams, querystring: AgentConsoleWsQuery },
     preHandler: async (req) => {
-      if (!vms.consoleRoom(req.params.id)) throw new NotFoundError('VM_NOT_FOUND', 'VM', req.params.id);
+      if (!vms.consoleRoom(req.params.id)) throw new NqvmError('VM_NOT_FOUND', { id: req.params.id });
     },
     handler: async () => {
       throw new NqvmError('UPGRADE_REQUIRED', 'this route speaks WebSocket: send an upgrade request');

@@ -3,14 +3,7 @@
  * like every agent request): one command in the VM's guest, through its guest agent, in a pty
  * by default. Protocol: @nqvm/api exec (ExecWsQuery, ExecClientMessage, ExecServerMessage).
  */
-import {
-  ExecClientMessage,
-  type ExecServerMessage,
-  ExecWsQuery,
-  NotFoundError,
-  NqvmError,
-  parseExecArgv,
-} from '@nqvm/api';
+import { ExecClientMessage, type ExecServerMessage, ExecWsQuery, NqvmError, parseExecArgv } from '@nqvm/api';
 import type { WebSocket } from 'ws';
 import { z } from 'zod';
 import { type AgentApp, rawDataBuffer } from './console-ws';
@@ -43,7 +36,7 @@ export function execWsRoutes(app: AgentApp, vms: VmRegistry): void {
     url: '/v1/vms/:id/exec/ws',
     schema: { params: VmIdParams, querystring: ExecWsQuery },
     preHandler: async (req) => {
-      if (!vms.runtime(req.params.id)) throw new NotFoundError('VM_NOT_FOUND', 'VM', req.params.id);
+      if (!vms.runtime(req.params.id)) throw new NqvmError('VM_NOT_FOUND', { id: req.params.id });
       if (!parseExecArgv(req.query.command))
         throw new NqvmError('VALIDATION_FAILED', 'command must be a JSON array of 1 to 256 strings');
     },

@@ -4,7 +4,7 @@
  * addresses its bridged NICs got, found on the host.
  */
 import type { AgentNetwork, AgentNic, AgentPortForward, AgentVmSpec } from '@nqvm/api';
-import { ConflictError } from '@nqvm/api/errors';
+import { NqvmError } from '@nqvm/api/errors';
 import { parseIpv4 } from '@nqvm/api/ipv4';
 import type { NicSpec } from '../drivers/types';
 import { type HostNetwork, type HostNetworkInput, nicSpec } from '../network';
@@ -96,7 +96,7 @@ export async function removeVmNetwork(net: HostNetwork, vmId: string, spec: Agen
   for (const nic of spec.nics) await net.removeTap(vmId, nic.nic_index);
   for (const id of new Set(spec.nics.map((n) => n.network.id))) {
     await net.removeNetwork(id).catch((err: unknown) => {
-      if (!(err instanceof ConflictError)) throw err;
+      if (!(err instanceof NqvmError && err.code === 'CONFLICT')) throw err;
     });
   }
 }

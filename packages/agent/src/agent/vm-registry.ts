@@ -9,8 +9,7 @@ import {
   type AgentSnapshot,
   type AgentVmCommand,
   type AgentVmReport,
-  ConflictError,
-  NotFoundError,
+  NqvmError,
   SIGNATURE_MAX_SKEW_MS,
   type SnapshotType,
   type VmMetrics,
@@ -88,7 +87,7 @@ export class VmRegistry {
     const inflight = this.snapshotting.get(snapshotId);
     if (inflight) return inflight;
     const vm = this.vms.get(vmId);
-    if (!vm) return Promise.reject(new NotFoundError('VM_NOT_FOUND', 'VM', vmId));
+    if (!vm) return Promise.reject(new NqvmError('VM_NOT_FOUND', { id: vmId }));
     const work = vm.snapshot(snapshotId, type).finally(() => this.snapshotting.delete(snapshotId));
     this.snapshotting.set(snapshotId, work);
     return work;
@@ -102,7 +101,7 @@ export class VmRegistry {
   /** Runs a command in a VM's guest; unknown VM: 404. */
   exec(vmId: string, req: AgentExec): Promise<AgentExecResult> {
     const vm = this.vms.get(vmId);
-    if (!vm) return Promise.reject(new NotFoundError('VM_NOT_FOUND', 'VM', vmId));
+    if (!vm) return Promise.reject(new NqvmError('VM_NOT_FOUND', { id: vmId }));
     return vm.exec(req);
   }
 
@@ -113,15 +112,15 @@ export class VmRegistry {
   /** Removes a snapshot's files; 409 while a Diff builds on it or a VM is being restored from it. */
   async deleteSnapshot(id: string): Promise<void> {
     if (this.snapshotting.has(id))
-      throw new ConflictError('SNAPSHOT_IN_USE', `snapshot ${id} is still being taken`, { snapshot_id: id });
+      throw new NqvmError('SNAPSHOT_IN_USE', `snapshot ${id} is still being taken`, { snapshot_id: id });
     const children = await this.deps.snapshots.childrenOf(id);
     if (children.length)
-      throw new ConflictError('SNAPSHOT_IN_USE', `Diff snapshot ${children[0]} builds on snapshot ${id}`, {
+      throw new NqvmError('SNAPSHOT_IN_USE', `Diff snapshot ${children[0]} builds on snapshot ${id}`, {
         snapshot_id: children[0],
       });
     for (const vm of this.vms.values()) {
       if (vm.restoresFrom(id))
-        throw new ConflictError('SNAPSHOT_IN_USE', `VM ${vm.id} is being restored from snapshot ${id}`, {
+        throw new NqvmError('SNAPSHOT_IN_USE', `VM ${vm.id} is being restored from snapshot ${id}`, {
           vm_id: vm.id,
         });
     }

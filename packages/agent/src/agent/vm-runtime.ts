@@ -14,9 +14,7 @@ import {
   type AgentVmReport,
   type AgentVmState,
   type AgentVmStats,
-  ConflictError,
   type GuestReadySignal,
-  InputError,
   NqvmError,
   type SnapshotType,
   type TerminalSize,
@@ -326,7 +324,7 @@ export class VmRuntime {
   /** The VMM's own metrics while it runs (Firecracker's metrics file); null otherwise. */
   async metrics(): Promise<VmMetrics> {
     const handle = this.handle;
-    if (!handle || handle.record.kind !== 'firecracker') return { vmm: this.vmm, metrics: null };
+    if (handle?.record.kind !== 'firecracker') return { vmm: this.vmm, metrics: null };
     // Firecracker writes a metrics line every 60 s; a flush makes the answer current.
     const driver = this.deps.drivers.get('firecracker') as
       | { flushMetrics?: (h: VmHandle) => Promise<void> }
@@ -514,7 +512,7 @@ export class VmRuntime {
       const handle = this.handle;
       const spec = (this.enacted ?? this.command)?.spec;
       if (!handle || !spec || (this.state !== 'running' && this.state !== 'paused')) {
-        throw new ConflictError(
+        throw new NqvmError(
           'VM_INVALID_STATE',
           `the VM is ${this.state} on this host: only a running or paused VM can be snapshotted`,
           { state: this.state },
@@ -522,10 +520,10 @@ export class VmRuntime {
       }
       const driver = this.driverOf(handle);
       if (type === 'Diff' && !(await driver.probe()).features.includes('diff-snapshot')) {
-        throw new InputError(
+        throw new NqvmError(
+          'SNAPSHOT_TYPE_UNSUPPORTED',
           `the ${driver.kind} driver of this host takes no Diff snapshots`,
           { snapshot_type: type },
-          'SNAPSHOT_TYPE_UNSUPPORTED',
         );
       }
       let parent: string | null = null;
@@ -621,19 +619,15 @@ export class VmRuntime {
    */
   async exec(req: AgentExec): Promise<AgentExecResult> {
     if (!this.handle || this.state !== 'running') {
-      throw new ConflictError(
-        'VM_INVALID_STATE',
-        `the VM is ${this.state}: commands run in running VMs only`,
-        {
-          state: this.state,
-        },
-      );
+      throw new NqvmError('VM_INVALID_STATE', `the VM is ${this.state}: commands run in running VMs only`, {
+        state: this.state,
+      });
     }
     let guest: Awaited<ReturnType<GuestLink['get']>>;
     try {
       guest = await this.guest.get(GUEST_CONNECT_TIMEOUT_MS);
     } catch (err) {
-      throw new ConflictError(
+      throw new NqvmError(
         'GUEST_AGENT_UNAVAILABLE',
         `the VM's guest agent does not answer (${errorMessage(err)}); it runs in nqvm's built-in guest, in containers and in cloud-init guests (installed from the config drive; nqvm guest-agent files DIR for other images)`,
       );
@@ -669,30 +663,22 @@ export class VmRuntime {
           duration_ms: performance.now() - started,
         };
       if (code === 'EXEC_FAILED' || code === 'BAD_REQUEST')
-        throw new InputError(
-          `the command cannot start in the guest: ${errorMessage(err)}`,
-          {},
-          'EXEC_FAILED',
-        );
-      throw new ConflictError('GUEST_AGENT_UNAVAILABLE', `the guest agent failed: ${errorMessage(err)}`);
+        throw new NqvmError('EXEC_FAILED', `the command cannot start in the guest: ${errorMessage(err)}`, {});
+      throw new NqvmError('GUEST_AGENT_UNAVAILABLE', `the guest agent failed: ${errorMessage(err)}`);
     }
   }
 
   /** An interactive command in the guest (the exec WebSocket); 409 as for `exec`. */
   async spawn(argv: string[], opts: SpawnOptions): Promise<ExecSession> {
     if (!this.handle || this.state !== 'running') {
-      throw new ConflictError(
-        'VM_INVALID_STATE',
-        `the VM is ${this.state}: commands run in running VMs only`,
-        {
-          state: this.state,
-        },
-      );
+      throw new NqvmError('VM_INVALID_STATE', `the VM is ${this.state}: commands run in running VMs only`, {
+        state: this.state,
+      });
     }
     try {
       return (await this.guest.get(GUEST_CONNECT_TIMEOUT_MS)).spawn(argv, opts);
     } catch (err) {
-      throw new ConflictError(
+      throw new NqvmError(
         'GUEST_AGENT_UNAVAILABLE',
         `the VM's guest agent does not answer (${errorMessage(err)})`,
       );

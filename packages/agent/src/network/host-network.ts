@@ -6,7 +6,7 @@
  */
 import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { ConflictError, InputError, NotFoundError } from '@nqvm/api/errors';
+import { NqvmError } from '@nqvm/api/errors';
 import { isHostAddress, overlaps, parseCidr, parseIpv4 } from '@nqvm/api/ipv4';
 import { readJsonFile, writeJsonAtomic } from '../agent/state-files';
 import type { NicSpec } from '../drivers/types';
@@ -167,7 +167,7 @@ export class HostNetwork {
       const state = await this.load();
       const taps = Object.values(state.taps).filter((t) => t.spec.networkId === id);
       if (taps.length > 0) {
-        throw new ConflictError('CONFLICT', `network ${id} still has TAPs; remove them first`, {
+        throw new NqvmError('CONFLICT', `network ${id} still has TAPs; remove them first`, {
           taps: taps.map((t) => t.tap),
         });
       }
@@ -220,7 +220,7 @@ export class HostNetwork {
         (f) => f.id !== spec.id && f.proto === spec.proto && f.hostPort === spec.hostPort,
       );
       if (other) {
-        throw new ConflictError('CONFLICT', `${spec.proto} port ${spec.hostPort} is already forwarded`, {
+        throw new NqvmError('CONFLICT', `${spec.proto} port ${spec.hostPort} is already forwarded`, {
           proto: spec.proto,
           hostPort: spec.hostPort,
           portForwardId: other.id,
@@ -302,7 +302,7 @@ export class HostNetwork {
           const clash = Object.values(state.portForwards).find(
             (o) => o.proto === f.proto && o.hostPort === f.hostPort,
           );
-          if (clash) throw new ConflictError('CONFLICT', `${f.proto} port ${f.hostPort} is forwarded twice`);
+          if (clash) throw new NqvmError('CONFLICT', `${f.proto} port ${f.hostPort} is forwarded twice`);
           const before = old.portForwards[f.id];
           if (before?.proto !== f.proto || before.hostPort !== f.hostPort) {
             await this.assertPortFree(f.proto, f.hostPort);
@@ -350,7 +350,10 @@ export class HostNetwork {
     return this.exclusive(async () => {
       const state = await this.load();
       const record = state.taps[tapKey(vmId, nicIndex)];
-      if (!record) throw new NotFoundError('NOT_FOUND', 'NIC', tapKey(vmId, nicIndex));
+      if (!record)
+        throw new NqvmError('NOT_FOUND', `NIC ${tapKey(vmId, nicIndex)} not found`, {
+          id: tapKey(vmId, nicIndex),
+        });
       const network = state.networks[record.spec.networkId];
       const sources: DiscoveredAddresses['sources'] = [];
       const learned = await this.learned();
@@ -419,7 +422,7 @@ export class HostNetwork {
         previous.spec.bridge !== spec.bridge ||
         (spec.kind === 'bridged' && previous.spec.uplink !== spec.uplink))
     ) {
-      throw new ConflictError(
+      throw new NqvmError(
         'CONFLICT',
         `network ${spec.id} exists with another kind, bridge or uplink; remove it first`,
       );
@@ -428,7 +431,9 @@ export class HostNetwork {
     if (spec.kind === 'bridged' && spec.bridge) {
       const link = links.get(spec.bridge);
       if (link?.kind !== 'bridge')
-        throw new InputError(`${spec.bridge} is not an existing bridge`, { bridge: spec.bridge });
+        throw new NqvmError('VALIDATION_FAILED', `${spec.bridge} is not an existing bridge`, {
+          bridge: spec.bridge,
+        });
       const record: NetworkRecord = { spec, bridge: spec.bridge, ownBridge: false };
       state.networks[spec.id] = record;
       await this.save(state);
@@ -436,7 +441,9 @@ export class HostNetwork {
     }
     const uplink = spec.uplink ? links.get(spec.uplink) : undefined;
     if (spec.uplink && !uplink)
-      throw new InputError(`uplink ${spec.uplink} does not exist`, { uplink: spec.uplink });
+      throw new NqvmError('VALIDATION_FAILED', `uplink ${spec.uplink} does not exist`, {
+        uplink: spec.uplink,
+      });
     const bridge = this.bridgeNameFor(spec.id, links);
     if (spec.kind === 'bridged' && uplink) this.assertUplinkUsable(uplink, bridge);
     if (spec.cidr) await this.assertNoOverlap(state, spec, bridge);
@@ -464,7 +471,7 @@ export class HostNetwork {
       ]);
       actions.push(`created bridge ${bridge}`);
     } else if (existing.kind !== 'bridge') {
-      throw new ConflictError('CONFLICT', `${bridge} exists and is not a bridge`, { bridge });
+      throw new NqvmError('CONFLICT', `${bridge} exists and is not a bridge`, { bridge });
     }
     const tag = this.names.bridgeTag(spec.id);
     if (existing?.alias !== tag || !existing?.up) {
@@ -491,7 +498,7 @@ export class HostNetwork {
     const candidates = Array.from({ length: NAME_ATTEMPTS }, (_, salt) => this.names.bridge(id, salt));
     const name = pickName(candidates, links, this.names.bridgeTag(id), this.names.bridgePattern);
     if (!name)
-      throw new ConflictError('CONFLICT', `every bridge name for network ${id} is taken`, { candidates });
+      throw new NqvmError('CONFLICT', `every bridge name for network ${id} is taken`, { candidates });
     return name;
   }
 
@@ -501,12 +508,16 @@ export class HostNetwork {
       this.names.bridgePattern.test(uplink.name) ||
       this.names.tapPattern.test(uplink.name)
     ) {
-      throw new InputError(`${uplink.name} cannot be an uplink (a bridge or an nqvm interface)`, {
-        uplink: uplink.name,
-      });
+      throw new NqvmError(
+        'VALIDATION_FAILED',
+        `${uplink.name} cannot be an uplink (a bridge or an nqvm interface)`,
+        {
+          uplink: uplink.name,
+        },
+      );
     }
     if (uplink.master !== null && uplink.master !== bridge) {
-      throw new ConflictError('CONFLICT', `${uplink.name} is already a port of ${uplink.master}`, {
+      throw new NqvmError('CONFLICT', `${uplink.name} is already a port of ${uplink.master}`, {
         uplink: uplink.name,
       });
     }
@@ -518,7 +529,7 @@ export class HostNetwork {
     for (const other of Object.values(state.networks)) {
       const theirs = other.spec.id !== spec.id && other.spec.cidr ? parseCidr(other.spec.cidr) : null;
       if (theirs && overlaps(mine, theirs)) {
-        throw new ConflictError(
+        throw new NqvmError(
           'CONFLICT',
           `${spec.cidr} overlaps network ${other.spec.id} (${other.spec.cidr})`,
           {
@@ -532,7 +543,7 @@ export class HostNetwork {
       if (r.dst === 'default' || r.dev === bridge) continue;
       const theirs = parseCidr(r.dst.includes('/') ? r.dst : `${r.dst}/32`);
       if (theirs && overlaps(mine, theirs)) {
-        throw new ConflictError('CONFLICT', `${spec.cidr} overlaps the host route ${r.dst} on ${r.dev}`, {
+        throw new NqvmError('CONFLICT', `${spec.cidr} overlaps the host route ${r.dst} on ${r.dev}`, {
           cidr: spec.cidr,
           route: r.dst,
           dev: r.dev,
@@ -638,22 +649,19 @@ export class HostNetwork {
     actions: string[],
   ): Promise<{ record: TapRecord; created: boolean }> {
     const network = state.networks[input.networkId];
-    if (!network) throw new NotFoundError('NOT_FOUND', 'network', input.networkId);
+    if (!network)
+      throw new NqvmError('NOT_FOUND', `network ${input.networkId} not found`, { id: input.networkId });
     const spec = { ...input, mac: input.mac ?? macFor(input.vmId, input.nicIndex) };
     const key = tapKey(spec.vmId, spec.nicIndex);
     if (spec.ip !== undefined) this.assertTapAddress(network.spec, spec.ip);
     for (const [k, other] of Object.entries(state.taps)) {
       if (k === key || other.spec.networkId !== spec.networkId) continue;
       if (other.spec.mac === spec.mac || (spec.ip !== undefined && other.spec.ip === spec.ip)) {
-        throw new ConflictError(
-          'CONFLICT',
-          `another NIC on network ${spec.networkId} has this MAC or address`,
-          {
-            mac: spec.mac,
-            ip: spec.ip,
-            tap: other.tap,
-          },
-        );
+        throw new NqvmError('CONFLICT', `another NIC on network ${spec.networkId} has this MAC or address`, {
+          mac: spec.mac,
+          ip: spec.ip,
+          tap: other.tap,
+        });
       }
     }
     const tag = this.names.tapTag(spec.vmId, spec.nicIndex);
@@ -661,11 +669,11 @@ export class HostNetwork {
       this.names.tap(spec.vmId, spec.nicIndex, salt),
     );
     const tap = pickName(candidates, links, tag, this.names.tapPattern);
-    if (!tap) throw new ConflictError('CONFLICT', `every TAP name for NIC ${key} is taken`, { candidates });
+    if (!tap) throw new NqvmError('CONFLICT', `every TAP name for NIC ${key} is taken`, { candidates });
     let link = links.get(tap);
     const created = !link;
     if (link && (link.kind !== 'tun' || link.tunType !== 'tap')) {
-      throw new ConflictError('CONFLICT', `${tap} exists and is not a TAP`, { tap });
+      throw new NqvmError('CONFLICT', `${tap} exists and is not a TAP`, { tap });
     }
     const record: TapRecord = { spec, tap };
     state.taps[key] = record;
@@ -696,7 +704,10 @@ export class HostNetwork {
     const address = parseIpv4(ip) ?? -1;
     if (!cidr) return;
     if (!isHostAddress(cidr, address) || ip === network.gateway) {
-      throw new InputError(`${ip} is not a free host address of ${network.cidr}`, { ip, cidr: network.cidr });
+      throw new NqvmError('VALIDATION_FAILED', `${ip} is not a free host address of ${network.cidr}`, {
+        ip,
+        cidr: network.cidr,
+      });
     }
   }
 
@@ -763,7 +774,7 @@ export class HostNetwork {
 
   private async assertPortFree(proto: 'tcp' | 'udp', port: number): Promise<void> {
     if (await this.listensOn(proto, port)) {
-      throw new ConflictError('CONFLICT', `the host already listens on ${proto} port ${port}`, {
+      throw new NqvmError('CONFLICT', `the host already listens on ${proto} port ${port}`, {
         proto,
         hostPort: port,
       });
@@ -889,5 +900,6 @@ function assertUniqueIds(desired: HostNetworking): void {
     dup(desired.taps.map((t) => tapKey(t.vmId, t.nicIndex))) && 'a NIC is repeated',
     dup(desired.portForwards.map((f) => f.id)) && 'a port forward id is repeated',
   ].filter(Boolean);
-  if (problems.length > 0) throw new InputError(`invalid networking: ${problems.join('; ')}`);
+  if (problems.length > 0)
+    throw new NqvmError('VALIDATION_FAILED', `invalid networking: ${problems.join('; ')}`);
 }

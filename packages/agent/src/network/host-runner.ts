@@ -4,14 +4,15 @@
  * namespace (tests; production uses the host's own).
  */
 import { spawn } from 'node:child_process';
-import { InputError } from '@nqvm/api/errors';
+import { NqvmError } from '@nqvm/api/errors';
 
 /** Names under /run/netns that nqvm accepts. */
 const NETNS_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
 
 /** `/run/netns/<name>` after checking the name. */
 export function netnsPath(name: string): string {
-  if (!NETNS_NAME.test(name)) throw new InputError(`invalid network namespace name ${JSON.stringify(name)}`);
+  if (!NETNS_NAME.test(name))
+    throw new NqvmError('VALIDATION_FAILED', `invalid network namespace name ${JSON.stringify(name)}`);
   return `/run/netns/${name}`;
 }
 

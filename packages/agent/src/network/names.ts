@@ -5,7 +5,7 @@
  * by someone else is rehashed with a salt.
  */
 import { createHash } from 'node:crypto';
-import { InputError } from '@nqvm/api/errors';
+import { NqvmError } from '@nqvm/api/errors';
 import { INTERFACE_NAME, INTERFACE_NAME_RULE } from '@nqvm/api/interface-names';
 
 /** Ids of networks, VMs and port forwards (UUIDs in practice). */
@@ -23,12 +23,16 @@ export const NAME_ATTEMPTS = 4;
 
 export function assertId(what: string, id: string): void {
   if (!ID.test(id))
-    throw new InputError(`${what} must be letters, digits and dashes (at most 64)`, { [what]: id });
+    throw new NqvmError('VALIDATION_FAILED', `${what} must be letters, digits and dashes (at most 64)`, {
+      [what]: id,
+    });
 }
 
 export function assertIfName(what: string, name: string): void {
   if (!IFNAME.test(name)) {
-    throw new InputError(`${what} must be an interface name: ${INTERFACE_NAME_RULE}`, { [what]: name });
+    throw new NqvmError('VALIDATION_FAILED', `${what} must be an interface name: ${INTERFACE_NAME_RULE}`, {
+      [what]: name,
+    });
   }
 }
 
@@ -60,7 +64,7 @@ export class HostNames {
 
   constructor(readonly prefix = 'nq') {
     if (!HOST_PREFIX.test(prefix))
-      throw new InputError('the host prefix must be 1-4 of [a-z0-9]', { prefix });
+      throw new NqvmError('VALIDATION_FAILED', 'the host prefix must be 1-4 of [a-z0-9]', { prefix });
     this.bridgePattern = new RegExp(`^${prefix}b[a-z2-7]{${HASH_CHARS}}$`);
     this.tapPattern = new RegExp(`^${prefix}t[a-z2-7]{${HASH_CHARS}}$`);
   }
@@ -102,7 +106,7 @@ export class HostNames {
 
 export function assertNicIndex(nicIndex: number): void {
   if (!Number.isInteger(nicIndex) || nicIndex < 0 || nicIndex > 31) {
-    throw new InputError('nic index must be 0..31', { nicIndex });
+    throw new NqvmError('VALIDATION_FAILED', 'nic index must be 0..31', { nicIndex });
   }
 }
 

@@ -3,7 +3,7 @@
  * manager sends these through the agent protocol (in snake_case there); the agent parses them
  * here once, so everything past this file works on checked values.
  */
-import { InputError } from '@nqvm/api/errors';
+import { NqvmError } from '@nqvm/api/errors';
 import { broadcast, isHostAddress, parseCidr, parseIpv4 } from '@nqvm/api/ipv4';
 import { z } from 'zod';
 import { ID, IFNAME, MAC } from './names';
@@ -125,12 +125,16 @@ export const HostNetworking = z.object({
 export type HostNetworking = z.infer<typeof HostNetworking>;
 export type HostNetworkingInput = z.input<typeof HostNetworking>;
 
-/** Parses input at the module's edge; a bad field is an InputError naming it, before any command. */
+/** Parses input at the module's edge; a bad field is a VALIDATION_FAILED error naming it, before any command. */
 export function parseInput<S extends z.ZodType>(schema: S, what: string, value: unknown): z.infer<S> {
   const result = schema.safeParse(value);
   if (result.success) return result.data;
   const issues = result.error.issues.map((i) => ({ path: i.path.join('.'), message: i.message }));
-  throw new InputError(`invalid ${what}: ${issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`, {
-    issues,
-  });
+  throw new NqvmError(
+    'VALIDATION_FAILED',
+    `invalid ${what}: ${issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`,
+    {
+      issues,
+    },
+  );
 }

@@ -1,13 +1,6 @@
 /** Users, their sessions and API tokens. */
 import { randomUUID } from 'node:crypto';
-import {
-  AuthenticationError,
-  ConflictError,
-  NotAllowedError,
-  NotFoundError,
-  type Role,
-  type User,
-} from '@nqvm/api';
+import { NqvmError, type Role, type User } from '@nqvm/api';
 import { isoAfter, nowIso } from '../clock';
 import { type Datastore, isUniqueViolation } from '../db/datastore';
 import { paginate } from '../db/pagination';
@@ -82,7 +75,7 @@ export class Users {
       await this.store.db.insertInto('users').values(row).execute();
     } catch (err) {
       if (isUniqueViolation(err))
-        throw new ConflictError('NAME_TAKEN', `user "${input.username}" exists`, { field: 'username' });
+        throw new NqvmError('NAME_TAKEN', `user "${input.username}" exists`, { field: 'username' });
       throw err;
     }
     const user = toUser(row);
@@ -103,7 +96,7 @@ export class Users {
 
   async getRow(id: string): Promise<UserRow> {
     const row = await this.store.db.selectFrom('users').selectAll().where('id', '=', id).executeTakeFirst();
-    if (!row) throw new NotFoundError('USER_NOT_FOUND', 'user', id);
+    if (!row) throw new NqvmError('USER_NOT_FOUND', { id });
     return row;
   }
 
@@ -155,7 +148,7 @@ export class Users {
       .where('role', '=', 'admin')
       .where('disabled', '=', 0)
       .executeTakeFirstOrThrow();
-    if (Number(admins.n) <= 1) throw new ConflictError('LAST_ADMIN', 'this is the last enabled admin');
+    if (Number(admins.n) <= 1) throw new NqvmError('LAST_ADMIN', 'this is the last enabled admin');
   }
 
   // ---- passwords and sessions ---------------------------------------------------------
@@ -174,7 +167,7 @@ export class Users {
   async changePassword(userId: string, current: string, next: string): Promise<void> {
     const row = await this.getRow(userId);
     if (!(await verifyPassword(current, row.password_hash))) {
-      throw new AuthenticationError('the current password is wrong', 'INVALID_CREDENTIALS');
+      throw new NqvmError('INVALID_CREDENTIALS', 'the current password is wrong');
     }
     await this.patch(userId, { password: next });
   }
@@ -241,7 +234,10 @@ export class Users {
   ): Promise<ReturnType<typeof toToken> & { token: string }> {
     const role = input.role ?? owner.role;
     if (!roleAtLeast(owner.role, role))
-      throw new NotAllowedError(`a token cannot have a higher role (${role}) than its owner (${owner.role})`);
+      throw new NqvmError(
+        'FORBIDDEN',
+        `a token cannot have a higher role (${role}) than its owner (${owner.role})`,
+      );
     const token = newSecret('nqvm_tok');
     const row: ApiTokenRow = {
       id: randomUUID(),
@@ -281,7 +277,7 @@ export class Users {
       .selectAll()
       .where('id', '=', id)
       .executeTakeFirst();
-    if (!row) throw new NotFoundError('TOKEN_NOT_FOUND', 'token', id);
+    if (!row) throw new NqvmError('TOKEN_NOT_FOUND', { id });
     return row;
   }
 

@@ -15,7 +15,6 @@ import type { Readable } from 'node:stream';
 import {
   type AgentContainerSpec,
   type AgentVmReport,
-  ConflictError,
   type Container,
   type ContainerCreate,
   type ContainerExec,
@@ -23,8 +22,6 @@ import {
   type ContainerPort,
   type ContainerStats,
   type ContainerStatus,
-  InputError,
-  NotFoundError,
   NqvmError,
   type OciImageConfig,
   type Operation,
@@ -280,7 +277,7 @@ export class Containers {
 
   async getRow(id: string): Promise<ContainerRow> {
     const row = await this.findRow(id);
-    if (!row) throw new NotFoundError('CONTAINER_NOT_FOUND', 'container', id);
+    if (!row) throw new NqvmError('CONTAINER_NOT_FOUND', { id });
     return row;
   }
 
@@ -352,7 +349,7 @@ export class Containers {
       await this.d.store.db.insertInto('containers').values(row).execute();
     } catch (err) {
       if (isUniqueViolation(err))
-        throw new ConflictError('NAME_TAKEN', `a container named "${input.name}" exists`, { field: 'name' });
+        throw new NqvmError('NAME_TAKEN', `a container named "${input.name}" exists`, { field: 'name' });
       throw err;
     }
     const container = toContainer(row, undefined);
@@ -380,9 +377,9 @@ export class Containers {
   private async checkNameFree(name: string): Promise<void> {
     const db = this.d.store.db;
     const vm = await db.selectFrom('vms').select('id').where('name', '=', name).executeTakeFirst();
-    if (vm) throw new ConflictError('NAME_TAKEN', `a VM named "${name}" exists`, { field: 'name' });
+    if (vm) throw new NqvmError('NAME_TAKEN', `a VM named "${name}" exists`, { field: 'name' });
     const c = await db.selectFrom('containers').select('id').where('name', '=', name).executeTakeFirst();
-    if (c) throw new ConflictError('NAME_TAKEN', `a container named "${name}" exists`, { field: 'name' });
+    if (c) throw new NqvmError('NAME_TAKEN', `a container named "${name}" exists`, { field: 'name' });
   }
 
   /** The network of the container's NIC: as given, else the default one (none: no NIC, no ports). */
@@ -395,16 +392,20 @@ export class Containers {
         .where('id', '=', input.network_id)
         .executeTakeFirst();
       if (!n)
-        throw new InputError(`network_id: no network ${input.network_id}`, {
+        throw new NqvmError('VALIDATION_FAILED', `network_id: no network ${input.network_id}`, {
           fields: [{ path: 'body.network_id', message: 'unknown network' }],
         });
       return n.id;
     }
     const def = await db.selectFrom('networks').select('id').where('is_default', '=', 1).executeTakeFirst();
     if (!def && input.ports.length)
-      throw new InputError('ports need a network: give network_id (there is no default network)', {
-        fields: [{ path: 'body.network_id', message: 'required for ports: there is no default network' }],
-      });
+      throw new NqvmError(
+        'VALIDATION_FAILED',
+        'ports need a network: give network_id (there is no default network)',
+        {
+          fields: [{ path: 'body.network_id', message: 'required for ports: there is no default network' }],
+        },
+      );
     return def?.id ?? null;
   }
 
@@ -426,7 +427,7 @@ export class Containers {
         theirs.some((t) => t.host_port === p.host_port && t.protocol === (p.protocol ?? 'tcp')),
       );
       if (clash)
-        throw new ConflictError(
+        throw new NqvmError(
           'PORT_IN_USE',
           `${clash.protocol ?? 'tcp'} port ${clash.host_port} is taken by a container being created`,
           { container_id: c.id },
@@ -443,7 +444,7 @@ export class Containers {
       .where('name', '=', CONTAINER_INIT_IMAGE)
       .executeTakeFirst();
     if (init?.kind !== 'initrd' || init.status !== 'ready')
-      throw new ConflictError(
+      throw new NqvmError(
         'CONTAINER_INIT_MISSING',
         `nqvm's container init is not registered: containers need a ready initrd image named "${CONTAINER_INIT_IMAGE}". ` +
           '`nqvm up` registers it; on another manager, register the initrd that ensureContainerInit() of ' +
@@ -458,7 +459,7 @@ export class Containers {
       .where('status', '=', 'ready')
       .executeTakeFirst();
     if (!kernel)
-      throw new ConflictError(
+      throw new NqvmError(
         'CONTAINER_INIT_MISSING',
         "no default kernel is registered: nqvm's container init boots with the default (cloud) kernel, " +
           'which `nqvm up` registers with it',
@@ -476,8 +477,8 @@ export class Containers {
         signal: AbortSignal.timeout(RESOLVE_TIMEOUT_MS),
       });
     } catch (err) {
-      if (err instanceof InputError)
-        throw new InputError(`image: ${err.message}`, {
+      if (err instanceof NqvmError && err.code === 'VALIDATION_FAILED')
+        throw new NqvmError('VALIDATION_FAILED', `image: ${err.message}`, {
           fields: [{ path: 'body.image', message: err.message }],
         });
       throw err;
@@ -838,7 +839,7 @@ export class Containers {
     if (action === 'restart') {
       if (vm.state === 'running') vmAction = 'reboot';
       else if (vm.state !== 'stopped' && vm.state !== 'failed')
-        throw new ConflictError('VM_INVALID_STATE', `cannot restart a container whose VM is ${vm.state}`, {
+        throw new NqvmError('VM_INVALID_STATE', `cannot restart a container whose VM is ${vm.state}`, {
           state: vm.state,
           allowed_from: ['running', 'stopped', 'failed'],
         });
@@ -861,7 +862,7 @@ export class Containers {
     if (row.phase === 'creating') {
       const job = this.jobs.get(id);
       if (!job)
-        throw new ConflictError(
+        throw new NqvmError(
           'CONFLICT',
           'another manager is creating this container; delete it once its operation has ended',
           { status: row.status },
@@ -891,13 +892,13 @@ export class Containers {
 
   private requireVm(row: ContainerRow, action: string): void {
     if (row.phase === 'creating')
-      throw new ConflictError(
+      throw new NqvmError(
         'VM_INVALID_STATE',
         `cannot ${action} a container that is being created; follow its operation`,
         { status: row.status },
       );
     if (row.phase === 'failed')
-      throw new ConflictError(
+      throw new NqvmError(
         'VM_INVALID_STATE',
         `the container failed to be created (${row.last_error ?? 'no reason recorded'}): delete it and create it again`,
         { status: 'failed' },

@@ -2,7 +2,7 @@
  * Keyset pagination over (created_at, id): stable under inserts, O(limit) per page at any depth.
  * The cursor is opaque to clients (base64url of the last row's key).
  */
-import { InputError } from '@nqvm/api';
+import { NqvmError } from '@nqvm/api';
 import type { SelectQueryBuilder } from 'kysely';
 
 interface Page<T> {
@@ -26,11 +26,9 @@ export function decodeCursor(cursor: string): [string, string] {
   } catch {
     // fall through to the uniform error
   }
-  throw new InputError(
-    'cursor is not valid; use the "next" value of a previous page',
-    { field: 'cursor' },
-    'INVALID_CURSOR',
-  );
+  throw new NqvmError('INVALID_CURSOR', 'cursor is not valid; use the "next" value of a previous page', {
+    field: 'cursor',
+  });
 }
 
 /**

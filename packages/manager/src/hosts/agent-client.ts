@@ -15,12 +15,10 @@ import {
   type AgentVmCommand,
   type AgentVmReport,
   AgentVmStats,
-  ConflictError,
   type ErrorCode,
   httpStatusOf,
   isErrorCode,
   NqvmError,
-  ServiceUnavailableError,
   signManagerRequest,
   VmMetrics,
 } from '@nqvm/api';
@@ -53,7 +51,7 @@ export class AgentClient {
         signal: AbortSignal.timeout(opts.timeoutMs ?? this.timeoutMs),
       });
     } catch (err) {
-      throw new ServiceUnavailableError(
+      throw new NqvmError(
         'HOST_UNAVAILABLE',
         `host agent at ${address} did not answer: ${(err as Error).message}`,
       );
@@ -70,7 +68,7 @@ export class AgentClient {
       // keep the status
     }
     if (res.status === 404) throw new NqvmError('NOT_FOUND', `${what}: ${message}`);
-    throw new ServiceUnavailableError('HOST_UNAVAILABLE', `${what} failed on the host: ${message}`);
+    throw new NqvmError('HOST_UNAVAILABLE', `${what} failed on the host: ${message}`);
   }
 
   async putVm(address: string, vmId: string, cmd: AgentVmCommand): Promise<AgentVmReport> {
@@ -87,15 +85,12 @@ export class AgentClient {
     const res = await this.request(address, 'DELETE', `/v1/volumes/${volumeId}`);
     if (res.status === 409 || res.status === 404) await res.body?.cancel();
     if (res.status === 409)
-      throw new ConflictError('VOLUME_IN_USE', `a VM on the host still uses volume ${volumeId}`, {
+      throw new NqvmError('VOLUME_IN_USE', `a VM on the host still uses volume ${volumeId}`, {
         volume_id: volumeId,
       });
     // 404 here means an agent without the volume route: the file may be there, so keep the record.
     if (res.status === 404)
-      throw new ServiceUnavailableError(
-        'HOST_UNAVAILABLE',
-        'the host agent cannot delete volumes; upgrade it',
-      );
+      throw new NqvmError('HOST_UNAVAILABLE', 'the host agent cannot delete volumes; upgrade it');
     await this.expectOk(res, 'volume delete');
   }
 
@@ -126,10 +121,7 @@ export class AgentClient {
     // 404 here means an agent without the snapshot routes: the files may be there, so keep the record.
     if (res.status === 404) {
       await res.body?.cancel();
-      throw new ServiceUnavailableError(
-        'HOST_UNAVAILABLE',
-        'the host agent cannot delete snapshots; upgrade it',
-      );
+      throw new NqvmError('HOST_UNAVAILABLE', 'the host agent cannot delete snapshots; upgrade it');
     }
     await this.expectOk(res, 'snapshot delete');
   }
@@ -186,12 +178,7 @@ export class AgentClient {
       req.on('error', (err) => {
         clearTimeout(timer);
         if (signal.aborted) return reject(signal.reason ?? err);
-        reject(
-          new ServiceUnavailableError(
-            'HOST_UNAVAILABLE',
-            `host agent at ${address} did not answer: ${err.message}`,
-          ),
-        );
+        reject(new NqvmError('HOST_UNAVAILABLE', `host agent at ${address} did not answer: ${err.message}`));
       });
       req.end();
     });
@@ -202,7 +189,7 @@ export class AgentClient {
     const answer = new Response(Buffer.concat(chunks), { status });
     await this.refuseOn4xx(answer, 'logs');
     await this.expectOk(answer, 'logs');
-    throw new ServiceUnavailableError('HOST_UNAVAILABLE', `logs: the host answered ${status}`);
+    throw new NqvmError('HOST_UNAVAILABLE', `logs: the host answered ${status}`);
   }
 
   /** Whether a program on the host listens on the port (a forward of it would shadow it). */
@@ -226,7 +213,7 @@ export class AgentClient {
   private async refuseOn4xx(res: Response, what: string): Promise<void> {
     if (res.status === 404) {
       await res.body?.cancel();
-      throw new ConflictError('VM_INVALID_STATE', `the host does not hold this VM (yet): ${what} refused`);
+      throw new NqvmError('VM_INVALID_STATE', `the host does not hold this VM (yet): ${what} refused`);
     }
     if (res.status >= 400 && res.status < 500) throw await agentRefusal(res, what);
   }
@@ -335,7 +322,7 @@ export class AgentClient {
     socket.on('error', () => {});
     const opened = new Promise<void>((resolve, reject) => {
       const unavailable = (why: string) =>
-        reject(new ServiceUnavailableError('HOST_UNAVAILABLE', `host agent at ${address} ${why}`));
+        reject(new NqvmError('HOST_UNAVAILABLE', `host agent at ${address} ${why}`));
       socket.once('open', () => resolve());
       socket.once('unexpected-response', (req, res) => {
         const chunks: Buffer[] = [];
@@ -397,7 +384,7 @@ function execRefusal(address: string, status: number, body: Buffer): NqvmError {
   }
   const message = b.error?.message || String(status);
   if (status === 404)
-    return new ConflictError('VM_INVALID_STATE', `the host does not hold this VM (yet): ${message}`);
+    return new NqvmError('VM_INVALID_STATE', `the host does not hold this VM (yet): ${message}`);
   if (status >= 400 && status < 500) {
     return new NqvmError(
       relayedCode(b.error?.code, status),
@@ -405,10 +392,7 @@ function execRefusal(address: string, status: number, body: Buffer): NqvmError {
       b.error?.details,
     );
   }
-  return new ServiceUnavailableError(
-    'HOST_UNAVAILABLE',
-    `host agent at ${address} refused the exec: ${message}`,
-  );
+  return new NqvmError('HOST_UNAVAILABLE', `host agent at ${address} refused the exec: ${message}`);
 }
 
 function consoleRefusal(address: string, status: number, body: Buffer): NqvmError {
@@ -420,9 +404,6 @@ function consoleRefusal(address: string, status: number, body: Buffer): NqvmErro
     // keep the status
   }
   if (status === 404)
-    return new ConflictError('VM_INVALID_STATE', `the host does not hold this VM (yet): ${message}`);
-  return new ServiceUnavailableError(
-    'HOST_UNAVAILABLE',
-    `host agent at ${address} refused the console: ${message}`,
-  );
+    return new NqvmError('VM_INVALID_STATE', `the host does not hold this VM (yet): ${message}`);
+  return new NqvmError('HOST_UNAVAILABLE', `host agent at ${address} refused the console: ${message}`);
 }

@@ -5,7 +5,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { AgentHeartbeat, AgentRegister, HostCapacity } from '@nqvm/api';
-import { AuthenticationError, ConflictError, type Host, NotFoundError } from '@nqvm/api';
+import { type Host, NqvmError } from '@nqvm/api';
 import type { z } from 'zod';
 import { hashSecret, newSecret } from '../auth/secrets';
 import { isoAfter, nowIso } from '../clock';
@@ -92,7 +92,7 @@ export class Hosts {
       .selectAll()
       .where('id', '=', id)
       .executeTakeFirst();
-    if (!row) throw new NotFoundError('NOT_FOUND', 'join token', id);
+    if (!row) throw new NqvmError('NOT_FOUND', `join token ${id} not found`, { id });
     await this.store.db
       .updateTable('join_tokens')
       .set({ revoked_at: row.revoked_at ?? nowIso() })
@@ -122,11 +122,9 @@ export class Hosts {
       .where('name', '=', input.name)
       .executeTakeFirst();
     if (existing && existing.credential_hash !== null && existing.status === 'ready') {
-      throw new ConflictError(
-        'NAME_TAKEN',
-        `a live host named "${input.name}" is registered; remove it first`,
-        { field: 'name' },
-      );
+      throw new NqvmError('NAME_TAKEN', `a live host named "${input.name}" is registered; remove it first`, {
+        field: 'name',
+      });
     }
     const cap = capacityColumns(input.capacity);
     const id = existing?.id ?? randomUUID();
@@ -170,7 +168,7 @@ export class Hosts {
       }
     } catch (err) {
       if (isUniqueViolation(err))
-        throw new ConflictError('NAME_TAKEN', `a host named "${input.name}" exists`, { field: 'name' });
+        throw new NqvmError('NAME_TAKEN', `a host named "${input.name}" exists`, { field: 'name' });
       throw err;
     }
     await this.store.db
@@ -250,7 +248,7 @@ export class Hosts {
 
   async getRow(id: string): Promise<HostRow> {
     const row = await this.store.db.selectFrom('hosts').selectAll().where('id', '=', id).executeTakeFirst();
-    if (!row) throw new NotFoundError('HOST_NOT_FOUND', 'host', id);
+    if (!row) throw new NqvmError('HOST_NOT_FOUND', { id });
     return row;
   }
 
@@ -267,7 +265,7 @@ export class Hosts {
       .limit(1)
       .executeTakeFirst();
     if (vms)
-      throw new ConflictError('HOST_NOT_EMPTY', `host ${row.name} still has VMs; drain or delete them first`);
+      throw new NqvmError('HOST_NOT_EMPTY', `host ${row.name} still has VMs; drain or delete them first`);
     const volume = await this.store.db
       .selectFrom('volumes')
       .select(['id', 'name'])
@@ -275,7 +273,7 @@ export class Hosts {
       .limit(1)
       .executeTakeFirst();
     if (volume)
-      throw new ConflictError(
+      throw new NqvmError(
         'HOST_NOT_EMPTY',
         `host ${row.name} holds volume ${volume.name} (and maybe others); delete them first`,
         { volume_id: volume.id },
@@ -315,7 +313,8 @@ export class Hosts {
   }
 
   assertLive(row: HostRow): void {
-    if (row.credential_hash === null) throw new AuthenticationError('this host credential was revoked');
+    if (row.credential_hash === null)
+      throw new NqvmError('UNAUTHENTICATED', 'this host credential was revoked');
   }
 
   private async publish(id: string, type: string): Promise<Host> {

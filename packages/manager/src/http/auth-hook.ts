@@ -1,10 +1,10 @@
-import type {} from '@fastify/cookie';
 import { timingSafeEqual } from 'node:crypto';
+import type {} from '@fastify/cookie';
 /**
  * Authentication and authorisation for every request, before its body is read: a route's
  * `config.access` says who may call it; a route without one never registers.
  */
-import { AuthenticationError, domainErrorReply, NotAllowedError, NqvmError } from '@nqvm/api';
+import { domainErrorReply, NqvmError } from '@nqvm/api';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { Principal } from '../auth/principal';
 import { type RouteAccess, roleAtLeast } from '../auth/roles';
@@ -37,7 +37,7 @@ async function identify(
   const header = req.headers.authorization;
   if (header) {
     const m = /^Bearer\s+(\S+)$/i.exec(header);
-    if (!m) throw new AuthenticationError('Authorization must be "Bearer <token>"');
+    if (!m) throw new NqvmError('UNAUTHENTICATED', 'Authorization must be "Bearer <token>"');
     const secret = m[1]!;
     if (secret.startsWith('nqvm_tok_')) {
       const p = await s.users.resolveToken(secret);
@@ -51,7 +51,7 @@ async function identify(
     } else if (s.config.metricsToken && sameSecret(secret, s.config.metricsToken)) {
       return { principal: { kind: 'metrics' } };
     }
-    throw new AuthenticationError('the token is unknown, expired or revoked');
+    throw new NqvmError('UNAUTHENTICATED', 'the token is unknown, expired or revoked');
   }
   const cookie = req.cookies?.[SESSION_COOKIE];
   if (cookie) {
@@ -64,7 +64,7 @@ async function identify(
 function checkCsrf(req: FastifyRequest, csrfHash: string): void {
   const token = req.headers[CSRF_HEADER];
   if (typeof token !== 'string' || hashSecret(token) !== csrfHash) {
-    throw new NotAllowedError('missing or wrong X-CSRF-Token header', 'CSRF_FAILED');
+    throw new NqvmError('CSRF_FAILED', 'missing or wrong X-CSRF-Token header');
   }
   const origin = req.headers.origin;
   if (origin !== undefined) {
@@ -74,7 +74,7 @@ function checkCsrf(req: FastifyRequest, csrfHash: string): void {
     } catch {
       host = null;
     }
-    if (host !== req.headers.host) throw new NotAllowedError('cross-origin request refused', 'CSRF_FAILED');
+    if (host !== req.headers.host) throw new NqvmError('CSRF_FAILED', 'cross-origin request refused');
   }
 }
 
@@ -88,26 +88,31 @@ export function authorize(access: RouteAccess, p: Principal): void {
   if (access === 'metrics') {
     if (p.kind === 'metrics') return;
     if (p.kind === 'anonymous')
-      throw new AuthenticationError('metrics need an operator token or session, or the metrics token');
+      throw new NqvmError(
+        'UNAUTHENTICATED',
+        'metrics need an operator token or session, or the metrics token',
+      );
     if (p.kind !== 'user' || !roleAtLeast(p.role, 'operator'))
-      throw new NotAllowedError('metrics need the operator role or the metrics token');
+      throw new NqvmError('FORBIDDEN', 'metrics need the operator role or the metrics token');
     return;
   }
   if (access === 'host' || access === 'join') {
     if (p.kind === access) return;
     if (p.kind === 'anonymous')
-      throw new AuthenticationError(
+      throw new NqvmError(
+        'UNAUTHENTICATED',
         access === 'host' ? 'a host credential is required' : 'a join token is required',
       );
-    throw new NotAllowedError(
+    throw new NqvmError(
+      'FORBIDDEN',
       access === 'host' ? 'only agents call this route' : 'only a joining agent calls this route',
     );
   }
-  if (p.kind === 'anonymous') throw new AuthenticationError();
-  if (p.kind === 'metrics') throw new NotAllowedError('the metrics token only scrapes /metrics');
-  if (p.kind !== 'user') throw new NotAllowedError('agent credentials cannot call user routes');
+  if (p.kind === 'anonymous') throw new NqvmError('UNAUTHENTICATED');
+  if (p.kind === 'metrics') throw new NqvmError('FORBIDDEN', 'the metrics token only scrapes /metrics');
+  if (p.kind !== 'user') throw new NqvmError('FORBIDDEN', 'agent credentials cannot call user routes');
   if (!roleAtLeast(p.role, access))
-    throw new NotAllowedError(`this needs the ${access} role; you have ${p.role}`);
+    throw new NqvmError('FORBIDDEN', `this needs the ${access} role; you have ${p.role}`);
 }
 
 export function authHook(s: Services) {
@@ -121,7 +126,8 @@ export function authHook(s: Services) {
         req.principal = await identify(req, s).then(
           (r) => r.principal,
           (err: unknown) => {
-            if (err instanceof AuthenticationError) return { kind: 'anonymous' as const };
+            if (err instanceof NqvmError && err.code === 'UNAUTHENTICATED')
+              return { kind: 'anonymous' as const };
             throw err;
           },
         );

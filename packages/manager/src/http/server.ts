@@ -5,7 +5,7 @@
 import cookie from '@fastify/cookie';
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
-import { frameworkErrorReply, InputError, routeNotFoundReply } from '@nqvm/api';
+import { frameworkErrorReply, NqvmError, routeNotFoundReply } from '@nqvm/api';
 import Fastify, { type FastifyBaseLogger } from 'fastify';
 import {
   jsonSchemaTransform,
@@ -163,7 +163,7 @@ export async function buildApp(
     ] as const) {
       const at = findNul(value, part);
       if (at)
-        throw new InputError(`invalid ${at}`, {
+        throw new NqvmError('VALIDATION_FAILED', `invalid ${at}`, {
           fields: [{ path: at, message: 'must not contain NUL characters' }],
         });
     }

@@ -4,7 +4,7 @@
  */
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { InputError, NotAllowedError } from '@nqvm/api';
+import { NqvmError } from '@nqvm/api';
 
 export interface HostPathPolicy {
   allowImagePaths: boolean;
@@ -13,12 +13,11 @@ export interface HostPathPolicy {
   reserved: string[];
 }
 
-function outside(requested: string, why: string): InputError {
-  return new InputError(
-    `${requested} ${why}`,
-    { field: 'source.path', path: requested },
-    'IMAGE_PATH_OUTSIDE_ROOT',
-  );
+function outside(requested: string, why: string): NqvmError {
+  return new NqvmError('IMAGE_PATH_OUTSIDE_ROOT', `${requested} ${why}`, {
+    field: 'source.path',
+    path: requested,
+  });
 }
 
 function within(root: string, p: string): boolean {
@@ -36,9 +35,9 @@ function within(root: string, p: string): boolean {
  */
 export async function resolveHostPath(policy: HostPathPolicy, requested: string): Promise<string> {
   if (!policy.allowImagePaths)
-    throw new NotAllowedError(
-      'registering images by host path is disabled; set MANAGER_ALLOW_IMAGE_PATHS=true to allow it',
+    throw new NqvmError(
       'IMAGE_PATHS_DISABLED',
+      'registering images by host path is disabled; set MANAGER_ALLOW_IMAGE_PATHS=true to allow it',
     );
   if (requested.split(/[\\/]/).includes('..'))
     throw outside(requested, 'contains a ".." segment; give a path under MANAGER_IMAGE_ROOT');
@@ -55,19 +54,29 @@ export async function resolveHostPath(policy: HostPathPolicy, requested: string)
   try {
     real = await fs.realpath(joined);
   } catch {
-    throw new InputError(`${requested} does not exist`, { field: 'source.path', path: requested });
+    throw new NqvmError('VALIDATION_FAILED', `${requested} does not exist`, {
+      field: 'source.path',
+      path: requested,
+    });
   }
   if (!within(root, real))
     throw outside(requested, `leads outside MANAGER_IMAGE_ROOT (${policy.imageRoot}) through a symlink`);
   for (const dir of policy.reserved) {
     const reserved = await fs.realpath(dir).catch(() => path.resolve(dir));
     if (within(reserved, real))
-      throw new InputError(`${requested} is inside the manager's own image store; upload the file instead`, {
-        field: 'source.path',
-      });
+      throw new NqvmError(
+        'VALIDATION_FAILED',
+        `${requested} is inside the manager's own image store; upload the file instead`,
+        {
+          field: 'source.path',
+        },
+      );
   }
   const st = await fs.stat(real);
   if (!st.isFile())
-    throw new InputError(`${requested} is not a regular file`, { field: 'source.path', path: requested });
+    throw new NqvmError('VALIDATION_FAILED', `${requested} is not a regular file`, {
+      field: 'source.path',
+      path: requested,
+    });
   return real;
 }

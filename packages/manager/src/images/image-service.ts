@@ -11,7 +11,6 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import {
-  ConflictError,
   type Image,
   type ImageActionResponse,
   type ImageCreate,
@@ -20,8 +19,6 @@ import {
   type ImagePatch,
   type ImageSource,
   type ImageStatus,
-  InputError,
-  NotFoundError,
   NqvmError,
   type Operation,
 } from '@nqvm/api';
@@ -180,7 +177,7 @@ export class ImageService {
 
   async getRow(id: string): Promise<ImageRow> {
     const row = await this.store.db.selectFrom('images').selectAll().where('id', '=', id).executeTakeFirst();
-    if (!row) throw new NotFoundError('IMAGE_NOT_FOUND', 'image', id);
+    if (!row) throw new NqvmError('IMAGE_NOT_FOUND', { id });
     return row;
   }
 
@@ -211,7 +208,7 @@ export class ImageService {
       // A path image's file may have changed since it was hashed; its size is the cheap check.
       if (st?.isFile() && st.size === Number(r.size_bytes)) return { path: source.path, size: st.size };
     }
-    throw new NotFoundError('IMAGE_NOT_FOUND', 'image blob', sha256);
+    throw new NqvmError('IMAGE_NOT_FOUND', `image blob ${sha256} not found`, { id: sha256 });
   }
 
   // ---- changes --------------------------------------------------------------------------
@@ -219,7 +216,7 @@ export class ImageService {
   async patch(id: string, p: ImagePatch): Promise<Image> {
     const row = await this.getRow(id);
     if (p.is_default === true && row.status !== 'ready')
-      throw new ConflictError(
+      throw new NqvmError(
         'IMAGE_NOT_READY',
         `image ${row.name} is ${row.status}; only a ready image can be the default`,
         {
@@ -257,7 +254,7 @@ export class ImageService {
       });
     } catch (err) {
       if (isUniqueViolation(err))
-        throw new ConflictError('NAME_TAKEN', `an image named "${p.name}" exists`, { field: 'name' });
+        throw new NqvmError('NAME_TAKEN', `an image named "${p.name}" exists`, { field: 'name' });
       throw err;
     }
     for (const other of demoted) await this.publish('image.updated', await this.getRow(other));
@@ -272,7 +269,7 @@ export class ImageService {
     const row = await this.getRow(id);
     if (row.status === 'importing') {
       const [op] = await this.ops.active(id);
-      throw new ConflictError(
+      throw new NqvmError(
         'IMAGE_NOT_READY',
         `image ${row.name} is still importing; cancel its operation first`,
         op ? { operation_id: op.id } : {},
@@ -280,13 +277,13 @@ export class ImageService {
     }
     const users = await this.usersOf(id);
     if (users.length)
-      throw new ConflictError(
+      throw new NqvmError(
         'IMAGE_IN_USE',
         `image ${row.name} is used by ${users.map((u) => `${u.type} ${u.name}`).join(', ')}`,
         { users },
       );
     if (row.is_default && !force)
-      throw new ConflictError(
+      throw new NqvmError(
         'IMAGE_IN_USE',
         `image ${row.name} is the default ${row.kind}: VMs and templates that name no ${row.kind} use it. ` +
           'Make another image the default first, or delete with ?force=true',
@@ -386,7 +383,7 @@ export class ImageService {
     } catch (err) {
       await progress.stop();
       const e = ac.signal.aborted
-        ? new ConflictError('CONFLICT', 'the upload was cancelled')
+        ? new NqvmError('CONFLICT', 'the upload was cancelled')
         : storageError(err, this.blobs.dir);
       // The row goes first: whoever sees the operation end finds no image.
       await this.removeImporting(row);
@@ -407,7 +404,11 @@ export class ImageService {
     if (src.type === 'path')
       return { image: await this.registerPath(input.name, input.kind, src.path, actor), operation: null };
     if (src.type === 'oci' && input.kind !== 'rootfs')
-      throw new InputError('an OCI image becomes a root filesystem: kind must be rootfs', { field: 'kind' });
+      throw new NqvmError(
+        'VALIDATION_FAILED',
+        'an OCI image becomes a root filesystem: kind must be rootfs',
+        { field: 'kind' },
+      );
     if (src.type === 'url') await this.urls.admit(src.url);
     const source: ImageSource =
       src.type === 'url' ? { type: 'url', url: src.url } : { type: 'oci', reference: src.reference };
@@ -519,7 +520,7 @@ export class ImageService {
       await this.store.db.insertInto('images').values(row).execute();
     } catch (err) {
       if (isUniqueViolation(err))
-        throw new ConflictError('NAME_TAKEN', `an image named "${name}" exists`, { field: 'name' });
+        throw new NqvmError('NAME_TAKEN', `an image named "${name}" exists`, { field: 'name' });
       throw err;
     }
     await this.publish('image.created', row);
@@ -665,7 +666,7 @@ export class ImageService {
     size: number,
     work: string,
   ): Promise<{ format: string; metadata: ImageMetadata; vmlinux: StagedBlob | null }> {
-    if (size === 0) throw new InputError('the image is empty', { field: 'body' });
+    if (size === 0) throw new NqvmError('VALIDATION_FAILED', 'the image is empty', { field: 'body' });
     const format = await validateImage(kind, file);
     const metadata: ImageMetadata = {};
     let vmlinux: StagedBlob | null = null;
@@ -708,7 +709,7 @@ export class ImageService {
       .select('id')
       .where('name', '=', name)
       .executeTakeFirst();
-    if (taken) throw new ConflictError('NAME_TAKEN', `an image named "${name}" exists`, { field: 'name' });
+    if (taken) throw new NqvmError('NAME_TAKEN', `an image named "${name}" exists`, { field: 'name' });
     const { sha256, size } = await hashFile(real);
     const id = randomUUID();
     const found = await this.inspect(kind, real, size, path.join(this.workRoot, `${id}-inspect`));
@@ -737,7 +738,7 @@ export class ImageService {
     } catch (err) {
       if (found.vmlinux) await this.blobs.discard(found.vmlinux);
       if (isUniqueViolation(err))
-        throw new ConflictError('NAME_TAKEN', `an image named "${name}" exists`, { field: 'name' });
+        throw new NqvmError('NAME_TAKEN', `an image named "${name}" exists`, { field: 'name' });
       throw err;
     } finally {
       await fs.rm(path.join(this.workRoot, `${id}-inspect`), { recursive: true, force: true });

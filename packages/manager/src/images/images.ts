@@ -5,7 +5,7 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import fs from 'node:fs/promises';
-import { type AgentImageRef, InputError } from '@nqvm/api';
+import { type AgentImageRef, NqvmError } from '@nqvm/api';
 import { nowIso } from '../clock';
 import type { Datastore } from '../db/datastore';
 import type { ImageRow } from '../db/schema';
@@ -25,20 +25,18 @@ export async function resolveImage(
   const row = await q.executeTakeFirst();
   if (!row) {
     if (opts.optional && !id) return null;
-    throw new InputError(
+    throw new NqvmError(
+      'IMAGE_NOT_FOUND',
       id
         ? `${kind} image ${id} does not exist`
         : `no ${kind} image given and no default ${kind} is registered`,
       { field: `${kind}_image_id` },
-      'IMAGE_NOT_FOUND',
     );
   }
   if (row.status !== 'ready') {
-    throw new InputError(
-      `${kind} image ${row.name} is ${row.status}, not ready`,
-      { field: `${kind}_image_id` },
-      'IMAGE_NOT_READY',
-    );
+    throw new NqvmError('IMAGE_NOT_READY', `${kind} image ${row.name} is ${row.status}, not ready`, {
+      field: `${kind}_image_id`,
+    });
   }
   return toAgentImageRef(row);
 }

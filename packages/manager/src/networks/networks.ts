@@ -6,13 +6,11 @@
  */
 import { randomUUID } from 'node:crypto';
 import {
-  ConflictError,
-  InputError,
   type Network,
   type NetworkCreate,
   type NetworkKind,
   type NetworkPatch,
-  NotFoundError,
+  NqvmError,
   reservedRange,
 } from '@nqvm/api';
 import { nowIso } from '../clock';
@@ -66,8 +64,10 @@ export function toNetwork(r: NetworkRow, nicCount: number, hosts: readonly HostR
   };
 }
 
-function badField(field: string, message: string): InputError {
-  return new InputError(`${field}: ${message}`, { fields: [{ path: `body.${field}`, message }] });
+function badField(field: string, message: string): NqvmError {
+  return new NqvmError('VALIDATION_FAILED', `${field}: ${message}`, {
+    fields: [{ path: `body.${field}`, message }],
+  });
 }
 
 export class Networks {
@@ -92,7 +92,7 @@ export class Networks {
 
   async getRow(id: string): Promise<NetworkRow> {
     const row = await this.findRow(id);
-    if (!row) throw new NotFoundError('NETWORK_NOT_FOUND', 'network', id);
+    if (!row) throw new NqvmError('NETWORK_NOT_FOUND', { id });
     return row;
   }
 
@@ -115,13 +115,13 @@ export class Networks {
       if (subnet.prefix < 8 || subnet.prefix > 30) throw badField('cidr', 'the prefix length must be 8..30');
       const reserved = reservedRange(subnet);
       if (reserved)
-        throw new InputError(
+        throw new NqvmError(
+          'NETWORK_CIDR_RESERVED',
           `cidr: ${input.cidr} is inside ${reserved.cidr} (${reserved.use}), which no network may use`,
           {
             fields: [{ path: 'body.cidr', message: `inside ${reserved.cidr} (${reserved.use})` }],
             reserved: reserved.cidr,
           },
-          'NETWORK_CIDR_RESERVED',
         );
       gateway = input.gateway ?? formatIpv4(firstHost(subnet));
       if (!isHostAddress(subnet, parseIpv4(gateway) ?? -1))
@@ -155,18 +155,14 @@ export class Networks {
         for (const o of others) {
           const theirs = o.cidr ? parseSubnet(o.cidr) : null;
           if (subnet && theirs && overlaps(subnet, theirs))
-            throw new ConflictError(
-              'NETWORK_OVERLAP',
-              `${input.cidr} overlaps network ${o.name} (${o.cidr})`,
-              {
-                network_id: o.id,
-                cidr: o.cidr,
-              },
-            );
+            throw new NqvmError('NETWORK_OVERLAP', `${input.cidr} overlaps network ${o.name} (${o.cidr})`, {
+              network_id: o.id,
+              cidr: o.cidr,
+            });
           const oc = networkConfig(o);
           for (const dev of [config.bridge, config.uplink])
             if (dev !== null && (dev === oc.bridge || dev === oc.uplink))
-              throw new ConflictError('CONFLICT', `interface ${dev} is network ${o.name}'s`, {
+              throw new NqvmError('CONFLICT', `interface ${dev} is network ${o.name}'s`, {
                 network_id: o.id,
               });
         }
@@ -228,7 +224,7 @@ export class Networks {
         .select('vm_id')
         .where('network_id', '=', id)
         .execute();
-      throw new ConflictError('NETWORK_IN_USE', `network ${network.name} has NICs of ${users.length} VM(s)`, {
+      throw new NqvmError('NETWORK_IN_USE', `network ${network.name} has NICs of ${users.length} VM(s)`, {
         network_id: id,
         vm_ids: [...new Set(users.map((u) => u.vm_id))],
       });
@@ -286,15 +282,14 @@ function assertReported(need: InterfaceNeed, hosts: readonly HostReport[]): void
     why = `the hosts report ${seen.join('; ')}`;
   }
   const message = `no host reports ${need.role === 'bridge' ? 'a bridge' : 'an interface'} ${need.name}`;
-  throw new InputError(
-    `${need.role}: ${message} (${why})`,
-    { fields: [{ path: `body.${need.role}`, message }], interface: need.name },
-    'NETWORK_INTERFACE_NOT_FOUND',
-  );
+  throw new NqvmError('NETWORK_INTERFACE_NOT_FOUND', `${need.role}: ${message} (${why})`, {
+    fields: [{ path: `body.${need.role}`, message }],
+    interface: need.name,
+  });
 }
 
 function nameTaken(err: unknown, name: string): unknown {
   if (isUniqueViolation(err))
-    return new ConflictError('NAME_TAKEN', `a network named "${name}" exists`, { field: 'name' });
+    return new NqvmError('NAME_TAKEN', `a network named "${name}" exists`, { field: 'name' });
   return err;
 }

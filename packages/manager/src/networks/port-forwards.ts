@@ -6,13 +6,7 @@
  * removing one changes what the VM's host must do, so it bumps the VM's generation.
  */
 import { randomUUID } from 'node:crypto';
-import {
-  ConflictError,
-  InputError,
-  NotFoundError,
-  type PortForward,
-  type PortForwardCreate,
-} from '@nqvm/api';
+import { NqvmError, type PortForward, type PortForwardCreate } from '@nqvm/api';
 import type { Kysely } from 'kysely';
 import { nowIso } from '../clock';
 import type { Datastore } from '../db/datastore';
@@ -54,7 +48,7 @@ export async function checkPortFree(
     )
     .executeTakeFirst();
   if (clash)
-    throw new ConflictError('PORT_IN_USE', `${proto} port ${port} is already forwarded`, {
+    throw new NqvmError('PORT_IN_USE', `${proto} port ${port} is already forwarded`, {
       port_forward_id: clash.id,
       vm_id: clash.vm_id,
     });
@@ -85,7 +79,7 @@ export class PortForwards {
       taken.length === 1
         ? `host ${taken[0]!.name}`
         : `every ready host (${taken.map((h) => h.name).join(', ')})`;
-    throw new ConflictError(
+    throw new NqvmError(
       'PORT_IN_USE',
       `${proto} port ${port} is taken on ${where}: a program there listens on it; pick another host port`,
       { host_ids: taken.map((h) => h.id) },
@@ -119,9 +113,9 @@ export class PortForwards {
     await this.checkHostsFree(input.proto, input.host_port, (await this.vms.getRow(vmId)).host_id);
     const hostId = await this.store.db.transaction().execute(async (trx) => {
       const vm = await trx.selectFrom('vms').selectAll().where('id', '=', vmId).executeTakeFirst();
-      if (!vm) throw new NotFoundError('VM_NOT_FOUND', 'VM', vmId);
+      if (!vm) throw new NqvmError('VM_NOT_FOUND', { id: vmId });
       if (vm.state === 'deleting')
-        throw new ConflictError('VM_INVALID_STATE', 'the VM is being deleted', { state: vm.state });
+        throw new NqvmError('VM_INVALID_STATE', 'the VM is being deleted', { state: vm.state });
       const nic = await trx
         .selectFrom('vm_nics')
         .select('nic_index')
@@ -129,7 +123,7 @@ export class PortForwards {
         .where('nic_index', '=', input.nic_index)
         .executeTakeFirst();
       if (!nic)
-        throw new InputError(`nic_index: the VM has no NIC ${input.nic_index}`, {
+        throw new NqvmError('VALIDATION_FAILED', `nic_index: the VM has no NIC ${input.nic_index}`, {
           fields: [{ path: 'body.nic_index', message: 'no such NIC' }],
         });
       await checkPortFree(trx, input.proto, input.host_port, vm.host_id);
@@ -152,8 +146,7 @@ export class PortForwards {
         .where('id', '=', id)
         .where('vm_id', '=', vmId)
         .executeTakeFirst();
-      if (Number(gone.numDeletedRows) === 0)
-        throw new NotFoundError('PORT_FORWARD_NOT_FOUND', 'port forward', id);
+      if (Number(gone.numDeletedRows) === 0) throw new NqvmError('PORT_FORWARD_NOT_FOUND', { id });
       const vm = await trx
         .selectFrom('vms')
         .select('generation')

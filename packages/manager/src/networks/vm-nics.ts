@@ -4,7 +4,7 @@
  * asked for. Bridged NICs get their address from the LAN; the agent reports it. The rows go
  * with the VM, which frees the addresses.
  */
-import { ConflictError, InputError, nicMac, type Vm } from '@nqvm/api';
+import { NqvmError, nicMac, type Vm } from '@nqvm/api';
 import type { Kysely, Transaction } from 'kysely';
 import type { Database, NetworkRow, VmNicRow } from '../db/schema';
 import { isHostAddress, lowestFree, parseIpv4, parseSubnet } from './ipam';
@@ -30,9 +30,13 @@ export async function createNics(
       .where('id', '=', want.network_id)
       .executeTakeFirst();
     if (!network)
-      throw new InputError(`networks.${index}.network_id: no network ${want.network_id}`, {
-        fields: [{ path: `body.networks.${index}.network_id`, message: 'unknown network' }],
-      });
+      throw new NqvmError(
+        'VALIDATION_FAILED',
+        `networks.${index}.network_id: no network ${want.network_id}`,
+        {
+          fields: [{ path: `body.networks.${index}.network_id`, message: 'unknown network' }],
+        },
+      );
     const row: VmNicRow = {
       vm_id: vmId,
       nic_index: index,
@@ -43,7 +47,8 @@ export async function createNics(
     };
     if (network.kind === 'bridged') {
       if (want.ip !== undefined)
-        throw new InputError(
+        throw new NqvmError(
+          'VALIDATION_FAILED',
           `networks.${index}.ip: bridged network ${network.name} gets addresses from its LAN`,
           {
             fields: [{ path: `body.networks.${index}.ip`, message: 'not on a bridged network' }],
@@ -63,7 +68,7 @@ async function pickAddress(
 ): Promise<string> {
   const subnet = parseSubnet(network.cidr ?? '');
   if (!subnet)
-    throw new ConflictError('CONFLICT', `network ${network.name} has no prefix to take addresses from`);
+    throw new NqvmError('CONFLICT', `network ${network.name} has no prefix to take addresses from`);
   const taken = (
     await trx
       .selectFrom('vm_nics')
@@ -76,7 +81,7 @@ async function pickAddress(
   if (wanted === undefined) {
     const free = lowestFree(subnet, taken);
     if (free === null)
-      throw new ConflictError(
+      throw new NqvmError(
         'ADDRESS_POOL_EXHAUSTED',
         `network ${network.name} (${network.cidr}) has no free address left`,
         { network_id: network.id, cidr: network.cidr },
@@ -84,16 +89,12 @@ async function pickAddress(
     return free;
   }
   if (!isHostAddress(subnet, parseIpv4(wanted) ?? -1))
-    throw new ConflictError(
-      'CONFLICT',
-      `${wanted} is not a host address of ${network.name} (${network.cidr})`,
-      {
-        network_id: network.id,
-        ip: wanted,
-      },
-    );
+    throw new NqvmError('CONFLICT', `${wanted} is not a host address of ${network.name} (${network.cidr})`, {
+      network_id: network.id,
+      ip: wanted,
+    });
   if (taken.includes(wanted))
-    throw new ConflictError('ADDRESS_IN_USE', `${wanted} is taken on network ${network.name}`, {
+    throw new NqvmError('ADDRESS_IN_USE', `${wanted} is taken on network ${network.name}`, {
       network_id: network.id,
       ip: wanted,
     });

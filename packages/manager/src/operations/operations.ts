@@ -3,13 +3,7 @@
  * or on the event stream. Every change is published as `operation.created|updated`.
  */
 import { randomUUID } from 'node:crypto';
-import {
-  ConflictError,
-  NotFoundError,
-  type Operation,
-  type OperationStatus,
-  type OperationStep,
-} from '@nqvm/api';
+import { NqvmError, type Operation, type OperationStatus, type OperationStep } from '@nqvm/api';
 import { nowIso } from '../clock';
 import type { Datastore } from '../db/datastore';
 import { paginate } from '../db/pagination';
@@ -96,7 +90,7 @@ export class Operations {
       .selectAll()
       .where('id', '=', id)
       .executeTakeFirst();
-    if (!row) throw new NotFoundError('OPERATION_NOT_FOUND', 'operation', id);
+    if (!row) throw new NqvmError('OPERATION_NOT_FOUND', { id });
     return row;
   }
 
@@ -182,19 +176,15 @@ export class Operations {
   async cancel(id: string, reason = 'cancelled by request'): Promise<Operation> {
     const row = await this.getRow(id);
     if (TERMINAL.has(row.status)) {
-      throw new ConflictError('OPERATION_NOT_CANCELLABLE', `operation ${id} is already ${row.status}`, {
+      throw new NqvmError('OPERATION_NOT_CANCELLABLE', `operation ${id} is already ${row.status}`, {
         status: row.status,
       });
     }
     const hook = this.cancelHooks.get(row.kind);
     if (row.status === 'running' && !hook) {
-      throw new ConflictError(
-        'OPERATION_NOT_CANCELLABLE',
-        `a running ${row.kind} operation cannot be stopped`,
-        {
-          status: row.status,
-        },
-      );
+      throw new NqvmError('OPERATION_NOT_CANCELLABLE', `a running ${row.kind} operation cannot be stopped`, {
+        status: row.status,
+      });
     }
     const op = await this.update(id, { status: 'cancelled', message: reason });
     if (!op) return this.get(id);

@@ -1,4 +1,4 @@
-import { AuthenticationError, Login, LoginResponse, NqvmError, PasswordChange, User } from '@nqvm/api';
+import { Login, LoginResponse, NqvmError, PasswordChange, User } from '@nqvm/api';
 import { z } from 'zod';
 import { toUser } from '../auth/users';
 import type { App } from '../http/app-type';
@@ -32,7 +32,7 @@ export function authRoutes(app: App, s: Services): void {
       const user = await s.users.checkPassword(username, req.body.password);
       if (!user) {
         s.throttle.fail(username, req.ip);
-        throw new AuthenticationError('wrong user name or password', 'INVALID_CREDENTIALS');
+        throw new NqvmError('INVALID_CREDENTIALS', 'wrong user name or password');
       }
       s.throttle.succeed(username, req.ip);
       req.principal = {
@@ -102,7 +102,7 @@ export function authRoutes(app: App, s: Services): void {
       },
     },
     async (req) => {
-      if (req.principal.kind !== 'user') throw new AuthenticationError();
+      if (req.principal.kind !== 'user') throw new NqvmError('UNAUTHENTICATED');
       const user = toUser(await s.users.getRow(req.principal.userId));
       const tokenId = req.principal.via === 'token' ? (req.principal.tokenId ?? null) : null;
       return { ...user, effective_role: req.principal.role, via: req.principal.via, token_id: tokenId };
@@ -121,7 +121,7 @@ export function authRoutes(app: App, s: Services): void {
       },
     },
     async (req) => {
-      if (req.principal.kind !== 'user') throw new AuthenticationError();
+      if (req.principal.kind !== 'user') throw new NqvmError('UNAUTHENTICATED');
       await s.users.changePassword(req.principal.userId, req.body.current_password, req.body.new_password);
       return { ok: true as const };
     },

@@ -1,4 +1,4 @@
-import { AuthenticationError } from '@nqvm/api';
+import { NqvmError } from '@nqvm/api';
 import { z } from 'zod';
 import { roleAtLeast } from '../auth/roles';
 import type { BusEvent } from '../events/bus';
@@ -28,7 +28,7 @@ export function eventRoutes(app: App, s: Services): void {
     },
     async (req, reply) => {
       const p = req.principal;
-      if (p.kind !== 'user') throw new AuthenticationError();
+      if (p.kind !== 'user') throw new NqvmError('UNAUTHENTICATED');
       const visible = (e: BusEvent) =>
         roleAtLeast(p.role, e.minRole) || (e.ownerId !== null && e.ownerId === p.userId);
       const headerId = Number(req.headers['last-event-id']);

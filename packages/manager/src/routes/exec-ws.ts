@@ -6,12 +6,10 @@
  */
 import {
   CONSOLE_KEEPALIVE_MS,
-  ConflictError,
   closeConsoleSocket,
   type ExecServerMessage,
   ExecWsQuery,
   IdParams,
-  InputError,
   NqvmError,
   parseExecArgv,
   startConsoleKeepAlive,
@@ -150,19 +148,19 @@ export function execWsRoutes(
         checkUpgradeOrigin(req, 'exec');
         const argv = parseExecArgv(req.query.command);
         if (!argv)
-          throw new InputError('command must be the argv as a JSON array of 1 to 256 strings', {
-            fields: [{ path: 'querystring.command', message: 'a JSON array of 1 to 256 strings' }],
-          });
+          throw new NqvmError(
+            'VALIDATION_FAILED',
+            'command must be the argv as a JSON array of 1 to 256 strings',
+            {
+              fields: [{ path: 'querystring.command', message: 'a JSON array of 1 to 256 strings' }],
+            },
+          );
         const defaults: { user?: string; working_dir?: string } = await r.defaults(req.params.id);
         const { vm, host } = await placedHost(s, req.params.id);
         if (vm.state !== 'running')
-          throw new ConflictError(
-            'VM_INVALID_STATE',
-            `commands run in running VMs only (it is ${vm.state})`,
-            {
-              state: vm.state,
-            },
-          );
+          throw new NqvmError('VM_INVALID_STATE', `commands run in running VMs only (it is ${vm.state})`, {
+            state: vm.state,
+          });
         if (!req.ws) return;
         const q = req.query;
         await upstreams.open(

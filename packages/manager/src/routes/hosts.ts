@@ -111,7 +111,7 @@ export function hostRoutes(
       },
     },
     async (req) => {
-      const host = await s.hosts.setSchedulable(req.params.id, false);
+      await s.hosts.setSchedulable(req.params.id, false);
       const release = req.body?.mode === 'release';
       const operations = [];
       const released: string[] = [];

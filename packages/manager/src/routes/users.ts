@@ -2,12 +2,11 @@ import {
   ApiToken,
   ApiTokenCreate,
   ApiTokenCreated,
-  AuthenticationError,
   DeletedResponse,
   IdParams,
   ListQuery,
   listOf,
-  NotAllowedError,
+  NqvmError,
   TokenListQuery,
   User,
   UserCreate,
@@ -77,7 +76,7 @@ export function userRoutes(app: App, s: Services): void {
 export function tokenRoutes(app: App, s: Services): void {
   const tags = ['tokens'];
   const me = (req: { principal: import('../auth/principal').Principal }) => {
-    if (req.principal.kind !== 'user') throw new AuthenticationError();
+    if (req.principal.kind !== 'user') throw new NqvmError('UNAUTHENTICATED');
     return req.principal;
   };
   app.get(
@@ -95,7 +94,7 @@ export function tokenRoutes(app: App, s: Services): void {
       const p = me(req);
       const userId = p.role === 'admin' ? req.query.user_id : p.userId;
       if (req.query.user_id && p.role !== 'admin' && req.query.user_id !== p.userId)
-        throw new NotAllowedError("only admins list other users' tokens");
+        throw new NqvmError('FORBIDDEN', "only admins list other users' tokens");
       return s.users.listTokens({ ...req.query, user_id: userId });
     },
   );
@@ -128,7 +127,7 @@ export function tokenRoutes(app: App, s: Services): void {
       const p = me(req);
       const row = await s.users.getToken(req.params.id);
       if (row.user_id !== p.userId && p.role !== 'admin')
-        throw new NotAllowedError("only admins revoke other users' tokens");
+        throw new NqvmError('FORBIDDEN', "only admins revoke other users' tokens");
       return s.users.revokeToken(req.params.id);
     },
   );

@@ -1,10 +1,10 @@
 import {
-  ConflictError,
   DeleteVmQuery,
   ExecRequest,
   ExecResult,
   IdParams,
   listOf,
+  NqvmError,
   Vm,
   VmActionResponse,
   VmCreate,
@@ -156,7 +156,7 @@ export function vmConsoleRoutes(app: App, s: Services): void {
     async (req, reply) => {
       const vm = await s.vms.getRow(req.params.id);
       if (!vm.host_id)
-        throw new ConflictError('VM_INVALID_STATE', 'the VM has not been placed on a host yet', {
+        throw new NqvmError('VM_INVALID_STATE', 'the VM has not been placed on a host yet', {
           state: vm.state,
         });
       const host = await s.hosts.getRow(vm.host_id);
@@ -199,7 +199,7 @@ export function vmConsoleRoutes(app: App, s: Services): void {
     async (req) => {
       const vm = await s.vms.getRow(req.params.id);
       if (!vm.host_id)
-        throw new ConflictError('VM_INVALID_STATE', 'the VM has not been placed on a host yet', {
+        throw new NqvmError('VM_INVALID_STATE', 'the VM has not been placed on a host yet', {
           state: vm.state,
         });
       const host = await s.hosts.getRow(vm.host_id);

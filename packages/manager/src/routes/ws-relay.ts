@@ -4,7 +4,7 @@
  * socket handler with the frames it sent meanwhile, flow control of the client's input towards
  * the agent, and the set of sessions ended when the manager shuts down.
  */
-import { NotAllowedError } from '@nqvm/api';
+import { NqvmError } from '@nqvm/api';
 import type { FastifyRequest } from 'fastify';
 import { type RawData, WebSocket } from 'ws';
 import type { AgentWsConnection } from '../hosts/agent-client';
@@ -51,7 +51,7 @@ function sameOrigin(req: FastifyRequest): boolean {
 export function checkUpgradeOrigin(req: FastifyRequest, what: string): void {
   const p = req.principal;
   if (req.ws && p.kind === 'user' && p.via === 'session' && !sameOrigin(req))
-    throw new NotAllowedError(`cross-origin ${what} connection refused`, 'CSRF_FAILED');
+    throw new NqvmError('CSRF_FAILED', `cross-origin ${what} connection refused`);
 }
 
 /**

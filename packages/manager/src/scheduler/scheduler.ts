@@ -9,7 +9,7 @@
  * stopped (its disk stays there) until the VM is deleted or released. A create asks `admit`
  * first, so what is known to fail at once is refused then, not after a 202.
  */
-import { ConflictError } from '@nqvm/api';
+import { NqvmError } from '@nqvm/api';
 import { type Kysely, sql } from 'kysely';
 import { nowIso } from '../clock';
 import type { Datastore } from '../db/datastore';
@@ -228,7 +228,7 @@ export class Scheduler {
         return chosen;
       }
     }
-    throw new ConflictError('NO_CAPACITY', 'hosts changed while placing the VM; retry');
+    throw new NqvmError('NO_CAPACITY', 'hosts changed while placing the VM; retry');
   }
 
   /**
@@ -248,7 +248,7 @@ export class Scheduler {
     if (candidates(hosts, p, this.vcpuOvercommit).length) return;
     const pinned = p.pin && pinnedUnavailable(p.pin, hosts, p.demand.vmm);
     if (pinned)
-      throw new ConflictError('PINNED_HOST_UNAVAILABLE', pinned.message, {
+      throw new NqvmError('PINNED_HOST_UNAVAILABLE', pinned.message, {
         ...p.pin!.details,
         host_id: p.pin!.hostId,
         host_name: p.pin!.hostName,
@@ -281,7 +281,7 @@ export class Scheduler {
     if (Number(done.numUpdatedRows) === 1) return;
     const r = hostResources(host, this.vcpuOvercommit);
     const short = shortOn(r, { vcpu: dv, memMib: dm, diskMib: 0, vmm: null });
-    throw new ConflictError(
+    throw new NqvmError(
       'NO_CAPACITY',
       `a stopped VM keeps its place on its host: host ${host.name} has ${r.vcpu.free} vCPU and ` +
         `${r.mem_mib.free} MiB memory free, too little ${resourcesText(short)} for the new size`,
@@ -298,13 +298,13 @@ export class Scheduler {
   }
 
   /** NO_CAPACITY for a VM no host can take now, saying why and what is short. */
-  private noRoom(hosts: HostRow[], p: Placement): ConflictError {
+  private noRoom(hosts: HostRow[], p: Placement): NqvmError {
     const { demand: d, needs, pin } = p;
     const pinned = pin && pinnedUnavailable(pin, hosts, d.vmm);
     const why = pinned
       ? { message: pinned.message }
       : explain(pin ? hosts.filter((h) => h.id === pin.hostId) : hosts, d, this.vcpuOvercommit, needs);
-    return new ConflictError(
+    return new NqvmError(
       'NO_CAPACITY',
       pin && !pinned
         ? `${pin.reason} on host ${pin.hostName}, so the VM runs only there: ${why.message}`
@@ -359,7 +359,7 @@ export class Scheduler {
     const first = pins[0];
     if (!first) return null;
     if (pins.some((p) => p.hostId !== first.hostId))
-      throw new ConflictError(
+      throw new NqvmError(
         'NO_CAPACITY',
         `the VM is tied to different hosts (${pins.map((p) => `${p.reason} on host ${p.hostName}`).join('; ')}); detach the volumes not on one host`,
         { host_ids: [...new Set(pins.map((p) => p.hostId))] },

@@ -7,9 +7,6 @@
 import { randomUUID } from 'node:crypto';
 import {
   type AgentSnapshot,
-  ConflictError,
-  InputError,
-  NotFoundError,
   NqvmError,
   type Operation,
   type Snapshot,
@@ -141,7 +138,7 @@ export class Snapshots {
 
   async getRow(id: string): Promise<SnapshotRow> {
     const row = await this.findRow(id);
-    if (!row) throw new NotFoundError('SNAPSHOT_NOT_FOUND', 'snapshot', id);
+    if (!row) throw new NqvmError('SNAPSHOT_NOT_FOUND', { id });
     return row;
   }
 
@@ -160,14 +157,14 @@ export class Snapshots {
   ): Promise<{ snapshot: Snapshot; operation: Operation }> {
     const vm = await this.vms.getRow(vmId);
     if (vm.state !== 'running' && vm.state !== 'paused')
-      throw new ConflictError(
+      throw new NqvmError(
         'VM_INVALID_STATE',
         `a snapshot is taken of a running or paused VM (it is ${vm.state})`,
         { state: vm.state },
       );
     const host = vm.host_id ? await this.hostRow(vm.host_id) : undefined;
     if (!host)
-      throw new ConflictError('VM_INVALID_STATE', 'the VM has no host to take the snapshot', {
+      throw new NqvmError('VM_INVALID_STATE', 'the VM has no host to take the snapshot', {
         state: vm.state,
       });
     const volumes = await this.store.db
@@ -176,7 +173,7 @@ export class Snapshots {
       .where('vm_id', '=', vm.id)
       .execute();
     if (volumes.length)
-      throw new ConflictError(
+      throw new NqvmError(
         'SNAPSHOT_UNSUPPORTED',
         'the VM has volumes attached: volumes are not captured; detach them first',
         { volume_ids: volumes.map((v) => v.id) },
@@ -190,7 +187,7 @@ export class Snapshots {
       .where('status', '=', 'creating')
       .executeTakeFirst();
     if (busy)
-      throw new ConflictError(
+      throw new NqvmError(
         'VM_INVALID_STATE',
         `snapshot ${busy.name} of this VM is being taken; wait for it to finish`,
         { state: vm.state },
@@ -224,7 +221,7 @@ export class Snapshots {
       await this.store.db.insertInto('snapshots').values(row).execute();
     } catch (err) {
       if (isUniqueViolation(err))
-        throw new ConflictError('NAME_TAKEN', `VM ${vm.name} has a snapshot named "${input.name}"`, {
+        throw new NqvmError('NAME_TAKEN', `VM ${vm.name} has a snapshot named "${input.name}"`, {
           field: 'name',
           vm_id: vm.id,
         });
@@ -251,7 +248,7 @@ export class Snapshots {
   async delete(id: string): Promise<void> {
     const row = await this.getRow(id);
     if (row.status === 'creating')
-      throw new ConflictError(
+      throw new NqvmError(
         'SNAPSHOT_NOT_READY',
         `snapshot ${row.name} is being taken; delete it once it is ready or failed`,
         { status: row.status },
@@ -266,13 +263,9 @@ export class Snapshots {
       .where((eb) => eb.or([eb('claimed_until', 'is', null), eb('claimed_until', '<', nowIso())]))
       .executeTakeFirst();
     if (Number(marked.numUpdatedRows) === 0)
-      throw new ConflictError(
-        'CONFLICT',
-        `snapshot ${row.name} changed or is being deleted meanwhile; retry`,
-        {
-          id,
-        },
-      );
+      throw new NqvmError('CONFLICT', `snapshot ${row.name} changed or is being deleted meanwhile; retry`, {
+        id,
+      });
     if (row.status !== 'deleting') await this.publishUpdated(id);
     await this.removeFromHost({ ...row, status: 'deleting' });
   }
@@ -289,17 +282,17 @@ export class Snapshots {
     const vm = await this.vms.getRow(vmId);
     const snap = await this.getRow(snapshotId);
     if (snap.vm_id !== vm.id)
-      throw new InputError(
+      throw new NqvmError(
+        'SNAPSHOT_MISMATCH',
         `snapshot ${snap.name} was taken of VM ${snap.vm_name}${snap.vm_id ? '' : ' (since deleted)'}, not of this VM; ` +
           `instantiate it instead (POST /api/v1/snapshots/${snap.id}/instantiate)`,
         { snapshot_id: snap.id, vm_id: snap.vm_id },
-        'SNAPSHOT_MISMATCH',
       );
     requireReady(snap);
     if (snap.host_id !== vm.host_id) {
       const where = async (hostId: string | null) =>
         hostId ? `host ${(await this.hostRow(hostId))?.name ?? hostId}` : 'no host';
-      throw new ConflictError(
+      throw new NqvmError(
         'CONFLICT',
         `snapshot ${snap.name} is kept on ${await where(snap.host_id)} and the VM is on ${await where(vm.host_id)}; ` +
           'a VM restores only on the host that keeps the snapshot',
@@ -307,7 +300,7 @@ export class Snapshots {
       );
     }
     if (vm.vcpu !== snap.vcpu || Number(vm.mem_mib) !== Number(snap.mem_mib))
-      throw new ConflictError(
+      throw new NqvmError(
         'CONFLICT',
         `the VM has ${vm.vcpu} vCPU and ${vm.mem_mib} MiB, the snapshot ${snap.vcpu} vCPU and ${snap.mem_mib} MiB; ` +
           'resize the VM back (while stopped) first',
@@ -324,7 +317,7 @@ export class Snapshots {
       .where('vm_id', '=', vm.id)
       .execute();
     if (volumes.length)
-      throw new ConflictError(
+      throw new NqvmError(
         'SNAPSHOT_UNSUPPORTED',
         'the VM has volumes attached, which the snapshot does not hold; detach them first',
         { volume_ids: volumes.map((v) => v.id) },
@@ -345,7 +338,7 @@ export class Snapshots {
     requireReady(snap);
     const host = snap.host_id ? await this.hostRow(snap.host_id) : undefined;
     if (!host)
-      throw new ConflictError('CONFLICT', `the host that kept snapshot ${snap.name}'s files is gone`, {
+      throw new NqvmError('CONFLICT', `the host that kept snapshot ${snap.name}'s files is gone`, {
         snapshot_id: snap.id,
       });
     const spec = JSON.parse(snap.spec) as SnapshotSpec;
@@ -356,7 +349,7 @@ export class Snapshots {
         .where('id', '=', n.network_id)
         .executeTakeFirst();
       if (!found)
-        throw new ConflictError(
+        throw new NqvmError(
           'CONFLICT',
           `network ${n.network_id} of the snapshot's VM no longer exists; a clone needs the same networks`,
           { network_id: n.network_id },
@@ -552,7 +545,7 @@ export class Snapshots {
       .where('status', '!=', 'failed')
       .executeTakeFirst();
     if (child)
-      throw new ConflictError(
+      throw new NqvmError(
         'SNAPSHOT_IN_USE',
         `snapshot ${child.name} (a Diff) builds on snapshot ${row.name}; delete it first`,
         { snapshot_id: child.id },
@@ -565,7 +558,7 @@ export class Snapshots {
       .where('params', 'like', `%"restore_snapshot_id":"${row.id}"%`)
       .executeTakeFirst();
     if (booting)
-      throw new ConflictError(
+      throw new NqvmError(
         'SNAPSHOT_IN_USE',
         `VM ${booting.target_id} is booting from snapshot ${row.name} (operation ${booting.id}); wait for it`,
         { operation_id: booting.id, vm_id: booting.target_id },
@@ -576,7 +569,7 @@ export class Snapshots {
       .where('boot_snapshot_id', '=', row.id)
       .executeTakeFirst();
     if (clone)
-      throw new ConflictError(
+      throw new NqvmError(
         'SNAPSHOT_IN_USE',
         `VM ${clone.name} is a clone of snapshot ${row.name} that has not run yet: its first boot restores it; start or delete that VM first`,
         { vm_id: clone.id },
@@ -674,7 +667,7 @@ export class Snapshots {
 
 function requireReady(snap: SnapshotRow): void {
   if (snap.status !== 'ready')
-    throw new ConflictError('SNAPSHOT_NOT_READY', `snapshot ${snap.name} is ${snap.status}, not ready`, {
+    throw new NqvmError('SNAPSHOT_NOT_READY', `snapshot ${snap.name} is ${snap.status}, not ready`, {
       status: snap.status,
     });
 }
@@ -689,17 +682,17 @@ function onlyVmmOf(host: HostRow): SnapshotSpec['vmm'] | null {
 /** Diff snapshots need Firecracker with dirty-page tracking on the VM's host. */
 function checkDiffSupported(vmm: SnapshotSpec['vmm'] | null, host: HostRow): void {
   if (vmm !== 'firecracker')
-    throw new InputError(
+    throw new NqvmError(
+      'SNAPSHOT_TYPE_UNSUPPORTED',
       `Diff snapshots need the firecracker VMM; this VM runs on ${vmm ?? 'an unknown VMM'}: take a Full one`,
       { snapshot_type: 'Diff', vmm },
-      'SNAPSHOT_TYPE_UNSUPPORTED',
     );
   const drivers = (JSON.parse(host.capacity).drivers ?? []) as DriverReport[];
   const fc = drivers.find((d) => d.kind === 'firecracker');
   if (!fc?.features?.includes('diff-snapshot'))
-    throw new InputError(
+    throw new NqvmError(
+      'SNAPSHOT_TYPE_UNSUPPORTED',
       `host ${host.name}'s firecracker does not offer diff snapshots: take a Full one`,
       { snapshot_type: 'Diff', host_id: host.id },
-      'SNAPSHOT_TYPE_UNSUPPORTED',
     );
 }

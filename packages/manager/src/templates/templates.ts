@@ -6,9 +6,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import {
-  ConflictError,
-  InputError,
-  NotFoundError,
+  NqvmError,
   type Operation,
   type Template,
   type TemplateCreate,
@@ -176,7 +174,8 @@ export class Templates {
         path: ['body', 'overrides', ...i.path.map(String)].join('.'),
         message: i.message,
       }));
-      throw new InputError(
+      throw new NqvmError(
+        'VALIDATION_FAILED',
         `invalid ${fields.map((f) => f.path).join(', ')} (template and overrides merged)`,
         {
           fields,
@@ -221,7 +220,7 @@ export class Templates {
       .selectAll()
       .where('id', '=', id)
       .executeTakeFirst();
-    if (!row) throw new NotFoundError('TEMPLATE_NOT_FOUND', 'template', id);
+    if (!row) throw new NqvmError('TEMPLATE_NOT_FOUND', { id });
     return row;
   }
 
@@ -263,13 +262,17 @@ export class Templates {
         .where('id', '=', id)
         .executeTakeFirst();
       if (!image)
-        throw new InputError(`spec.${field}: no image ${id}`, {
+        throw new NqvmError('VALIDATION_FAILED', `spec.${field}: no image ${id}`, {
           fields: [{ path: `body.spec.${field}`, message: 'unknown image' }],
         });
       if (image.kind !== kind)
-        throw new InputError(`spec.${field}: image ${id} is a ${image.kind}, not a ${kind}`, {
-          fields: [{ path: `body.spec.${field}`, message: `not a ${kind}` }],
-        });
+        throw new NqvmError(
+          'VALIDATION_FAILED',
+          `spec.${field}: image ${id} is a ${image.kind}, not a ${kind}`,
+          {
+            fields: [{ path: `body.spec.${field}`, message: `not a ${kind}` }],
+          },
+        );
     }
     for (const [index, n] of (spec.networks ?? []).entries()) {
       const found = await this.store.db
@@ -278,15 +281,19 @@ export class Templates {
         .where('id', '=', n.network_id)
         .executeTakeFirst();
       if (!found)
-        throw new InputError(`spec.networks.${index}.network_id: no network ${n.network_id}`, {
-          fields: [{ path: `body.spec.networks.${index}.network_id`, message: 'unknown network' }],
-        });
+        throw new NqvmError(
+          'VALIDATION_FAILED',
+          `spec.networks.${index}.network_id: no network ${n.network_id}`,
+          {
+            fields: [{ path: `body.spec.networks.${index}.network_id`, message: 'unknown network' }],
+          },
+        );
     }
   }
 }
 
-function nameTaken(name: string): ConflictError {
-  return new ConflictError('NAME_TAKEN', `a template named "${name}" exists`, { field: 'name' });
+function nameTaken(name: string): NqvmError {
+  return new NqvmError('NAME_TAKEN', `a template named "${name}" exists`, { field: 'name' });
 }
 
 function storedOf(

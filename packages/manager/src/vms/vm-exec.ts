@@ -3,7 +3,7 @@
  * agent of the VM's host, which relays to nqvm's guest agent over the host-to-guest channel.
  * Bytes travel as base64 to the agent; the API's result carries the output as UTF-8 text.
  */
-import { ConflictError, type ExecRequest, type ExecResult } from '@nqvm/api';
+import { type ExecRequest, type ExecResult, NqvmError } from '@nqvm/api';
 import type { AgentClient } from '../hosts/agent-client';
 import type { Hosts } from '../hosts/hosts';
 import { placedHost } from './vm-host';
@@ -26,7 +26,7 @@ export async function execInVm(
 ): Promise<ExecResult> {
   const { vm, host } = await placedHost(s, vmId);
   if (vm.state !== 'running')
-    throw new ConflictError('VM_INVALID_STATE', `commands run in running VMs only (it is ${vm.state})`, {
+    throw new NqvmError('VM_INVALID_STATE', `commands run in running VMs only (it is ${vm.state})`, {
       state: vm.state,
     });
   const r = await s.agents.exec(

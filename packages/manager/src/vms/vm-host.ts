@@ -1,5 +1,5 @@
 /** The host a VM is placed on, for the routes that reach its agent (console, exec, logs, stats). */
-import { ConflictError, ServiceUnavailableError } from '@nqvm/api';
+import { NqvmError } from '@nqvm/api';
 import type { HostRow, VmRow } from '../db/schema';
 import type { Hosts } from '../hosts/hosts';
 import type { Vms } from './vms';
@@ -14,12 +14,12 @@ export async function placedHost(
 ): Promise<{ vm: VmRow; host: HostRow }> {
   const vm = await s.vms.getRow(vmId);
   if (!vm.host_id)
-    throw new ConflictError('VM_INVALID_STATE', 'the VM has not been placed on a host yet', {
+    throw new NqvmError('VM_INVALID_STATE', 'the VM has not been placed on a host yet', {
       state: vm.state,
     });
   const host = await s.hosts.getRow(vm.host_id);
   if (host.status !== 'ready')
-    throw new ServiceUnavailableError('HOST_UNAVAILABLE', `the VM's host ${host.name} is ${host.status}`, {
+    throw new NqvmError('HOST_UNAVAILABLE', `the VM's host ${host.name} is ${host.status}`, {
       host_id: host.id,
     });
   return { vm, host };

@@ -6,9 +6,7 @@
 import { randomUUID } from 'node:crypto';
 import {
   type AgentContainerSpec,
-  ConflictError,
-  InputError,
-  NotFoundError,
+  NqvmError,
   type Operation,
   type Vm,
   type VmCreate,
@@ -187,7 +185,7 @@ export class Vms {
 
   async getRow(id: string): Promise<VmRow> {
     const row = await this.findRow(id);
-    if (!row) throw new NotFoundError('VM_NOT_FOUND', 'VM', id);
+    if (!row) throw new NqvmError('VM_NOT_FOUND', { id });
     return row;
   }
 
@@ -220,7 +218,7 @@ export class Vms {
       .where('id', '!=', id)
       .executeTakeFirst();
     if (container)
-      throw new ConflictError('NAME_TAKEN', `a container named "${input.name}" exists`, { field: 'name' });
+      throw new NqvmError('NAME_TAKEN', `a container named "${input.name}" exists`, { field: 'name' });
     const gc = input.guest_config;
     const spec: StoredSpec = {
       kernel_image_id: input.kernel_image_id ?? null,
@@ -278,11 +276,11 @@ export class Vms {
       });
     } catch (err) {
       if (isUniqueViolation(err) && isAddressClash(err))
-        throw new ConflictError('ADDRESS_IN_USE', 'another VM took the address meanwhile; retry', {
+        throw new NqvmError('ADDRESS_IN_USE', 'another VM took the address meanwhile; retry', {
           field: 'networks',
         });
       if (isUniqueViolation(err))
-        throw new ConflictError('NAME_TAKEN', `a VM named "${input.name}" exists`, { field: 'name' });
+        throw new NqvmError('NAME_TAKEN', `a VM named "${input.name}" exists`, { field: 'name' });
       throw err;
     }
     const open = () =>
@@ -311,13 +309,13 @@ export class Vms {
     const row = await this.getRow(id);
     const resizing = p.vcpu !== undefined || p.mem_mib !== undefined;
     if (resizing && row.boot_snapshot_id)
-      throw new ConflictError(
+      throw new NqvmError(
         'VM_INVALID_STATE',
         `the VM is a clone that has not run yet: its first boot restores its snapshot's ${row.vcpu} vCPU and ${row.mem_mib} MiB; resize it once it has run`,
         { state: row.state, snapshot_id: row.boot_snapshot_id },
       );
     if (resizing && row.state !== 'stopped') {
-      throw new ConflictError(
+      throw new NqvmError(
         'VM_INVALID_STATE',
         `vCPU and memory change only while the VM is stopped (it is ${row.state})`,
         {
@@ -354,7 +352,7 @@ export class Vms {
       });
     } catch (err) {
       if (isUniqueViolation(err))
-        throw new ConflictError('NAME_TAKEN', `a VM named "${p.name}" exists`, { field: 'name' });
+        throw new NqvmError('NAME_TAKEN', `a VM named "${p.name}" exists`, { field: 'name' });
       throw err;
     }
     return this.publishUpdated(id);
@@ -370,7 +368,7 @@ export class Vms {
     const row = await this.getRow(id);
     const state = row.state as VmState;
     if (!canTransition(action, state)) {
-      throw new ConflictError('VM_INVALID_STATE', `cannot ${action} a VM that is ${state}`, {
+      throw new NqvmError('VM_INVALID_STATE', `cannot ${action} a VM that is ${state}`, {
         state,
         action,
         allowed_from: TRANSITIONS[action].from,
@@ -411,7 +409,7 @@ export class Vms {
       .executeTakeFirst();
     if (Number(updated.numUpdatedRows) === 0) {
       await this.ops.update(operation.id, { status: 'cancelled', message: 'the VM changed state meanwhile' });
-      throw new ConflictError('VM_INVALID_STATE', 'the VM changed state meanwhile; retry', { state });
+      throw new NqvmError('VM_INVALID_STATE', 'the VM changed state meanwhile; retry', { state });
     }
     await this.supersede(id, action, operation.id);
     const vm = await this.publishUpdated(id);
@@ -434,9 +432,9 @@ export class Vms {
     const row = await this.getRow(id);
     const state = row.state as VmState;
     if (state === 'deleting')
-      throw new ConflictError('VM_INVALID_STATE', 'the VM is already being deleted', { state });
+      throw new NqvmError('VM_INVALID_STATE', 'the VM is already being deleted', { state });
     if (LIVE_STATES.has(state) && !force) {
-      throw new ConflictError(
+      throw new NqvmError(
         'VM_INVALID_STATE',
         `the VM is ${state}: stop it first or delete with ?force=true`,
         { state },
@@ -590,7 +588,7 @@ export class Vms {
           ? `snapshot ${snap.name} is ${snap.status}`
           : null;
     if (why)
-      throw new ConflictError(
+      throw new NqvmError(
         'SNAPSHOT_NOT_READY',
         `VM ${vm.name} is a clone that has not run yet, and its first boot restores its snapshot: ${why}; a clone never boots from its image, so delete it`,
         { snapshot_id: snapshotId },
@@ -615,7 +613,7 @@ export class Vms {
     const found = new Set(rows.map((r) => r.id));
     const missing = ids.findIndex((v) => !found.has(v));
     if (missing >= 0)
-      throw new InputError(`volumes.${missing}.volume_id: no volume ${ids[missing]}`, {
+      throw new NqvmError('VALIDATION_FAILED', `volumes.${missing}.volume_id: no volume ${ids[missing]}`, {
         fields: [{ path: `body.volumes.${missing}.volume_id`, message: 'unknown volume' }],
       });
     await checkAttachable(this.store.db, null, rows);
@@ -641,15 +639,19 @@ export class Vms {
       if (!imageId) continue;
       const image = byId.get(imageId);
       if (!image)
-        throw new InputError(`${field}: no image ${imageId}`, {
+        throw new NqvmError('VALIDATION_FAILED', `${field}: no image ${imageId}`, {
           fields: [{ path: field, message: 'unknown image' }],
         });
       if (image.kind !== kind)
-        throw new InputError(`${field}: image ${imageId} is a ${image.kind}, not a ${kind}`, {
-          fields: [{ path: field, message: `not a ${kind}` }],
-        });
+        throw new NqvmError(
+          'VALIDATION_FAILED',
+          `${field}: image ${imageId} is a ${image.kind}, not a ${kind}`,
+          {
+            fields: [{ path: field, message: `not a ${kind}` }],
+          },
+        );
       if (image.status !== 'ready')
-        throw new ConflictError(
+        throw new NqvmError(
           'IMAGE_NOT_READY',
           `${field}: image ${image.name} is ${image.status}, not ready`,
           { field, status: image.status },

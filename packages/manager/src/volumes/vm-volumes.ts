@@ -3,7 +3,7 @@
  * rules for attaching (free, not being deleted, all on the VM's one host), and the writes
  * that attach and release them inside the caller's transaction.
  */
-import { ConflictError, MAX_VM_VOLUMES, type Volume } from '@nqvm/api';
+import { MAX_VM_VOLUMES, NqvmError, type Volume } from '@nqvm/api';
 import type { Kysely, Transaction } from 'kysely';
 import { nowIso } from '../clock';
 import type { Database, VmRow, VolumeRow } from '../db/schema';
@@ -69,10 +69,10 @@ export async function checkAttachable(
 ): Promise<void> {
   for (const v of volumes) {
     if (v.status === 'deleting')
-      throw new ConflictError('CONFLICT', `volume ${v.name} is being deleted`, { volume_id: v.id });
+      throw new NqvmError('CONFLICT', `volume ${v.name} is being deleted`, { volume_id: v.id });
     if (v.vm_id !== null) {
       const what = v.vm_id === vm?.id ? 'this VM' : `VM ${v.vm_id}`;
-      throw new ConflictError('VOLUME_IN_USE', `volume ${v.name} is already attached to ${what}`, {
+      throw new NqvmError('VOLUME_IN_USE', `volume ${v.name} is already attached to ${what}`, {
         volume_id: v.id,
         vm_id: v.vm_id,
       });
@@ -82,7 +82,7 @@ export async function checkAttachable(
     ? await db.selectFrom('volumes').selectAll().where('vm_id', '=', vm.id).orderBy('created_at').execute()
     : [];
   if (attached.length + volumes.length > MAX_VM_VOLUMES)
-    throw new ConflictError('CONFLICT', `a VM takes at most ${MAX_VM_VOLUMES} volumes`, {
+    throw new NqvmError('CONFLICT', `a VM takes at most ${MAX_VM_VOLUMES} volumes`, {
       attached: attached.length,
     });
   const hostIds = new Set<string>();
@@ -98,7 +98,7 @@ export async function checkAttachable(
   const pinned = [...attached, ...volumes].filter((v) => v.host_id);
   const where = pinned.map((v) => `${v.name} on host ${hostName(v.host_id!)}`);
   if (vm?.host_id) where.push(`VM ${vm.name} on host ${hostName(vm.host_id)}`);
-  throw new ConflictError(
+  throw new NqvmError(
     'CONFLICT',
     `a VM and its volumes live on one host; these do not: ${where.join(', ')}`,
     { host_ids: [...hostIds] },
@@ -128,7 +128,7 @@ export async function claimVolumes(
     .where('status', '=', 'available')
     .executeTakeFirst();
   if (Number(claimed.numUpdatedRows) !== ids.length)
-    throw new ConflictError('VOLUME_IN_USE', 'a volume was attached or deleted meanwhile; retry', {
+    throw new NqvmError('VOLUME_IN_USE', 'a volume was attached or deleted meanwhile; retry', {
       volume_ids: ids,
     });
 }

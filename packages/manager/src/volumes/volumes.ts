@@ -5,9 +5,6 @@
  */
 import { randomUUID } from 'node:crypto';
 import {
-  ConflictError,
-  InputError,
-  NotFoundError,
   NqvmError,
   type Vm,
   type Volume,
@@ -62,7 +59,7 @@ export class Volumes {
 
   async getRow(id: string): Promise<VolumeRow> {
     const row = await this.findRow(id);
-    if (!row) throw new NotFoundError('VOLUME_NOT_FOUND', 'volume', id);
+    if (!row) throw new NqvmError('VOLUME_NOT_FOUND', { id });
     return row;
   }
 
@@ -103,14 +100,14 @@ export class Volumes {
   async patch(id: string, p: VolumePatch): Promise<Volume> {
     const row = await this.getRow(id);
     if (row.status === 'deleting')
-      throw new ConflictError('CONFLICT', `volume ${row.name} is being deleted`, { volume_id: id });
+      throw new NqvmError('CONFLICT', `volume ${row.name} is being deleted`, { volume_id: id });
     const resizing = p.size_mib !== undefined && p.size_mib !== Number(row.size_mib);
     if (resizing && p.size_mib! < Number(row.size_mib))
-      throw new InputError(`volumes only grow (${row.name} has ${row.size_mib} MiB)`, {
+      throw new NqvmError('VALIDATION_FAILED', `volumes only grow (${row.name} has ${row.size_mib} MiB)`, {
         fields: [{ path: 'body.size_mib', message: `at least ${row.size_mib}` }],
       });
     if (resizing && row.vm_id)
-      throw new ConflictError('VOLUME_IN_USE', `volume ${row.name} grows only while detached`, {
+      throw new NqvmError('VOLUME_IN_USE', `volume ${row.name} grows only while detached`, {
         volume_id: id,
         vm_id: row.vm_id,
       });
@@ -132,7 +129,7 @@ export class Volumes {
       throw nameTaken(err, p.name ?? row.name);
     }
     if (Number(updated) === 0)
-      throw new ConflictError('VOLUME_IN_USE', `volume ${row.name} was attached or deleted meanwhile`, {
+      throw new NqvmError('VOLUME_IN_USE', `volume ${row.name} was attached or deleted meanwhile`, {
         volume_id: id,
       });
     return this.publishUpdated(id);
@@ -145,7 +142,7 @@ export class Volumes {
   async delete(id: string): Promise<void> {
     const row = await this.getRow(id);
     if (row.vm_id)
-      throw new ConflictError(
+      throw new NqvmError(
         'VOLUME_IN_USE',
         `volume ${row.name} is attached to VM ${row.vm_id}; detach it first`,
         {
@@ -155,7 +152,7 @@ export class Volumes {
       );
     // One delete per volume at a time in this manager: a user's and the sweep's never overlap.
     if (this.deletingNow.has(id))
-      throw new ConflictError('CONFLICT', `volume ${row.name} is being deleted`, { volume_id: id });
+      throw new NqvmError('CONFLICT', `volume ${row.name} is being deleted`, { volume_id: id });
     this.deletingNow.add(id);
     try {
       await this.deleteClaimed(id, row);
@@ -174,7 +171,7 @@ export class Volumes {
       .executeTakeFirst();
     if (Number(claimed.numUpdatedRows) === 0) {
       const now = await this.getRow(id);
-      throw new ConflictError('VOLUME_IN_USE', `volume ${now.name} was attached meanwhile`, {
+      throw new NqvmError('VOLUME_IN_USE', `volume ${now.name} was attached meanwhile`, {
         volume_id: id,
         vm_id: now.vm_id,
       });
@@ -226,7 +223,7 @@ export class Volumes {
         .where('vm_id', '=', vmId)
         .executeTakeFirst();
       if (Number(freed.numUpdatedRows) !== 1)
-        throw new ConflictError('CONFLICT', 'the volume was detached meanwhile', { volume_id: volumeId });
+        throw new NqvmError('CONFLICT', 'the volume was detached meanwhile', { volume_id: volumeId });
     });
     await publishVolumes(this.store.db, this.bus, [volumeId]);
     return this.vms.publishUpdated(vmId);
@@ -295,7 +292,7 @@ export class Volumes {
 
 function requireStopped(vm: VmRow, what: string): void {
   if (vm.state !== 'stopped')
-    throw new ConflictError('VM_INVALID_STATE', `cannot ${what} a VM that is ${vm.state}; stop it first`, {
+    throw new NqvmError('VM_INVALID_STATE', `cannot ${what} a VM that is ${vm.state}; stop it first`, {
       state: vm.state,
     });
 }
@@ -313,11 +310,11 @@ async function bumpStoppedVm(trx: Parameters<typeof claimVolumes>[0], vm: VmRow)
     .where('host_id', vm.host_id === null ? 'is' : '=', vm.host_id)
     .executeTakeFirst();
   if (Number(bumped.numUpdatedRows) !== 1)
-    throw new ConflictError('VM_INVALID_STATE', 'the VM changed state meanwhile; retry', { state: vm.state });
+    throw new NqvmError('VM_INVALID_STATE', 'the VM changed state meanwhile; retry', { state: vm.state });
 }
 
 function nameTaken(err: unknown, name: string): unknown {
   return isUniqueViolation(err)
-    ? new ConflictError('NAME_TAKEN', `a volume named "${name}" exists`, { field: 'name' })
+    ? new NqvmError('NAME_TAKEN', `a volume named "${name}" exists`, { field: 'name' })
     : err;
 }

@@ -3,7 +3,7 @@ import { constants } from 'node:fs';
 import { access, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { delimiter, dirname, join } from 'node:path';
 import { promisify } from 'node:util';
-import { InputError } from '@nqvm/api/errors';
+import { NqvmError } from '@nqvm/api/errors';
 import { ConsoleHub } from '../../console/console-hub';
 import { type CgroupLimits, detectCgroups, VmCgroups } from '../../host/cgroups';
 import { cloneFile } from '../../host/disk-tools';
@@ -114,11 +114,9 @@ export class QemuDriver implements VmmDriver {
 
   async restore(spec: VmSpec, snap: SnapshotFiles): Promise<QemuVm> {
     if (snap.type !== 'Full') {
-      throw new InputError(
-        'QEMU restores only Full snapshots',
-        { type: snap.type },
-        'SNAPSHOT_TYPE_UNSUPPORTED',
-      );
+      throw new NqvmError('SNAPSHOT_TYPE_UNSUPPORTED', 'QEMU restores only Full snapshots', {
+        type: snap.type,
+      });
     }
     await restoreDisks(spec, dirname(snap.statePath));
     return this.start(spec, snap.statePath);
@@ -184,7 +182,7 @@ export class QemuDriver implements VmmDriver {
    */
   async snapshot(h: VmHandle, dir: string, type: 'Full' | 'Diff'): Promise<SnapshotFiles> {
     if (type !== 'Full') {
-      throw new InputError('QEMU takes only Full snapshots', { type }, 'SNAPSHOT_TYPE_UNSUPPORTED');
+      throw new NqvmError('SNAPSHOT_TYPE_UNSUPPORTED', 'QEMU takes only Full snapshots', { type });
     }
     const vm = asQemuVm(h);
     const disks = vm.record.extra?.disks as RecordedDisk[] | undefined;

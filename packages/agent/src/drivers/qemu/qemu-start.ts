@@ -2,7 +2,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { closeSync, constants, openSync } from 'node:fs';
 import { access, mkdir, readFile, rm, stat } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { InputError } from '@nqvm/api/errors';
+import { NqvmError } from '@nqvm/api/errors';
 import type { ConsoleHub } from '../../console/console-hub';
 import { receivedLogPath } from '../../console/console-log';
 import { readProcStartTime } from '../../host/proc';
@@ -106,7 +106,8 @@ class QemuStart {
   private async validateSpec(): Promise<void> {
     const { spec, incomingStatePath } = this.o;
     const problems = checkSpec(spec);
-    if (problems.length > 0) throw new InputError(`invalid VM spec: ${problems.join('; ')}`, { problems });
+    if (problems.length > 0)
+      throw new NqvmError('VALIDATION_FAILED', `invalid VM spec: ${problems.join('; ')}`, { problems });
     const files = [
       spec.kernelPath,
       ...(spec.initrdPath ? [spec.initrdPath] : []),

@@ -3,7 +3,7 @@
  * first component with a `.` or `:` (or `localhost`) names the registry, and `docker.io` is
  * served by `registry-1.docker.io`.
  */
-import { InputError } from '@nqvm/api';
+import { NqvmError } from '@nqvm/api';
 
 export interface ImageReference {
   /** The registry as named in references (`docker.io`, `registry.example:5000`). */
@@ -21,8 +21,10 @@ const DOMAIN =
 const TAG = /^[\w][\w.-]{0,127}$/;
 const DIGEST = /^(?:sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$/;
 
-function invalid(reference: string, why: string): InputError {
-  return new InputError(`invalid image reference "${reference}": ${why}`, { field: 'reference' });
+function invalid(reference: string, why: string): NqvmError {
+  return new NqvmError('VALIDATION_FAILED', `invalid image reference "${reference}": ${why}`, {
+    field: 'reference',
+  });
 }
 
 /**
