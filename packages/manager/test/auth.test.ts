@@ -50,6 +50,11 @@ function expectedFor(access: string, p: PrincipalName): Expect {
     case 'join':
       if (p === 'anonymous') return 401;
       return p === access ? 'allowed' : 403;
+    case 'metrics':
+      // An operator (or the metrics token, not a principal of this matrix) scrapes.
+      if (p === 'anonymous') return 401;
+      if (p === 'host' || p === 'join') return 403;
+      return RANK[p] >= RANK.operator ? 'allowed' : 403;
     default:
       throw new Error(`route access "${access}" has no rule in the auth matrix`);
   }

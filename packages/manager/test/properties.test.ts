@@ -235,6 +235,9 @@ function send(
 }
 
 function problemOf(a: Answer): string | null {
+  // A relay to a host whose agent does not answer (the test's hosts have none) is the agent's
+  // absence, told in the uniform body, not a fault of the manager.
+  if (a.status === 503 && a.text.includes('"HOST_UNAVAILABLE"')) return uniformErrorProblem(a);
   if (a.status >= 500) return `server error ${a.status}: ${a.text.slice(0, 300)}`;
   if (a.status >= 400) return uniformErrorProblem(a);
   return null;
